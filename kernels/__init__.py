@@ -1,0 +1,1 @@
+"""Triton kernels used by emotalk_fast. Each kernel file knows nothing of EmoTalk."""

@@ -1,0 +1,53 @@
+"""Shared test code: tolerance-aware comparisons and fixture paths."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu")
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def assert_close(out, ref, atol: float, name: str = "") -> float:
+    """Fail on a single element off by more than `atol`, or any NaN/inf; say where.
+
+    Returns the max abs error so callers can report it.
+    """
+    out, ref = _as_numpy(out).astype(np.float64), _as_numpy(ref).astype(np.float64)
+    label = f"{name}: " if name else ""
+    assert out.shape == ref.shape, f"{label}shape {out.shape} != reference {ref.shape}"
+    if not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise AssertionError(f"{label}non-finite value {out[tuple(bad)]} at index {tuple(bad)}")
+    if out.size == 0:
+        return 0.0
+    err = np.abs(out - ref)
+    worst = np.unravel_index(np.argmax(err), err.shape)
+    max_err = float(err[worst])
+    assert max_err <= atol, (
+        f"{label}max abs error {max_err:.3g} > {atol:.3g} at index {tuple(int(i) for i in worst)} "
+        f"(got {out[worst]:.6g}, expected {ref[worst]:.6g}); "
+        f"{int((err > atol).sum())} of {err.size} elements off"
+    )
+    return max_err
+
+
+def dtype_tolerance(out, same_dtype_torch, ref64, eps: float = 1e-6) -> float:
+    """flash-attention's rule: allow twice torch's own error in the same dtype, plus eps."""
+    torch_err = float((_as_numpy(same_dtype_torch).astype(np.float64) - _as_numpy(ref64)).__abs__().max())
+    return 2.0 * torch_err + eps
+
+
+def assert_close_to_dtype(out, same_dtype_torch, ref64, name: str = "", eps: float = 1e-6) -> float:
+    """max|out - ref64| <= 2 * max|torch_same_dtype - ref64| + eps."""
+    return assert_close(out, ref64, dtype_tolerance(out, same_dtype_torch, ref64, eps), name)

@@ -1,0 +1,1 @@
+"""Reference PyTorch EmoTalk in the release checkpoint layout, and its training code."""
