@@ -1,0 +1,1 @@
+"""emotalk_fast"""

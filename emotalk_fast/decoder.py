@@ -1,0 +1,100 @@
+"""EmoTalk's decoder: one post-norm transformer layer with a periodic ALiBi-style causal bias.
+
+Self-attention bias for head h, query frame i, key frame j <= i:
+    -slope_h * floor((i - j) / period)
+computed in closed form per block of queries, so memory stays linear in the length and there
+is no length cap (the release precomputes a 5000 x 5000 table). The cross-attention's memory
+mask lets frame i see only memory frame i, so its softmax is exactly 1 and the block reduces
+to one linear map, `cross` = out_proj(V(.)), folded at load time.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import DecoderConfig
+
+QUERY_BLOCK = 512  # query rows per attention call: bounds the bias to [H, 512, T]
+
+
+def periodic_causal_bias(slopes: torch.Tensor, period: int, q_pos: torch.Tensor,
+                         k_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive bias [H, len(q_pos), k_len]; -inf above the causal diagonal."""
+    k_pos = torch.arange(k_len, device=q_pos.device)
+    dist = q_pos[:, None] - k_pos[None, :]
+    steps = torch.div(dist, period, rounding_mode="floor").to(dtype)
+    bias = -slopes.to(dtype)[:, None, None] * steps
+    return bias.masked_fill(dist < 0, float("-inf"))
+
+
+def periodic_positional_encoding(period: int, dim: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """FaceFormer's PPE table [period, dim]: sinusoids of the position within the period."""
+    pos = torch.arange(period, dtype=torch.float32, device=device)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(period, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return pe.to(dtype)
+
+
+def attention_with_periodic_bias(q, k, v, slopes, period, offset: int = 0) -> torch.Tensor:
+    """q [B, H, Tq, Dh] at positions offset..offset+Tq-1; k, v [B, H, Tk, Dh] at 0..Tk-1."""
+    out = torch.empty_like(q)
+    for start in range(0, q.shape[2], QUERY_BLOCK):
+        stop = min(start + QUERY_BLOCK, q.shape[2])
+        k_len = min(offset + stop, k.shape[2])  # keys past the block's last query are masked anyway
+        q_pos = torch.arange(offset + start, offset + stop, device=q.device)
+        bias = periodic_causal_bias(slopes, period, q_pos, k_len, q.dtype)
+        out[:, :, start:stop] = F.scaled_dot_product_attention(
+            q[:, :, start:stop], k[:, :, :k_len], v[:, :, :k_len], attn_mask=bias)
+    return out
+
+
+class PeriodicCausalDecoder(nn.Module):
+    """x = LN1(x + SelfAttn(x)); x = LN2(x + Cross(memory)); x = LN3(x + FF(x))."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        d = cfg.feature_dim
+        self.cfg = cfg
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.cross = nn.Linear(d, d)  # out_proj . V of the collapsed cross-attention
+        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.ff1 = nn.Linear(d, cfg.ff_dim)
+        self.ff2 = nn.Linear(cfg.ff_dim, d)
+        self.norm3 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+
+    def slopes(self, device) -> torch.Tensor:
+        return torch.tensor(self.cfg.alibi_slopes(), dtype=torch.float32, device=device)
+
+    def add_positional_encoding(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        if not self.cfg.ppe:
+            return x
+        pe = periodic_positional_encoding(self.cfg.period, x.shape[-1], x.dtype, x.device)
+        idx = torch.arange(offset, offset + x.shape[1], device=x.device) % self.cfg.period
+        return x + pe[idx]
+
+    def project_qkv(self, x: torch.Tensor):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.cfg.num_heads, -1).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Everything after the self-attention core: out-proj, norms, cross map, feed-forward."""
+        B, _, T, _ = attn.shape
+        x = self.norm1(x + self.out(attn.transpose(1, 2).reshape(B, T, -1)))
+        x = self.norm2(x + self.cross(memory))
+        return self.norm3(x + self.ff2(F.relu(self.ff1(x))))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """x, memory [B, T, D] -> [B, T, D]. Causal, so frames past a sequence's end in a
+        padded batch never influence its valid frames."""
+        x = self.add_positional_encoding(x)
+        q, k, v = self.project_qkv(x)
+        attn = attention_with_periodic_bias(q, k, v, self.slopes(x.device), self.cfg.period)
+        return self.finish(x, attn, memory)

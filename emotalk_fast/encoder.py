@@ -1,0 +1,100 @@
+"""A lean wav2vec2-large ('stable layer norm') encoder: CNN front end, projection, transformer.
+
+The module names are this library's own; checkpoint.py maps the release's keys onto them
+(q/k/v packed into one projection, the positional convolution's weight norm folded).
+Attention goes through `F.scaled_dot_product_attention`, so no T x T map is ever kept.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import EncoderConfig
+
+
+class ConvFrontEnd(nn.Module):
+    """7 x [Conv1d -> LayerNorm over channels -> GELU]: waveform [B, N] -> features [B, L, C]."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        in_dims = (1,) + cfg.conv_dim[:-1]
+        self.convs = nn.ModuleList(
+            nn.Conv1d(i, o, k, stride=s, bias=cfg.conv_bias)
+            for i, o, k, s in zip(in_dims, cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(o, eps=cfg.layer_norm_eps) for o in cfg.conv_dim)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        x = wave[:, None, :]
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.gelu(norm(conv(x).transpose(1, 2)).transpose(1, 2))
+        return x.transpose(1, 2)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm layer: h += Attn(LN(h)); h += FF(LN(h))."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.ff1 = nn.Linear(d, cfg.intermediate_size)
+        self.ff2 = nn.Linear(cfg.intermediate_size, d)
+
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, D = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(B, T, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        h = h + self.out(a.transpose(1, 2).reshape(B, T, D))
+        return h + self.ff2(F.gelu(self.ff1(self.norm2(h))))
+
+
+class Wav2Vec2Encoder(nn.Module):
+    """wav2vec2 encoder split in two halves, because EmoTalk resamples in between:
+    `front_end` (50 Hz CNN features) and `transformer` (features at any frame rate -> hidden).
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.cfg = cfg
+        self.front_end = ConvFrontEnd(cfg)
+        self.proj_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.proj = nn.Linear(cfg.conv_dim[-1], d)
+        # Weight norm is folded at load time: this holds g * v / ||v||.
+        self.pos_conv = nn.Conv1d(d, d, cfg.num_pos_conv_taps, padding=cfg.num_pos_conv_taps // 2,
+                                  groups=cfg.num_pos_conv_groups)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        if cfg.num_labels:
+            self.cls_dense = nn.Linear(d, d)
+            self.cls_out = nn.Linear(d, cfg.num_labels)
+
+    def transformer(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """CNN features [B, T, C] (any frame rate) -> hidden states [B, T, hidden].
+
+        `lengths` [B] marks valid frames of a padded batch: padded frames are zeroed before the
+        positional convolution (as if the sequence ended there) and hidden from attention.
+        """
+        h = self.proj(self.proj_norm(feats))
+        key_mask = None
+        if lengths is not None:
+            valid = torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None]
+            h = h * valid[..., None].to(h.dtype)
+            key_mask = valid[:, None, None, :]
+        pos = self.pos_conv(h.transpose(1, 2))
+        if self.cfg.num_pos_conv_taps % 2 == 0:
+            pos = pos[..., :-1]  # an even tap count yields one extra step
+        h = h + F.gelu(pos).transpose(1, 2)
+        for layer in self.layers:
+            h = layer(h, key_mask)
+        return self.final_norm(h)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Classification head on mean-pooled hidden states [B, hidden] -> logits [B, labels]."""
+        return self.cls_out(torch.tanh(self.cls_dense(pooled)))
