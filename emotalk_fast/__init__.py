@@ -1,1 +1,14 @@
-"""emotalk_fast"""
+"""emotalk_fast: speech -> 52 ARKit blendshapes at 30 fps with EmoTalk (ICCV 2023).
+
+    from emotalk_fast import Animator
+    anim = Animator.from_pretrained("EmoTalk.pth").animate("speech.wav", level=1, person=0)
+    anim.save("speech.csv")
+"""
+from .animator import Animation, Animator
+from .checkpoint import CheckpointError
+from .config import BLENDSHAPE_NAMES, DEFAULT_EMOTION_LABELS, EmoTalkConfig
+from .model import EmoTalk
+
+__all__ = ["Animator", "Animation", "EmoTalk", "EmoTalkConfig", "CheckpointError", "BLENDSHAPE_NAMES",
+           "DEFAULT_EMOTION_LABELS"]
+__version__ = "0.1.0"

@@ -51,3 +51,30 @@ def dtype_tolerance(out, same_dtype_torch, ref64, eps: float = 1e-6) -> float:
 def assert_close_to_dtype(out, same_dtype_torch, ref64, name: str = "", eps: float = 1e-6) -> float:
     """max|out - ref64| <= 2 * max|torch_same_dtype - ref64| + eps."""
     return assert_close(out, ref64, dtype_tolerance(out, same_dtype_torch, ref64, eps), name)
+
+
+def load_oracle(name: str) -> dict[str, np.ndarray]:
+    """One of the oracle fixture archives (outputs of the released code), as a dict."""
+    with np.load(FIXTURES / "oracle_mini" / f"{name}.npz") as d:
+        return {k: d[k] for k in d.files}
+
+
+def espeak_speech(text: str, voice: str = "en", speed: int = 160, pitch: int = 50,
+                  rate: int = 16_000) -> np.ndarray:
+    """Real synthetic speech from espeak-ng, mono float32 at `rate` (skips the test without it)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import pytest
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    from emotalk_fast.audio import read_audio_file, resample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
+                       check=True, capture_output=True)
+        samples, sr = read_audio_file(path)
+    return resample(samples.mean(0), sr, rate)

@@ -1,0 +1,57 @@
+"""Writers for blendshape curves: .npy, .csv (frame, time, 52 names) and .json."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = (".npy", ".csv", ".json")
+
+
+def write_npy(path: Path, blendshapes: np.ndarray, **_) -> None:
+    with open(path, "wb") as f:
+        np.save(f, blendshapes.astype(np.float32))
+
+
+def write_csv(path: Path, blendshapes: np.ndarray, names, fps: float, **_) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["frame", "time", *names])
+    for i, row in enumerate(blendshapes):
+        w.writerow([i, f"{i / fps:.6f}", *(f"{v:.7g}" for v in row)])
+    Path(path).write_text(buf.getvalue())
+
+
+def write_json(path: Path, blendshapes: np.ndarray, names, fps: float, emotion=None, **_) -> None:
+    doc = {"fps": fps, "names": list(names), "num_frames": int(blendshapes.shape[0]),
+           "frames": [[float(v) for v in row] for row in blendshapes]}
+    if emotion is not None:
+        doc["emotion"] = {k: float(v) for k, v in emotion.items()}
+    Path(path).write_text(json.dumps(doc))
+
+
+_WRITERS = {".npy": write_npy, ".csv": write_csv, ".json": write_json}
+
+
+def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: float, emotion=None) -> Path:
+    """Write by extension; atomically, so a crash never leaves half a file behind."""
+    path = Path(path)
+    writer = _WRITERS.get(path.suffix.lower())
+    if writer is None:
+        raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot save {path}: directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        writer(Path(tmp), blendshapes, names=names, fps=fps, emotion=emotion)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
