@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DEFAULT_EMOTION_LABELS, DecoderConfig, EmoTalkConfig, EncoderConfig
+from .config import DEFAULT_EMOTION_LABELS, PRESETS, DecoderConfig, EmoTalkConfig, EncoderConfig
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -120,9 +120,15 @@ def random_release_state_dict(cfg: EmoTalkConfig, seed: int = 0) -> dict[str, to
 def infer_release_config(sd: dict[str, torch.Tensor], num_heads: int | None = None) -> EmoTalkConfig:
     """Read the encoder and decoder sizes off a release state dict's shapes.
 
-    Head counts are not visible in shapes: encoders default to 64-wide heads (16 for
-    wav2vec2-large), the decoder to the release's 4.
+    Head counts are not visible in shapes: a state dict shaped exactly like a named preset gets
+    that preset; otherwise encoders get 64-wide heads (16 for wav2vec2-large) and the decoder
+    the release's 4 (pass a config to override).
     """
+    if num_heads is None:
+        shapes = {k: tuple(v.shape) for k, v in sd.items() if not _ignored(k)}
+        for preset in PRESETS.values():
+            if shapes == {k: s for k, s in release_manifest(preset) if not _ignored(k)}:
+                return preset
     def encoder(prefix: str, num_labels: int) -> EncoderConfig:
         convs = sorted(_indices(sd, prefix + "feature_extractor.conv_layers."))
         if not convs:

@@ -1,0 +1,76 @@
+"""The emotalk-fast command line, run as a user would (a subprocess of the installed script)."""
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from emotalk_fast import BLENDSHAPE_NAMES, Animator, EmoTalkConfig
+from emotalk_fast.checkpoint import random_release_state_dict
+from helpers import assert_close, espeak_speech
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "emotalk_fast.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    torch.save(random_release_state_dict(EmoTalkConfig.from_name("tiny"), seed=4), d / "EmoTalk.pth")
+    speech = espeak_speech("Testing the command line interface.", rate=22050)
+    soundfile.write(d / "speech.wav", speech, 22050)
+    return d
+
+
+@pytest.mark.parametrize("ext", ["csv", "npy", "json"])
+def test_animate_writes_each_format(files, ext):
+    out = files / f"out.{ext}"
+    r = run_cli("animate", files / "speech.wav", "-o", out, "--checkpoint", files / "EmoTalk.pth",
+                "--level", 0, "--person", 3, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "frames" in r.stdout
+    want = Animator.from_pretrained(files / "EmoTalk.pth", device="cpu").animate(
+        files / "speech.wav", level=0, person=3).blendshapes
+    if ext == "npy":
+        assert_close(np.load(out), want, 1e-6, "npy")
+    elif ext == "csv":
+        rows = list(csv.reader(open(out)))
+        assert rows[0][2:] == list(BLENDSHAPE_NAMES)
+        assert_close(np.array(rows[1:], dtype=float)[:, 2:], want, 1e-6, "csv")
+
+
+def test_animate_postprocess_is_seeded(files):
+    outs = []
+    for i in range(2):
+        out = files / f"pp{i}.npy"
+        r = run_cli("animate", files / "speech.wav", "-o", out, "--checkpoint", files / "EmoTalk.pth",
+                    "--postprocess", "--seed", 7)
+        assert r.returncode == 0, r.stderr
+        outs.append(np.load(out))
+    np.testing.assert_array_equal(*outs)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["animate", "missing.wav", "-o", "x.csv", "--checkpoint", "EmoTalk.pth"], "audio file not found"),
+    (["animate", "speech.wav", "-o", "x.txt", "--checkpoint", "EmoTalk.pth"], "must end in .csv, .npy or .json"),
+    (["animate", "speech.wav", "-o", "x.csv", "--checkpoint", "EmoTalk.pth", "--person", "30"], "person must be"),
+    (["animate", "speech.wav", "-o", "x.csv", "--checkpoint", "nope.pth"], "checkpoint not found"),
+    (["convert", "missing.pth", "outdir"], "checkpoint not found"),
+])
+def test_errors_are_one_line(files, args, message):
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", *args], capture_output=True, text=True,
+                       cwd=files, timeout=300)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_bench_runs_on_a_small_preset():
+    r = run_cli("bench", "--preset", "tiny", "--seconds", 2, "--repeats", 1, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "real-time factor" in r.stdout and "start-up" in r.stdout and "[bench]" in r.stderr

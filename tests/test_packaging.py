@@ -1,0 +1,77 @@
+"""Wheel and editable installs: kernels/ and training/ import only as emotalk_fast.kernels and
+emotalk_fast.training (a top-level `kernels` would shadow Hugging Face's package)."""
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import importlib.util, json, sys
+import emotalk_fast, emotalk_fast.kernels, emotalk_fast.training, emotalk_fast.training.reference
+import emotalk_fast.cli
+print(json.dumps({
+    "package": emotalk_fast.__file__,
+    "kernels": emotalk_fast.kernels.__file__,
+    "training": emotalk_fast.training.__file__,
+    "top_kernels": importlib.util.find_spec("kernels") is not None,
+    "top_training": importlib.util.find_spec("training") is not None,
+    "transformers_loaded": "transformers" in sys.modules,
+}))
+"""
+
+
+def _probe(cwd, env=None):
+    import json
+
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.fail(f"building the wheel failed: {r.stderr[-2000:]}")
+    (path,) = out.glob("emotalk_fast-*.whl")
+    return path
+
+
+def test_wheel_contents(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "emotalk_fast/kernels/__init__.py" in names
+    assert "emotalk_fast/training/reference.py" in names
+    assert "emotalk_fast/cli.py" in names
+    tops = {n.split("/")[0] for n in names}
+    assert not tops & {"kernels", "training", "tests", "benchmarks"}, tops
+    entry = [n for n in names if n.endswith("entry_points.txt")]
+    assert "emotalk-fast = emotalk_fast.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
+
+
+def test_wheel_install_imports(wheel, tmp_path):
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                        str(wheel)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
+    info = _probe(tmp_path, env)
+    assert info["package"].startswith(str(target))
+    assert info["kernels"] == str(target / "emotalk_fast" / "kernels" / "__init__.py")
+    assert not info["top_kernels"] and not info["top_training"]
+    assert not info["transformers_loaded"]  # the inference path does not need it at import
+
+
+def test_installed_package_imports_from_anywhere(tmp_path):
+    """The installed (editable in development) package resolves kernels/ and training/."""
+    info = _probe(tmp_path)
+    assert info["kernels"].endswith(os.path.join("kernels", "__init__.py"))
+    assert info["training"].endswith(os.path.join("training", "__init__.py"))
+    assert not info["top_kernels"] and not info["top_training"]
+    assert not info["transformers_loaded"]

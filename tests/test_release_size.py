@@ -1,0 +1,61 @@
+"""The real release-size architecture (640.6 M parameters, oracle-rule random weights):
+a torch.save'd EmoTalk.pth loads and animates 20 s of real speech on CPU, and the fast model
+agrees with the reference model at full size."""
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from emotalk_fast import Animator, EmoTalkConfig
+from emotalk_fast.checkpoint import random_release_state_dict
+from emotalk_fast.model import num_frames
+from emotalk_fast.training.reference import EmoTalkReference, load_release_weights
+from helpers import assert_close, espeak_speech
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = ("The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore. "
+             "How much wood would a woodchuck chuck if a woodchuck could chuck wood? "
+             "Peter Piper picked a peck of pickled peppers, and then he went home for dinner.")
+
+
+@pytest.fixture(scope="module")
+def release_state_dict():
+    return random_release_state_dict(EmoTalkConfig.from_name("emotalk"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def release_pth(release_state_dict, tmp_path_factory):
+    path = tmp_path_factory.mktemp("release") / "EmoTalk.pth"
+    torch.save(release_state_dict, path)
+    return path
+
+
+def test_release_checkpoint_animates_20_seconds(release_pth):
+    speech = espeak_speech(SENTENCES, speed=150)
+    speech = np.resize(speech, 20 * 16000)  # exactly 20 s
+    t0 = time.perf_counter()
+    animator = Animator.from_pretrained(release_pth, device="cpu")
+    load_s = time.perf_counter() - t0
+    # release 640,570,427 less lm_head/masked_spec_embed (67,648), the cross-attention's unused
+    # q/k/v in-projection (2,079,168; W_o.W_v is folded) and the two weight_g (256)
+    assert sum(p.numel() for p in animator.model.parameters()) == 640_570_427 - 67_648 - 2_079_168 - 256
+    anim = animator.animate(speech, level=1, person=0)
+    assert anim.blendshapes.shape == (num_frames(len(speech)), 52) == (600, 52)
+    assert np.isfinite(anim.blendshapes).all()
+    print(f"release-size load {load_s:.2f} s")
+
+
+def test_release_size_fast_model_matches_reference(release_state_dict, release_pth):
+    cfg = EmoTalkConfig.from_name("emotalk")
+    ref = EmoTalkReference(cfg).eval()
+    load_release_weights(ref, release_state_dict)
+    fast = Animator.from_pretrained(release_pth, device="cpu").model
+    wave = torch.from_numpy(espeak_speech("Full size parity check.", speed=170))[None]
+    with torch.inference_mode():
+        r = ref.predict(wave, level=0, person=17)
+        f = fast(wave, torch.tensor([wave.shape[1]]), torch.tensor([0]), torch.tensor([17]))
+    # 24 layers of width 1024 accumulate more float32 rounding than the tiny configs
+    for name in ("content_hidden", "emotion_hidden", "emotion_logits", "decoder_out", "blendshapes"):
+        assert_close(getattr(f, name)[0], r[name][0], 1e-4, name)
