@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,12 +11,17 @@ import torch
 
 from . import checkpoint as ckpt
 from .audio import prepare_audio
-from .config import BLENDSHAPE_NAMES, FPS, EmoTalkConfig
+from .config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE, EmoTalkConfig
+from .controls import check_style, style_weights
 from .export import save_blendshapes
 from .model import EmoTalk, num_emotion_frames
 from .postprocess import postprocess as postprocess_curves
 
 BACKENDS = ("auto", "torch", "triton")
+# Clips longer than this are encoded through overlapping windows (see streaming.py), so memory
+# and time grow linearly with length; shorter clips get exactly the offline computation.
+LONG_AUDIO_S = 60.0
+LONG_WINDOW = {"hop_ms": 10_000, "lookahead_ms": 2_000, "context_ms": 2_000}
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -148,27 +154,38 @@ class Animator:
             n += 1
         return n
 
-    def _check_style(self, level, person) -> tuple[int, int]:
-        dec = self.config.decoder
-        for name, value, count in (("level", level, dec.num_levels), ("person", person, dec.num_persons)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
-                raise ValueError(f"{name} must be an integer in 0..{count - 1}, got {value!r}")
-        return int(level), int(person)
-
     def animate(self, audio, sample_rate: int | None = None, level: int = 1, person: int = 0,
-                postprocess: bool = False, seed: int | None = None) -> Animation:
+                postprocess: bool = False, seed: int | None = None, long_audio_s: float | None = LONG_AUDIO_S,
+                progress: bool = False) -> Animation:
         """Animate one clip.
 
         audio: path, or float array/tensor [N] or [channels, N] at `sample_rate` (default 16 kHz).
         level: emotion level 0 or 1. person: speaking style 0..23.
         postprocess: the release demo's smoothing + blinks (deterministic for a given seed).
+        long_audio_s: clips longer than this many seconds are encoded in overlapping windows
+            (10 s hops, 2 s context either side) so memory stays flat; None never windows.
+        progress: print progress of windowed (long) clips to stderr.
         """
-        return self.animate_batch([audio], sample_rate, level, person, postprocess, seed)[0]
+        return self.animate_batch([audio], sample_rate, level, person, postprocess, seed, long_audio_s,
+                                  progress)[0]
+
+    def stream(self, level: int = 1, person: int = 0, *, hop_ms: int = 100, lookahead_ms: int = 200,
+               context_ms: int = 2000, max_cache_s: float = 600.0):
+        """A streaming animator: push 16 kHz chunks, get final frames back (see streaming.py).
+
+        Latency is hop + lookahead + 5 ms of audio (`stream.latency_ms`), plus compute time.
+        """
+        from .streaming import AnimationStream
+
+        return AnimationStream(self.model, self.device, self.dtype, level, person, hop_ms=hop_ms,
+                               lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s)
 
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
-                      postprocess: bool = False, seed: int | None = None) -> list[Animation]:
+                      postprocess: bool = False, seed: int | None = None,
+                      long_audio_s: float | None = LONG_AUDIO_S, progress: bool = False) -> list[Animation]:
         """Animate clips of different lengths in one padded batch; each result equals its
-        single-clip `animate` (within float rounding). level/person: one value or one per clip."""
+        single-clip `animate` (within float rounding). level/person: one value or one per clip.
+        Clips longer than `long_audio_s` are windowed one by one (see `animate`)."""
         if isinstance(audios, (str, os.PathLike, np.ndarray, torch.Tensor)):
             raise TypeError("animate_batch takes a list of clips; use animate() for one clip")
         audios = list(audios)
@@ -176,9 +193,26 @@ class Animator:
             raise ValueError("animate_batch needs at least one clip")
         levels = self._per_clip("level", level, len(audios))
         persons = self._per_clip("person", person, len(audios))
-        styles = [self._check_style(lv, p) for lv, p in zip(levels, persons)]
+        styles = [check_style(self.config, lv, p) for lv, p in zip(levels, persons)]
         clips = [prepare_audio(a, sample_rate, self.min_samples) for a in audios]
 
+        limit = None if long_audio_s is None else long_audio_s * SAMPLE_RATE
+        short = [i for i, c in enumerate(clips) if limit is None or len(c) <= limit]
+        outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if short:
+            outputs.update(zip(short, self._run_batch([clips[i] for i in short], [styles[i] for i in short])))
+        for i in sorted(set(range(len(clips))) - set(short)):
+            outputs[i] = self._run_windowed(clips[i], styles[i], progress)
+        results = []
+        for i in range(len(clips)):
+            curves, logits = outputs[i]
+            if postprocess:
+                curves = postprocess_curves(curves, None if seed is None else seed + i)
+            results.append(Animation(np.ascontiguousarray(curves), logits, self.config.emotion_labels))
+        return results
+
+    def _run_batch(self, clips: list[np.ndarray], styles: list[tuple[int, int]]):
+        """Offline model on a zero-padded batch -> [(blendshapes [T, 52], logits)] per clip."""
         lengths = torch.tensor([len(c) for c in clips])
         wave = torch.zeros(len(clips), int(lengths.max()))
         for i, c in enumerate(clips):
@@ -189,13 +223,24 @@ class Animator:
                              torch.tensor([s[1] for s in styles], device=self.device))
         blendshapes = out.blendshapes.float().cpu().numpy()
         logits = out.emotion_logits.float().cpu().numpy()
-        results = []
-        for i, t in enumerate(out.frames):
-            curves = blendshapes[i, :t]
-            if postprocess:
-                curves = postprocess_curves(curves, None if seed is None else seed + i)
-            results.append(Animation(np.ascontiguousarray(curves), logits[i], self.config.emotion_labels))
-        return results
+        return [(blendshapes[i, :t], logits[i]) for i, t in enumerate(out.frames)]
+
+    def _run_windowed(self, clip: np.ndarray, style: tuple[int, int], progress: bool):
+        """A long clip: windowed encoders, then the exact decoder over the whole sequence."""
+        from .streaming import encode_windowed
+
+        def report(done, total):
+            print(f"\r[animate] window {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
+
+        with torch.inference_mode():
+            wave = torch.from_numpy(clip).to(self.device, self.dtype)
+            content, emotion = encode_windowed(self.model, wave, progress=report if progress else None,
+                                               **LONG_WINDOW)
+            weights = style_weights(self.config, *style, self.dtype, self.device)
+            blendshapes, _ = self.model.decode(content, emotion, *weights)
+            logits = self.model.emotion_encoder.classify(emotion.mean(1))
+        return blendshapes[0].float().cpu().numpy(), logits[0].float().cpu().numpy()
 
     @staticmethod
     def _per_clip(name: str, value, n: int) -> list:

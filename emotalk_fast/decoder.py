@@ -53,6 +53,52 @@ def attention_with_periodic_bias(q, k, v, slopes, period, offset: int = 0) -> to
     return out
 
 
+class KVCache:
+    """Keys and values of the frames decoded so far, [B, H, frames, Dh], grown by doubling.
+
+    With `max_frames`, the oldest frames are dropped past that many (a sliding window that
+    bounds memory for endless streams); `start` is the absolute position of the first kept one.
+    """
+
+    def __init__(self, max_frames: int | None = None):
+        self.max_frames = max_frames
+        self.k = self.v = None
+        self.start = 0  # absolute frame index of slot 0
+        self.length = 0  # filled slots
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        t = k.shape[2]
+        if self.k is None or self.length + t > self.k.shape[2]:
+            self._grow(k, self.length + t)
+        self.k[:, :, self.length : self.length + t] = k
+        self.v[:, :, self.length : self.length + t] = v
+        self.length += t
+        if self.max_frames is not None and self.length > self.max_frames:
+            drop = self.length - self.max_frames
+            self.k[:, :, : self.max_frames] = self.k[:, :, drop : self.length].clone()
+            self.v[:, :, : self.max_frames] = self.v[:, :, drop : self.length].clone()
+            self.length, self.start = self.max_frames, self.start + drop
+
+    def _grow(self, like: torch.Tensor, needed: int) -> None:
+        cap = max(64, 2 * needed)
+        if self.max_frames is not None:
+            cap = min(cap, self.max_frames + like.shape[2])
+        k = like.new_empty(*like.shape[:2], cap, like.shape[3])
+        v = like.new_empty(*like.shape[:2], cap, like.shape[3])
+        if self.k is not None:
+            k[:, :, : self.length] = self.k[:, :, : self.length]
+            v[:, :, : self.length] = self.v[:, :, : self.length]
+        self.k, self.v = k, v
+
+    @property
+    def end(self) -> int:
+        """Absolute position of the next frame."""
+        return self.start + self.length
+
+    def keys_values(self):
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+
 class PeriodicCausalDecoder(nn.Module):
     """x = LN1(x + SelfAttn(x)); x = LN2(x + Cross(memory)); x = LN3(x + FF(x))."""
 
@@ -97,4 +143,16 @@ class PeriodicCausalDecoder(nn.Module):
         x = self.add_positional_encoding(x)
         q, k, v = self.project_qkv(x)
         attn = attention_with_periodic_bias(q, k, v, self.slopes(x.device), self.cfg.period)
+        return self.finish(x, attn, memory)
+
+    def step(self, x: torch.Tensor, memory: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Decode the next frames x, memory [B, t, D] after those in `cache` (which this
+        extends). The same function as `forward` over the whole sequence, frame for frame."""
+        x = self.add_positional_encoding(x, offset=cache.end)
+        q, k, v = self.project_qkv(x)
+        cache.append(k, v)
+        keys, values = cache.keys_values()
+        # positions relative to the first cached frame: the bias depends on i - j only
+        attn = attention_with_periodic_bias(q, keys, values, self.slopes(x.device), self.cfg.period,
+                                            offset=cache.length - x.shape[1])
         return self.finish(x, attn, memory)

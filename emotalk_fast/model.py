@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ENCODER_FPS, FPS, SAMPLE_RATE, EmoTalkConfig
+from .controls import style_weights
 from .decoder import PeriodicCausalDecoder
 from .encoder import Wav2Vec2Encoder
 
@@ -45,10 +46,6 @@ def normalize_waveform(wave: torch.Tensor, num_samples: torch.Tensor) -> torch.T
     mean = (wave * valid).sum(1, keepdim=True) / n
     var = (((wave - mean) * valid) ** 2).sum(1, keepdim=True) / n
     return (wave - mean) / torch.sqrt(var + NORM_EPS) * valid
-
-
-def one_hot_weights(index: torch.Tensor, size: int, dtype) -> torch.Tensor:
-    return F.one_hot(index, size).to(dtype)
 
 
 @dataclass
@@ -97,10 +94,11 @@ class EmoTalk(nn.Module):
         return hidden, enc.classify(self._mean_over_frames(hidden, frames))
 
     # --- decoder ------------------------------------------------------------------------
-    def decode(self, content_hidden, emotion_hidden, level_weights, person_weights):
-        """Hidden states [B, T, hidden] and style weights [B, 2], [B, 24] -> (blendshapes, decoder_out).
+    def decoder_inputs(self, content_hidden, emotion_hidden, level_weights, person_weights):
+        """Hidden states [B, T, hidden] x 2 and style weights [B, 2], [B, 24] -> (x, memory).
 
-        The style weights are one-hot rows in the release; any weights go through the same map.
+        x = concat[content, relu(emotion_map2(e832)), level, person]; memory = e832. The style
+        weights are one-hot rows in the release; any weights go through the same linear maps.
         """
         T = content_hidden.shape[1]
         e832 = self.emotion_map(emotion_hidden)
@@ -110,7 +108,18 @@ class EmoTalk(nn.Module):
             F.relu(self.emotion_map2(e832)),
             style[:, None, :].expand(-1, T, -1),
         ], dim=-1)
-        out = self.decoder(x, e832)
+        return x, e832
+
+    def decode(self, content_hidden, emotion_hidden, level_weights, person_weights):
+        """The whole sequence at once -> (blendshapes [B, T, 52], decoder_out [B, T, D])."""
+        x, memory = self.decoder_inputs(content_hidden, emotion_hidden, level_weights, person_weights)
+        out = self.decoder(x, memory)
+        return self.blendshape_head(out), out
+
+    def decode_step(self, content_hidden, emotion_hidden, level_weights, person_weights, cache):
+        """The next frames after those in the decoder's KV `cache` -> (blendshapes, decoder_out)."""
+        x, memory = self.decoder_inputs(content_hidden, emotion_hidden, level_weights, person_weights)
+        out = self.decoder.step(x, memory, cache)
         return self.blendshape_head(out), out
 
     def forward(self, wave: torch.Tensor, num_samples: torch.Tensor, level: torch.Tensor,
@@ -120,9 +129,8 @@ class EmoTalk(nn.Module):
         wave = normalize_waveform(wave, num_samples)
         content = self.encode_content(wave, num_samples, frames)
         emotion, logits = self.encode_emotion(wave, num_samples, frames)
-        dec = self.cfg.decoder
-        blendshapes, out = self.decode(content, emotion, one_hot_weights(level, dec.num_levels, wave.dtype),
-                                       one_hot_weights(person, dec.num_persons, wave.dtype))
+        blendshapes, out = self.decode(content, emotion, *style_weights(self.cfg, level, person, wave.dtype,
+                                                                        wave.device))
         return EmoTalkOutput(blendshapes, out, content, emotion, logits, frames)
 
     # --- ragged-batch helpers -------------------------------------------------------------
