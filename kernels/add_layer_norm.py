@@ -35,6 +35,12 @@ def _add_layer_norm_kernel(X, R, W, Bias, Y, stride_x, stride_r, stride_y, N, ep
     tl.store(Y + row * stride_y + cols, (d * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
 
 
+def add_layer_norm_config(n):
+    """(BLOCK_N, num_warps): the whole row in one program, ~256 columns per warp."""
+    block_n = triton.next_power_of_2(n)
+    return block_n, min(max(block_n // 256, 1), 16)
+
+
 def add_layer_norm(x, residual, weight, bias, eps=1e-5):
     if x.shape != residual.shape or x.dtype != residual.dtype:
         raise ValueError(f"x {x.dtype} {tuple(x.shape)} and residual {residual.dtype} "
@@ -54,9 +60,9 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
     y = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y.reshape(x.shape)
-    BLOCK_N = triton.next_power_of_2(N)
+    BLOCK_N, num_warps = add_layer_norm_config(N)
     _add_layer_norm_kernel[(x2.shape[0],)](
         x2, r2, weight.contiguous(), bias.contiguous(), y, x2.stride(0), r2.stride(0), y.stride(0),
-        N, float(eps), BLOCK_N=BLOCK_N, num_warps=min(max(BLOCK_N // 256, 1), 16),
+        N, float(eps), BLOCK_N=BLOCK_N, num_warps=num_warps,
     )
     return y.reshape(x.shape)

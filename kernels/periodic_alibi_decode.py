@@ -116,6 +116,11 @@ def decode_chunk(kv_len, max_chunks=64, min_chunk=256):
     return max(min_chunk, 64 * triton.cdiv(triton.cdiv(kv_len, max_chunks), 64))
 
 
+def decode_config(block_d):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = 16 new queries (tl.dot needs M >= 16)."""
+    return MAX_QUERIES, 64, 4 if block_d <= 128 else 8, 2
+
+
 def periodic_alibi_decode(q, k_cache, v_cache, slopes, period, offset, scale=None):
     _check_qkv(q, k_cache, v_cache, slopes, period)
     B, H, Tq, D = q.shape
@@ -126,8 +131,8 @@ def periodic_alibi_decode(q, k_cache, v_cache, slopes, period, offset, scale=Non
     q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     kv_len = offset + Tq
-    BLOCK_M, BLOCK_N = MAX_QUERIES, 64  # tl.dot needs M >= 16
     BLOCK_D = max(16, triton.next_power_of_2(D))
+    BLOCK_M, BLOCK_N, num_warps, num_stages = decode_config(BLOCK_D)
     chunk = decode_chunk(kv_len)
     n_chunks = triton.cdiv(kv_len, chunk)
     part_out = torch.empty(B * H, n_chunks, BLOCK_M, BLOCK_D, device=q.device, dtype=torch.float32)
@@ -139,7 +144,7 @@ def periodic_alibi_decode(q, k_cache, v_cache, slopes, period, offset, scale=Non
         H, Tq, D, int(offset), int(period), scale * LOG2E, chunk, n_chunks,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4 if BLOCK_D <= 128 else 8, num_stages=2,
+        num_warps=num_warps, num_stages=num_stages,
     )
     _merge_chunks_kernel[(Tq, B * H)](
         part_out, part_lse, out, *out.stride()[:3], H, D, n_chunks,
