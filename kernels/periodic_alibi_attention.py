@@ -4,7 +4,8 @@
     bias(h,i,j) = -slopes[h] * floor((i + offset - j) / period)
 
 i indexes the queries of this call, `offset` is the absolute position of query 0 and the
-keys sit at absolute positions 0..Tk-1 (so prefill is offset=0, Tq=Tk).
+keys sit at absolute positions 0..Tk-1 (so prefill is offset=0, Tq=Tk; a query past the last
+key sees every key).
 
 Shapes: q [B,H,Tq,D], k/v [B,H,Tk,D] (any batch/head/time strides; a last dim that is not
 unit-stride is copied), slopes fp32 [H], seq_lens optional int32 [B]: sequence b is valid
@@ -102,9 +103,12 @@ def _periodic_alibi_attention_kernel(
     b = bh // H
     h = bh % H
     start_m = pid_m * BLOCK_M
-    kv_len = Tk
+    kv_len = Tk  # keys at positions >= kv_len are ignored
+    q_end = offset + Tq  # query rows at positions >= q_end are padding (written as zeros)
     if HAS_SEQ_LENS:
-        kv_len = tl.minimum(Tk, tl.load(SeqLens + b))
+        seq_len = tl.load(SeqLens + b)
+        kv_len = tl.minimum(Tk, seq_len)
+        q_end = tl.minimum(q_end, seq_len)
     # int64 bases: b * stride_b overflows int32 on large batches; in-tile offsets stay int32
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
@@ -121,7 +125,7 @@ def _periodic_alibi_attention_kernel(
     # keys this block can see: [0, hi). Keys past the block's last query are never loaded,
     # and blocks wholly below [full_hi) need no mask: only the diagonal pays for causality.
     hi = tl.minimum(kv_len, start_m + offset + BLOCK_M)
-    hi = tl.where(start_m + offset < kv_len, hi, 0)  # whole block is padding
+    hi = tl.where(start_m + offset < q_end, hi, 0)  # whole block is padding
     full_hi = (tl.minimum(hi, start_m + offset + 1) // BLOCK_N) * BLOCK_N
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -143,7 +147,7 @@ def _periodic_alibi_attention_kernel(
         k_blk += BLOCK_N * stride_kt
         v_blk += BLOCK_N * stride_vt
 
-    valid = (pos_m < kv_len) & (l_i > 0)
+    valid = (pos_m < q_end) & (l_i > 0)
     out = acc / tl.where(valid, l_i, 1.0)[:, None]
     out = tl.where(valid[:, None], out, 0.0)
     tl.store(o_base + offs_m[:, None].to(tl.int64) * stride_ot + offs_d[None, :],

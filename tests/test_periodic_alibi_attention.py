@@ -54,6 +54,7 @@ def test_prefill(T, D, dtype):
     (1, 64, 33, 0),     # period 1: plain ALiBi-like integer distance; offset on a block edge
     (30, 100, 70, 40),  # keys past the last query exist and must be ignored
     (45, 0, 80, 0),
+    (30, 10, 20, -15),  # queries past the last key see every key
 ])
 def test_offsets_and_periods(period, offset, Tq, extra_keys, dtype):
     q, k, v = _qkv(2, 4, Tq, offset + Tq + extra_keys, 208, dtype, seed=1)
