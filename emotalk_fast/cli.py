@@ -18,7 +18,7 @@ def _animate(args) -> None:
     animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
     t1 = time.perf_counter()
     anim = animator.animate(args.input, level=args.level, person=args.person,
-                            postprocess=args.postprocess, seed=args.seed)
+                            postprocess=args.postprocess, seed=args.seed, progress=True)
     t2 = time.perf_counter()
     anim.save(out)
     top = max(anim.emotion.items(), key=lambda kv: kv[1])
@@ -64,6 +64,65 @@ def _convert(args) -> None:
           f"({sum(v.numel() for v in sd.values()) / 1e6:.1f} M parameters)")
 
 
+def _load_animator(args):
+    from .animator import Animator
+
+    if getattr(args, "checkpoint", None):
+        return Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
+    return Animator.from_config(args.preset, device=args.device, dtype=args.dtype)
+
+
+def _stream(args) -> None:
+    import numpy as np
+
+    from .audio import prepare_audio
+    from .stream_eval import play
+
+    animator = _load_animator(args)
+    stream = animator.stream(level=args.level, person=args.person, hop_ms=args.hop_ms,
+                             lookahead_ms=args.lookahead_ms, context_ms=args.context_ms)
+    samples = prepare_audio(args.input, min_samples=animator.min_samples)
+    print(f"streaming {len(samples) / 16000:.2f} s in {args.hop_ms} ms hops"
+          f"{' in real time' if args.realtime else ''}; algorithmic latency {stream.latency_ms:.0f} ms")
+    hop_s, algo_s, computes, done = args.hop_ms / 1000, stream.latency_ms / 1000, [], [0]
+
+    def on_hop(i, frames, compute_s, wall_s):
+        computes.append(compute_s)
+        if len(frames):
+            # wall-clock age of the hop's first frame when it came out (real-time mode), else
+            # the algorithmic latency plus this hop's compute
+            first = done[0] / 30
+            latency = wall_s - first if args.realtime else algo_s + compute_s
+            print(f"hop {i:4d}: +{len(frames)} frames (to {done[0] + len(frames)}), compute {1000 * compute_s:6.1f} ms, "
+                  f"first-frame latency {1000 * latency:6.0f} ms")
+            done[0] += len(frames)
+
+    frames = play(stream, samples, int(hop_s * 16000), realtime=args.realtime, on_hop=on_hop)
+    print(f"{len(frames)} frames; compute per hop median {1000 * float(np.median(computes)):.1f} ms, "
+          f"max {1000 * max(computes):.1f} ms (real time needs < {args.hop_ms} ms)")
+    if args.output:
+        from .animator import Animation
+
+        path = Animation(frames, stream.emotion_logits, animator.config.emotion_labels).save(args.output)
+        print(f"wrote {path}")
+
+
+def _stream_eval(args) -> None:
+    import json
+
+    from .bench import generated_speech
+    from .stream_eval import evaluate, markdown_table
+
+    animator = _load_animator(args)
+    speech = generated_speech(args.seconds)
+    contexts = [int(x) for x in args.contexts.split(",")]
+    lookaheads = [int(x) for x in args.lookaheads.split(",")]
+    rows = evaluate(animator, speech, contexts, lookaheads, args.hop_ms)
+    print(markdown_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))
+
+
 def _bench(args) -> None:
     from .bench import run_bench
 
@@ -96,6 +155,40 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output", help="output directory (config.json + model.safetensors)")
     c.set_defaults(func=_convert)
 
+    def add_model_options(p_, checkpoint_required: bool):
+        if checkpoint_required:
+            p_.add_argument("--checkpoint", required=True, help="EmoTalk.pth or a converted directory")
+        else:
+            p_.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory (default: random weights)")
+            p_.add_argument("--preset", default="mini",
+                            help="architecture for random weights when no checkpoint is given: emotalk, mini, tiny")
+        p_.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+        p_.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+
+    def add_stream_options(p_):
+        p_.add_argument("--hop-ms", type=int, default=100, help="multiple of 100 (default 100)")
+        p_.add_argument("--lookahead-ms", type=int, default=200, help="multiple of 100 (default 200)")
+        p_.add_argument("--context-ms", type=int, default=2000, help="multiple of 100 (default 2000)")
+
+    s_ = sub.add_parser("stream", help="stream a file in hops as if from a microphone")
+    s_.add_argument("input", help="audio file")
+    s_.add_argument("-o", "--output", help="write the frames (.csv, .npy or .json)")
+    s_.add_argument("--realtime", action="store_true", help="push each hop only when it would have been spoken")
+    s_.add_argument("--level", type=int, default=1)
+    s_.add_argument("--person", type=int, default=0)
+    add_model_options(s_, checkpoint_required=False)
+    add_stream_options(s_)
+    s_.set_defaults(func=_stream)
+
+    e = sub.add_parser("stream-eval", help="streaming vs offline: deviation, latency, compute per hop")
+    e.add_argument("--seconds", type=float, default=8.0, help="length of the generated speech")
+    e.add_argument("--contexts", default="1000,2000,4000", help="context settings in ms")
+    e.add_argument("--lookaheads", default="100,200,400", help="lookahead settings in ms")
+    e.add_argument("--hop-ms", type=int, default=100)
+    e.add_argument("--json", help="also write the rows as JSON here")
+    add_model_options(e, checkpoint_required=False)
+    e.set_defaults(func=_stream_eval)
+
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")
     b.add_argument("--seconds", type=float, default=10.0, help="length of the generated speech")
     b.add_argument("--device", default="auto")
@@ -110,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
         print(f"emotalk-fast {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,173 @@
+"""Streaming: exact KV-cached decoder, push-partition invariance, frame accounting, the
+stream/long-audio windows agreeing, bounded memory, and bad input."""
+import numpy as np
+import pytest
+import torch
+
+from emotalk_fast import Animator
+from emotalk_fast.controls import style_weights
+from emotalk_fast.decoder import KVCache
+from emotalk_fast.model import num_frames
+from emotalk_fast.streaming import encode_windowed
+from helpers import assert_close, espeak_speech
+from test_model_parity import CONFIGS
+
+
+@pytest.fixture(scope="module")
+def animator():
+    return Animator.from_config("tiny", seed=3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return espeak_speech("Streaming speech, pushed in pieces of every size.", speed=190)
+
+
+def _stream_all(stream, samples, sizes, seed):
+    rng = np.random.default_rng(seed)
+    out, i = [], 0
+    while i < len(samples):
+        n = int(rng.choice(sizes))
+        out.append(stream.push(samples[i : i + n]))
+        i += n
+    out.append(stream.flush())
+    assert all(o.dtype == np.float32 and o.shape[1] == 52 for o in out)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_kv_cached_decoder_equals_offline(name):
+    anim = Animator.from_config(CONFIGS[name], seed=5, device="cpu")
+    model, cfg = anim.model, anim.config
+    T = 97
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(2, T, cfg.content.hidden_size, generator=g)
+    emotion = torch.randn(2, T, cfg.emotion.hidden_size, generator=g)
+    weights = style_weights(cfg, [0, 1], [3, 20], torch.float32, "cpu")
+    rng = np.random.default_rng(1)
+    with torch.inference_mode():
+        offline, _ = model.decode(content, emotion, *weights)
+        for _ in range(3):  # any chunking
+            cache, parts, i = KVCache(), [], 0
+            while i < T:
+                n = int(rng.integers(1, 17))
+                parts.append(model.decode_step(content[:, i : i + n], emotion[:, i : i + n], *weights, cache)[0])
+                i += n
+            assert_close(torch.cat(parts, 1), offline, 1e-5, "streamed decoder")
+
+
+def test_kv_cache_window_bounds_memory():
+    cache = KVCache(max_frames=50)
+    for i in range(40):
+        k = torch.full((1, 2, 3, 4), float(i))
+        cache.append(k, k)
+    assert cache.length == 50 and cache.start == 120 - 50 and cache.end == 120
+    assert cache.k.shape[2] <= 53
+    keys, _ = cache.keys_values()
+    assert keys[0, 0, :, 0].tolist() == [float(j // 3) for j in range(70, 120)]
+
+
+def test_push_partition_does_not_matter(animator, speech):
+    results = [
+        _stream_all(animator.stream(level=1, person=2), speech, sizes, seed)
+        for sizes, seed in (([0, 1, 7, 160, 16000], 0), ([0, 1, 7, 160, 16000], 1), ([len(speech)], 0), ([1600], 0))
+    ]
+    assert results[0].shape == (num_frames(len(speech)), 52)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("n", [720, 1601, 4800, 16000, 23999])
+def test_total_frames_match_offline(animator, speech, n):
+    stream = animator.stream(hop_ms=200, lookahead_ms=100, context_ms=300)
+    frames = _stream_all(stream, speech[:n], [333], 0)
+    assert frames.shape == (num_frames(n), 52) and np.isfinite(frames).all()
+    assert stream.frames_emitted == num_frames(n)
+
+
+def test_stream_equals_windowed_offline(animator, speech):
+    """The stream and the long-audio path share windows, so they agree frame for frame."""
+    settings = {"hop_ms": 300, "lookahead_ms": 200, "context_ms": 1000}
+    streamed = _stream_all(animator.stream(level=0, person=7, **settings), speech, [4000], 0)
+    with torch.inference_mode():
+        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), **settings)
+        offline, _ = animator.model.decode(content, emotion, *style_weights(animator.config, 0, 7, torch.float32, "cpu"))
+    assert_close(streamed, offline[0], 1e-5, "stream vs windowed offline")
+
+
+def test_long_audio_threshold(animator, speech):
+    exact = animator.animate(speech, long_audio_s=None).blendshapes
+    np.testing.assert_array_equal(animator.animate(speech).blendshapes, exact)  # below the default threshold
+    windowed = animator.animate(speech, long_audio_s=1.0)
+    assert windowed.num_frames == num_frames(len(speech))
+    from emotalk_fast.animator import LONG_WINDOW
+
+    with torch.inference_mode():
+        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), **LONG_WINDOW)
+        want, _ = animator.model.decode(content, emotion, *style_weights(animator.config, 1, 0, torch.float32, "cpu"))
+    assert_close(windowed.blendshapes, want[0], 1e-5, "long-audio path")
+
+
+def test_reset_with_new_style(animator, speech):
+    stream = animator.stream(level=1, person=0)
+    first = _stream_all(stream, speech, [3200], 0)
+    stream.reset(level=0, person=5)
+    second = _stream_all(stream, speech, [3200], 0)
+    fresh = _stream_all(animator.stream(level=0, person=5), speech, [3200], 0)
+    np.testing.assert_array_equal(second, fresh)
+    assert np.abs(first - second).max() > 1e-3
+    stream.reset()
+    np.testing.assert_array_equal(_stream_all(stream, speech, [3200], 0), fresh)  # keeps level 0, person 5
+
+
+def test_latency_and_memory_stay_bounded(animator):
+    stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=500, max_cache_s=2.0)
+    assert stream.latency_ms == pytest.approx(100 + 200 + 5)
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # 8 s of audio in 200 ms chunks
+        stream.push((0.1 * rng.standard_normal(3200)).astype(np.float32))
+    assert len(stream._buffer) <= (500 + 100 + 200) * 16 + 400 + 320 * 2
+    assert stream._cache.length <= 60 and stream._cache.k.shape[2] <= 63
+    assert stream.emotion_logits.shape == (7,)
+
+
+def test_bad_input_leaves_the_stream_usable(animator, speech):
+    clean = _stream_all(animator.stream(), speech, [4000], 0)
+    stream = animator.stream()
+    stream.push(speech[:4000])
+    bad = speech[4000:8000].copy()
+    bad[10] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        stream.push(bad)
+    with pytest.raises(TypeError, match="floating point"):
+        stream.push((speech[4000:8000] * 32767).astype(np.int16))
+    with pytest.raises(ValueError, match="mono"):
+        stream.push(np.zeros((2, 100), np.float32))
+    with pytest.raises(TypeError):
+        stream.push("loud noises")
+    out = [stream.push(speech[i : i + 4000]) for i in range(4000, len(speech), 4000)]
+    out.append(stream.flush())
+    first = animator.stream().push(speech[:4000])
+    np.testing.assert_array_equal(np.concatenate([first, *out]), clean)
+    with pytest.raises(RuntimeError, match="reset"):
+        stream.push(speech[:100])
+    with pytest.raises(RuntimeError, match="reset"):
+        stream.flush()
+    stream.reset()
+    assert stream.push(np.zeros(0, np.float32)).shape == (0, 52)
+
+
+def test_empty_and_too_short_utterances(animator):
+    stream = animator.stream()
+    assert stream.flush().shape == (0, 52)
+    stream.reset()
+    stream.push(np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match="too short"):
+        stream.flush()
+
+
+@pytest.mark.parametrize("kwargs", [{"hop_ms": 50}, {"hop_ms": 0}, {"lookahead_ms": 150}, {"context_ms": -100},
+                                    {"max_cache_s": 0}, {"level": 3}])
+def test_bad_settings(animator, kwargs):
+    with pytest.raises(ValueError):
+        animator.stream(**kwargs)
