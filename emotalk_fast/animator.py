@@ -12,9 +12,10 @@ import torch
 from . import checkpoint as ckpt
 from .audio import prepare_audio
 from .config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE, EmoTalkConfig
-from .controls import check_style, style_weights
+from .controls import Schedule, check_style
 from .export import save_blendshapes
-from .model import EmoTalk, num_emotion_frames
+from .model import EmoTalk, num_emotion_frames, resample_frames
+from .model import num_frames as model_num_frames
 from .postprocess import postprocess as postprocess_curves
 
 BACKENDS = ("auto", "torch", "triton")
@@ -22,6 +23,7 @@ BACKENDS = ("auto", "torch", "triton")
 # and time grow linearly with length; shorter clips get exactly the offline computation.
 LONG_AUDIO_S = 60.0
 LONG_WINDOW = {"hop_ms": 10_000, "lookahead_ms": 2_000, "context_ms": 2_000}
+EMOTION_WINDOW_S = 1.0  # seconds per entry of Animation.emotion_timeline
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -38,6 +40,8 @@ class Animation:
     emotion_labels: tuple[str, ...]
     names: tuple[str, ...] = BLENDSHAPE_NAMES  # ARKit name of each column
     fps: int = FPS
+    # the classifier on each EMOTION_WINDOW_S of the emotion branch's frames [windows, labels]
+    emotion_window_logits: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -50,15 +54,37 @@ class Animation:
 
     @property
     def emotion(self) -> dict[str, float]:
-        """Label -> probability (softmax of the logits)."""
-        z = self.emotion_logits.astype(np.float64)
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        return {label: float(v) for label, v in zip(self.emotion_labels, p)}
+        """Label -> probability for the whole clip (softmax of the logits)."""
+        return dict(zip(self.emotion_labels, _softmax(self.emotion_logits).tolist()))
+
+    @property
+    def emotion_timeline(self) -> list[tuple[float, dict[str, float]]]:
+        """[(window start in seconds, label -> probability)], one per EMOTION_WINDOW_S."""
+        if self.emotion_window_logits is None:
+            return []
+        return [(i * EMOTION_WINDOW_S, dict(zip(self.emotion_labels, _softmax(z).tolist())))
+                for i, z in enumerate(self.emotion_window_logits)]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write .npy ([T, 52] float32), .csv (frame, time, 52 names) or .json."""
         return save_blendshapes(path, self.blendshapes, self.names, self.fps, self.emotion)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
+@dataclass
+class _Clip:
+    """One clip's validated inputs."""
+
+    samples: np.ndarray  # 16 kHz mono
+    level: np.ndarray  # weights [2], or [T, 2] under a schedule
+    person: np.ndarray  # weights [24], or [T, 24]
+    frames: int
+    emotion_samples: np.ndarray | None = None  # emotion reference, 16 kHz mono
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -154,22 +180,31 @@ class Animator:
             n += 1
         return n
 
-    def animate(self, audio, sample_rate: int | None = None, level: int = 1, person: int = 0,
-                postprocess: bool = False, seed: int | None = None, long_audio_s: float | None = LONG_AUDIO_S,
-                progress: bool = False) -> Animation:
+    def animate(self, audio, sample_rate: int | None = None, level=1, person=0, postprocess: bool = False,
+                seed: int | None = None, *, emotion_reference=None, schedule=None, num_frames: int | None = None,
+                long_audio_s: float | None = LONG_AUDIO_S, progress: bool = False) -> Animation:
         """Animate one clip.
 
         audio: path, or float array/tensor [N] or [channels, N] at `sample_rate` (default 16 kHz).
-        level: emotion level 0 or 1. person: speaking style 0..23.
+        level: emotion level 0 or 1, or a float in [0, 1] blending the two.
+        person: speaking style 0..23, or a mix {index: weight} / 24 weights summing to 1.
         postprocess: the release demo's smoothing + blinks (deterministic for a given seed).
+        emotion_reference: take the emotion from this audio (path or array, same sample_rate)
+            instead: content of `audio`, emotion of the reference resampled to its frames.
+        schedule: a `Schedule` (or [(start_s, level, person), ...]) of style changes within the
+            clip; it replaces `level` and `person`.
+        num_frames: output frame count (default ceil(N / 16000 * 30)).
         long_audio_s: clips longer than this many seconds are encoded in overlapping windows
             (10 s hops, 2 s context either side) so memory stays flat; None never windows.
         progress: print progress of windowed (long) clips to stderr.
         """
-        return self.animate_batch([audio], sample_rate, level, person, postprocess, seed, long_audio_s,
-                                  progress)[0]
+        return self.animate_batch([audio], sample_rate, [level], [person], postprocess, seed,
+                                  emotion_reference=None if emotion_reference is None else [emotion_reference],
+                                  schedule=None if schedule is None else [schedule],
+                                  num_frames=None if num_frames is None else [num_frames],
+                                  long_audio_s=long_audio_s, progress=progress)[0]
 
-    def stream(self, level: int = 1, person: int = 0, *, hop_ms: int = 100, lookahead_ms: int = 200,
+    def stream(self, level=1, person=0, *, hop_ms: int = 100, lookahead_ms: int = 200,
                context_ms: int = 2000, max_cache_s: float = 600.0):
         """A streaming animator: push 16 kHz chunks, get final frames back (see streaming.py).
 
@@ -181,51 +216,99 @@ class Animator:
                                lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s)
 
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
-                      postprocess: bool = False, seed: int | None = None,
-                      long_audio_s: float | None = LONG_AUDIO_S, progress: bool = False) -> list[Animation]:
+                      postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,
+                      schedule=None, num_frames=None, long_audio_s: float | None = LONG_AUDIO_S,
+                      progress: bool = False) -> list[Animation]:
         """Animate clips of different lengths in one padded batch; each result equals its
-        single-clip `animate` (within float rounding). level/person: one value or one per clip.
-        Clips longer than `long_audio_s` are windowed one by one (see `animate`)."""
+        single-clip `animate` (within float rounding). Every option takes one value for all
+        clips or a list with one per clip (so give weight vectors as tuples or arrays). Clips longer than `long_audio_s` are windowed one by
+        one (see `animate`); an emotion reference or a frame count keeps a clip offline."""
         if isinstance(audios, (str, os.PathLike, np.ndarray, torch.Tensor)):
             raise TypeError("animate_batch takes a list of clips; use animate() for one clip")
         audios = list(audios)
         if not audios:
             raise ValueError("animate_batch needs at least one clip")
-        levels = self._per_clip("level", level, len(audios))
-        persons = self._per_clip("person", person, len(audios))
-        styles = [check_style(self.config, lv, p) for lv, p in zip(levels, persons)]
-        clips = [prepare_audio(a, sample_rate, self.min_samples) for a in audios]
+        n = len(audios)
+        clips = [self._prepare(a, sample_rate, lv, p, ref, sch, nf) for a, lv, p, ref, sch, nf in zip(
+            audios, self._per_clip("level", level, n), self._per_clip("person", person, n),
+            self._per_clip("emotion_reference", emotion_reference, n), self._per_clip("schedule", schedule, n),
+            self._per_clip("num_frames", num_frames, n))]
 
         limit = None if long_audio_s is None else long_audio_s * SAMPLE_RATE
-        short = [i for i, c in enumerate(clips) if limit is None or len(c) <= limit]
-        outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if short:
-            outputs.update(zip(short, self._run_batch([clips[i] for i in short], [styles[i] for i in short])))
-        for i in sorted(set(range(len(clips))) - set(short)):
-            outputs[i] = self._run_windowed(clips[i], styles[i], progress)
+        windowed = [i for i, c in enumerate(clips) if limit is not None and len(c.samples) > limit
+                    and c.emotion_samples is None]
+        offline = [i for i in range(n) if i not in windowed]
+        outputs = {}
+        if offline:
+            outputs.update(zip(offline, self._run_batch([clips[i] for i in offline])))
+        for i in windowed:
+            outputs[i] = self._run_windowed(clips[i], progress)
         results = []
-        for i in range(len(clips)):
-            curves, logits = outputs[i]
+        for i in range(n):
+            curves, logits, window_logits = outputs[i]
             if postprocess:
                 curves = postprocess_curves(curves, None if seed is None else seed + i)
-            results.append(Animation(np.ascontiguousarray(curves), logits, self.config.emotion_labels))
+            results.append(Animation(np.ascontiguousarray(curves), logits, self.config.emotion_labels,
+                                     emotion_window_logits=window_logits))
         return results
 
-    def _run_batch(self, clips: list[np.ndarray], styles: list[tuple[int, int]]):
-        """Offline model on a zero-padded batch -> [(blendshapes [T, 52], logits)] per clip."""
-        lengths = torch.tensor([len(c) for c in clips])
-        wave = torch.zeros(len(clips), int(lengths.max()))
-        for i, c in enumerate(clips):
-            wave[i, : len(c)] = torch.from_numpy(c)
+    def _prepare(self, audio, sample_rate, level, person, emotion_reference, schedule, frames) -> _Clip:
+        samples = prepare_audio(audio, sample_rate, self.min_samples)
+        if frames is None:
+            frames = model_num_frames(len(samples))
+        elif isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
+            raise ValueError(f"num_frames must be a positive integer, got {frames!r}")
+        if schedule is not None:
+            if not isinstance(schedule, Schedule):
+                schedule = Schedule(tuple(schedule))
+            lw, pw = schedule.weights(self.config, int(frames))
+        else:
+            lw, pw = check_style(self.config, level, person)
+        ref = None if emotion_reference is None else prepare_audio(emotion_reference, sample_rate, self.min_samples)
+        return _Clip(samples, lw, pw, int(frames), ref)
+
+    def _tensor(self, x) -> torch.Tensor:
+        return torch.as_tensor(x).to(self.device, self.dtype)
+
+    def _pad(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(a) for a in arrays])
+        out = torch.zeros(len(arrays), int(lengths.max()), *arrays[0].shape[1:])
+        for i, a in enumerate(arrays):
+            out[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+        return out.to(self.device, self.dtype), lengths.to(self.device)
+
+    def _style_batch(self, clips: list[_Clip]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, n] weights, or [B, T, n] when any clip has a schedule (shorter ones padded)."""
+        if all(c.level.ndim == 1 for c in clips):
+            return (self._tensor(np.stack([c.level for c in clips])),
+                    self._tensor(np.stack([c.person for c in clips])))
+        per_frame = [(np.broadcast_to(c.level, (c.frames, c.level.shape[-1])),
+                      np.broadcast_to(c.person, (c.frames, c.person.shape[-1]))) for c in clips]
+        return self._pad([lw for lw, _ in per_frame])[0], self._pad([pw for _, pw in per_frame])[0]
+
+    def _emotion_windows(self, emotion_hidden: torch.Tensor) -> np.ndarray:
+        """Emotion hidden [T, hidden] -> classifier logits per EMOTION_WINDOW_S [W, labels]."""
+        size = int(round(EMOTION_WINDOW_S * FPS))
+        means = torch.stack([w.mean(0) for w in emotion_hidden.split(size)])
+        return self.model.emotion_encoder.classify(means).float().cpu().numpy()
+
+    def _run_batch(self, clips: list[_Clip]):
+        """Offline model on a zero-padded batch -> [(blendshapes, logits, window logits)] per clip."""
+        wave, lengths = self._pad([c.samples for c in clips])
+        level, person = self._style_batch(clips)
+        emotion_wave = emotion_lengths = None
+        if any(c.emotion_samples is not None for c in clips):
+            emotion_wave, emotion_lengths = self._pad(
+                [c.samples if c.emotion_samples is None else c.emotion_samples for c in clips])
         with torch.inference_mode():
-            out = self.model(wave.to(self.device, self.dtype), lengths.to(self.device),
-                             torch.tensor([s[0] for s in styles], device=self.device),
-                             torch.tensor([s[1] for s in styles], device=self.device))
+            out = self.model(wave, lengths, level, person, frames=[c.frames for c in clips],
+                             emotion_wave=emotion_wave, emotion_num_samples=emotion_lengths)
+            windows = [self._emotion_windows(out.emotion_hidden[i, :t]) for i, t in enumerate(out.frames)]
         blendshapes = out.blendshapes.float().cpu().numpy()
         logits = out.emotion_logits.float().cpu().numpy()
-        return [(blendshapes[i, :t], logits[i]) for i, t in enumerate(out.frames)]
+        return [(blendshapes[i, :t], logits[i], windows[i]) for i, t in enumerate(out.frames)]
 
-    def _run_windowed(self, clip: np.ndarray, style: tuple[int, int], progress: bool):
+    def _run_windowed(self, clip: _Clip, progress: bool):
         """A long clip: windowed encoders, then the exact decoder over the whole sequence."""
         from .streaming import encode_windowed
 
@@ -234,17 +317,20 @@ class Animator:
                   flush=True)
 
         with torch.inference_mode():
-            wave = torch.from_numpy(clip).to(self.device, self.dtype)
-            content, emotion = encode_windowed(self.model, wave, progress=report if progress else None,
-                                               **LONG_WINDOW)
-            weights = style_weights(self.config, *style, self.dtype, self.device)
-            blendshapes, _ = self.model.decode(content, emotion, *weights)
+            content, emotion = encode_windowed(self.model, self._tensor(clip.samples),
+                                               progress=report if progress else None, **LONG_WINDOW)
+            if content.shape[1] != clip.frames:  # an explicit frame count: resample as offline
+                content, emotion = resample_frames(content, clip.frames), resample_frames(emotion, clip.frames)
+            blendshapes, _ = self.model.decode(content, emotion, self._tensor(clip.level)[None],
+                                               self._tensor(clip.person)[None])
             logits = self.model.emotion_encoder.classify(emotion.mean(1))
-        return blendshapes[0].float().cpu().numpy(), logits[0].float().cpu().numpy()
+            windows = self._emotion_windows(emotion[0])
+        return blendshapes[0].float().cpu().numpy(), logits[0].float().cpu().numpy(), windows
 
     @staticmethod
     def _per_clip(name: str, value, n: int) -> list:
-        if isinstance(value, (list, tuple)):
+        """One value for every clip, or a list with one per clip."""
+        if isinstance(value, list):
             if len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries for {n} clips")
             return list(value)

@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ENCODER_FPS, FPS, SAMPLE_RATE, EmoTalkConfig
-from .controls import style_weights
 from .decoder import PeriodicCausalDecoder
 from .encoder import Wav2Vec2Encoder
 
@@ -95,7 +94,8 @@ class EmoTalk(nn.Module):
 
     # --- decoder ------------------------------------------------------------------------
     def decoder_inputs(self, content_hidden, emotion_hidden, level_weights, person_weights):
-        """Hidden states [B, T, hidden] x 2 and style weights [B, 2], [B, 24] -> (x, memory).
+        """Hidden states [B, T, hidden] x 2 and style weights ([B, n] for the whole clip, or
+        [B, T, n] per frame) -> (x, memory).
 
         x = concat[content, relu(emotion_map2(e832)), level, person]; memory = e832. The style
         weights are one-hot rows in the release; any weights go through the same linear maps.
@@ -103,11 +103,9 @@ class EmoTalk(nn.Module):
         T = content_hidden.shape[1]
         e832 = self.emotion_map(emotion_hidden)
         style = torch.cat([self.level_embed(level_weights), self.person_embed(person_weights)], -1)
-        x = torch.cat([
-            self.content_map(content_hidden),
-            F.relu(self.emotion_map2(e832)),
-            style[:, None, :].expand(-1, T, -1),
-        ], dim=-1)
+        if style.dim() == 2:
+            style = style[:, None, :].expand(-1, T, -1)
+        x = torch.cat([self.content_map(content_hidden), F.relu(self.emotion_map2(e832)), style], dim=-1)
         return x, e832
 
     def decode(self, content_hidden, emotion_hidden, level_weights, person_weights):
@@ -122,16 +120,36 @@ class EmoTalk(nn.Module):
         out = self.decoder.step(x, memory, cache)
         return self.blendshape_head(out), out
 
-    def forward(self, wave: torch.Tensor, num_samples: torch.Tensor, level: torch.Tensor,
-                person: torch.Tensor) -> EmoTalkOutput:
-        """wave [B, N] (16 kHz, zero-padded past num_samples [B]); level, person [B] indices."""
-        frames = [num_frames(int(n)) for n in num_samples.tolist()]
+    def forward(self, wave: torch.Tensor, num_samples: torch.Tensor, level: torch.Tensor, person: torch.Tensor,
+                frames: list[int] | None = None, emotion_wave: torch.Tensor | None = None,
+                emotion_num_samples: torch.Tensor | None = None) -> EmoTalkOutput:
+        """wave [B, N] (16 kHz, zero-padded past num_samples [B]).
+
+        level, person: indices [B] (the release's one-hot inputs) or weights [B, n] or [B, T, n].
+        frames: output frames per item (default ceil(N / 16000 * 30)).
+        emotion_wave: take the emotion from this audio instead (the training forward's cross
+            reconstruction); its features are resampled to the content's frames.
+        """
+        if frames is None:
+            frames = [num_frames(int(n)) for n in num_samples.tolist()]
         wave = normalize_waveform(wave, num_samples)
         content = self.encode_content(wave, num_samples, frames)
-        emotion, logits = self.encode_emotion(wave, num_samples, frames)
-        blendshapes, out = self.decode(content, emotion, *style_weights(self.cfg, level, person, wave.dtype,
-                                                                        wave.device))
+        if emotion_wave is None:
+            emotion_wave, emotion_num_samples = wave, num_samples
+        else:
+            emotion_wave = normalize_waveform(emotion_wave, emotion_num_samples)
+        emotion, logits = self.encode_emotion(emotion_wave, emotion_num_samples, frames)
+        dec = self.cfg.decoder
+        blendshapes, out = self.decode(content, emotion, self._weights(level, dec.num_levels, wave),
+                                       self._weights(person, dec.num_persons, wave))
         return EmoTalkOutput(blendshapes, out, content, emotion, logits, frames)
+
+    @staticmethod
+    def _weights(x: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tensor:
+        """Indices -> one-hot rows (exactly the release's input); weights pass through."""
+        if x.is_floating_point():
+            return x.to(device=like.device, dtype=like.dtype)
+        return F.one_hot(x.to(like.device), size).to(like.dtype)
 
     # --- ragged-batch helpers -------------------------------------------------------------
     @staticmethod

@@ -31,7 +31,7 @@ import torch
 
 from .config import ENCODER_FPS, FPS, SAMPLE_RATE
 from .decoder import KVCache
-from .controls import check_style, style_weights
+from .controls import check_style
 from .model import EmoTalk, num_frames
 
 GRID_MS = 100  # the grids of 50 Hz CNN frames and 30 fps output frames coincide every 100 ms
@@ -134,12 +134,13 @@ class AnimationStream:
         self.reset()
 
     # --- state ------------------------------------------------------------------------------
-    def reset(self, level: int | None = None, person: int | None = None) -> None:
+    def reset(self, level=None, person=None) -> None:
         """Start a new utterance, optionally with another level/person."""
-        cfg = self.model.cfg
-        self.level, self.person = check_style(cfg, self.level if level is None else level,
-                                              self.person if person is None else person)
-        self._style = style_weights(cfg, self.level, self.person, self.dtype, self.device)
+        self.level = self.level if level is None else level
+        self.person = self.person if person is None else person
+        weights = check_style(self.model.cfg, self.level, self.person)
+        self._style_from = self._style_to = weights
+        self._fade_start, self._fade_frames = 0, 0
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # absolute index of _buffer[0]
         self._received = 0
@@ -148,6 +149,34 @@ class AnimationStream:
         self._emotion_sum = None
         self._emotion_frames = 0
         self._flushed = False
+
+    def set_style(self, level=None, person=None, crossfade_ms: float = 0.0) -> None:
+        """Change level and/or person from the next frame not yet emitted, fading linearly over
+        `crossfade_ms`. Any form `animate` takes (indices, a float level, person mixes)."""
+        if not crossfade_ms >= 0:
+            raise ValueError(f"crossfade_ms must be >= 0, got {crossfade_ms!r}")
+        self.level = self.level if level is None else level
+        self.person = self.person if person is None else person
+        new = check_style(self.model.cfg, self.level, self.person)
+        start = self._next_hop * self.encoder.hop
+        self._style_from = self._style_at(start)
+        self._style_to = new
+        self._fade_start, self._fade_frames = start, int(round(crossfade_ms / 1000 * FPS))
+
+    def _style_at(self, frame: int):
+        if self._fade_frames == 0 or frame >= self._fade_start + self._fade_frames:
+            return self._style_to
+        a = max(0.0, (frame - self._fade_start) / self._fade_frames)
+        return tuple((1 - a) * f + a * t for f, t in zip(self._style_from, self._style_to))
+
+    def _style_weights(self, h0: int, h1: int):
+        """Level and person weights for frames [h0, h1): [1, n] when constant, else [1, t, n]."""
+        if self._fade_frames == 0 or h0 >= self._fade_start + self._fade_frames:
+            rows = self._style_to
+            return tuple(torch.as_tensor(r[None]).to(self.device, self.dtype) for r in rows)
+        per_frame = [self._style_at(f) for f in range(h0, h1)]
+        return tuple(torch.as_tensor(np.stack([p[i] for p in per_frame])[None]).to(self.device, self.dtype)
+                     for i in range(2))
 
     @property
     def latency_ms(self) -> float:
@@ -206,7 +235,7 @@ class AnimationStream:
         samples = torch.from_numpy(self._buffer[lo:hi]).to(self.device, self.dtype)
         with torch.inference_mode():
             content, emotion = self.encoder.encode(samples, w)
-            blendshapes, _ = self.model.decode_step(content, emotion, *self._style, self._cache)
+            blendshapes, _ = self.model.decode_step(content, emotion, *self._style_weights(w.h0, w.h1), self._cache)
             self._emotion_sum = emotion.sum(1) if self._emotion_sum is None else self._emotion_sum + emotion.sum(1)
             self._emotion_frames += emotion.shape[1]
         self._next_hop += 1
