@@ -1,5 +1,6 @@
 """The training loop on the espeak-ng smoke data: exact resume, checkpoints the library loads,
 fine-tuning, data-parallel equivalence, and a tiny model that learns."""
+import json
 import os
 import random
 import subprocess
@@ -127,13 +128,13 @@ def test_ddp_two_ranks_match_one_process(subset, tmp_path, one_thread):
     from emotalk_fast.training.cli import main
 
     assert main([args[0], args[1], str(tmp_path / "single"), *args[2:]]) == 0
+    # AdamW moves every weight by ~lr (1e-3) per step, so a wrong shard or gradient average shows
+    # at that size; float32 summation order (amplified by Adam's normalisation) gave 5e-6.
     diff = _max_diff(_weights(tmp_path / "ddp"), _weights(tmp_path / "single"))
-    assert diff <= 1e-5, diff
-    ddp_log = [l for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    one_log = [l for l in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
-    import json
-
-    assert [json.loads(l)["loss"] for l in ddp_log] == pytest.approx([json.loads(l)["loss"] for l in one_log], rel=1e-5)
+    assert diff <= 5e-5, diff
+    ddp_log, one_log = ([json.loads(line)["loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+                        for d in ("ddp", "single"))
+    assert len(ddp_log) == 3 and ddp_log == pytest.approx(one_log, rel=1e-5)
 
 
 def test_tiny_model_learns_the_smoke_data(data, tmp_path, one_thread):
