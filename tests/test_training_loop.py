@@ -138,8 +138,10 @@ def test_ddp_two_ranks_match_one_process(subset, tmp_path, one_thread):
 
 
 def test_tiny_model_learns_the_smoke_data(data, tmp_path, one_thread):
-    """40 steps (~10 s on one CPU thread): the reconstruction loss falls below 0.5x its first
-    value, and the held-still eval MSE below 0.1x the initial model's (measured: ~0.02x)."""
+    """40 steps (~6 s on one CPU thread): the reconstruction loss (L_cross + L_self) and the total
+    loss fall below 0.5x their first values, and the eval-mode blendshape MSE below 0.1x the
+    initial model's. Measured with seeds 0 and 1: 0.05x, 0.16x and 0.04x. (In 40 steps the model
+    mostly learns the mean pose; 800 steps reach 20x below the per-channel-mean baseline.)"""
     cfg = TrainConfig(data_dir=str(data), output_dir=str(tmp_path), preset="tiny", steps=40, batch_size=2,
                       lr=3e-3, dropout=0.0, log_every=10, export_pretrained=False)
     result = train(cfg)
