@@ -325,6 +325,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
     per_rank = cfg.batch_size // d.world
 
     state = None
+    if not resume and (out / STATE_NAME).is_file():
+        raise ValueError(f"{out} already holds a training run ({STATE_NAME}); resume it or choose another "
+                         "output directory")
+    if not resume and d.main and (out / METRICS_NAME).is_file():
+        (out / METRICS_NAME).unlink()  # left by a run that died before its first checkpoint
     if resume:
         path = out / STATE_NAME
         if not path.is_file():
