@@ -1,0 +1,138 @@
+"""`emotalk-fast train` and `emotalk-fast eval`.
+
+Only argparse is imported here, so `emotalk_fast.cli` can register these subcommands without
+importing torch or transformers; the handlers import the training code when they run.
+Standalone (and under torchrun): `python -m emotalk_fast.training.cli train|eval ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    t = subparsers.add_parser("train", help="train or fine-tune EmoTalk (single process or under torchrun)")
+    t.add_argument("data_dir", help="clips: <stem>.wav (16 kHz) + <stem>.npy [T, 52] at 30 fps")
+    t.add_argument("output_dir", help="checkpoints (EmoTalk.pth, config.json, model.safetensors), train_state.pt")
+    src = t.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="emotalk", help="model size for random weights: emotalk, mini, tiny")
+    src.add_argument("--init", dest="init_checkpoint", default=None, help="release-layout .pth to fine-tune")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=1, help="global batch in pseudo pairs (split over ranks)")
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/train_state.pt")
+    t.add_argument("--self-only", action="store_true", help="no cross reconstruction (e.g. unlabelled data)")
+    t.add_argument("--loss-weights", default="1,1,0.5,0.1", help="cross,self,velocity,cls (default: paper)")
+    t.add_argument("--emotion-map", action="append", default=[], metavar="EMOTION=LABEL",
+                   help="override one row of the RAVDESS->classifier table, e.g. calm=sad (repeatable)")
+    t.add_argument("--on-mismatch", choices=("error", "skip"), default="error",
+                   help="clips whose audio and targets differ by more than one frame")
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (default: bf16 autocast)")
+    t.set_defaults(func=run_train)
+    return t
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    e = subparsers.add_parser("eval", help="blendshape and vertex errors of a checkpoint on a dataset")
+    e.add_argument("checkpoint", help="a training output directory or a release-layout EmoTalk.pth")
+    e.add_argument("data_dir")
+    e.add_argument("--basis", default=None,
+                   help=".npz with neutral [V,3], deltas [52,V,3], lip_indices, eye_indices (LVE/EVE)")
+    e.add_argument("--preset", default=None, help="model config for a bare .pth with non-release head counts")
+    e.add_argument("--output", default=None, help="write the full report (per channel, per clip) as JSON")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=run_eval)
+    return e
+
+
+def register(subparsers) -> None:
+    add_train_parser(subparsers)
+    add_eval_parser(subparsers)
+
+
+def _emotion_map(pairs: list[str]) -> dict[str, str]:
+    from .data import DEFAULT_EMOTION_MAP
+
+    table = dict(DEFAULT_EMOTION_MAP)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--emotion-map takes EMOTION=LABEL, got {pair!r}")
+        table[key.strip()] = value.strip()
+    return table
+
+
+def train_config_from_args(args):
+    from .losses import LossWeights
+    from .train import TrainConfig
+
+    try:
+        weights = [float(x) for x in args.loss_weights.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != 4:
+        raise ValueError(f"--loss-weights takes four numbers cross,self,velocity,cls, got {args.loss_weights!r}")
+    return TrainConfig(
+        data_dir=args.data_dir, output_dir=args.output_dir, preset=args.preset,
+        init_checkpoint=args.init_checkpoint, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+        grad_clip=args.grad_clip, dropout=args.dropout, amp=not args.no_amp, seed=args.seed,
+        cross=not args.self_only, loss=LossWeights(*weights), emotion_map=_emotion_map(args.emotion_map),
+        on_mismatch=args.on_mismatch, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+        num_workers=args.num_workers, device=args.device,
+    )
+
+
+def _setup_logging() -> None:
+    import logging
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_train(args) -> None:
+    from .train import train
+
+    _setup_logging()
+    result = train(train_config_from_args(args), resume=args.resume)
+    if result.checkpoint is not None:
+        print(f"trained {result.step} steps; checkpoint {result.checkpoint}")
+
+
+def run_eval(args) -> None:
+    from .evaluate import evaluate_checkpoint
+
+    _setup_logging()
+    report = evaluate_checkpoint(args.checkpoint, args.data_dir, args.basis, args.preset, args.device, args.output)
+    summary = {k: v for k, v in report.items() if k not in ("per_clip", "mse_per_channel", "mae_per_channel")}
+    print(json.dumps(summary, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="emotalk-fast", description="EmoTalk training and evaluation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, OSError) as e:
+        print(f"emotalk-fast {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
