@@ -17,13 +17,56 @@ def _animate(args) -> None:
     t0 = time.perf_counter()
     animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
     t1 = time.perf_counter()
-    anim = animator.animate(args.input, level=args.level, person=args.person,
-                            postprocess=args.postprocess, seed=args.seed, progress=True)
+    schedule = None
+    if args.schedule:
+        from .controls import Schedule
+
+        schedule = Schedule(parse_schedule(args.schedule), crossfade_s=args.crossfade)
+    anim = animator.animate(args.input, level=args.level, person=args.person, postprocess=args.postprocess,
+                            seed=args.seed, emotion_reference=args.emotion_reference, schedule=schedule,
+                            num_frames=args.num_frames, progress=True)
     t2 = time.perf_counter()
     anim.save(out)
     top = max(anim.emotion.items(), key=lambda kv: kv[1])
     print(f"{out}: {anim.num_frames} frames ({anim.duration:.2f} s at {anim.fps} fps); "
           f"load {t1 - t0:.2f} s, animate {t2 - t1:.2f} s; emotion {top[0]} ({top[1]:.2f})")
+    if args.print_emotion:
+        labels = anim.emotion_labels
+        print("time    " + " ".join(f"{label[:8]:>8}" for label in labels))
+        print("clip    " + " ".join(f"{anim.emotion[label]:8.3f}" for label in labels))
+        for start, probs in anim.emotion_timeline:
+            print(f"{start:6.1f}s " + " ".join(f"{probs[label]:8.3f}" for label in labels))
+
+
+def parse_level(text: str):
+    """'1' -> 1 (an index); '0.3' -> 0.3 (a blend of the two levels)."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"level must be 0, 1 or a float in [0, 1], got {text!r}") from None
+
+
+def parse_person(text: str):
+    """'3' -> 3; '3:0.7,12:0.3' -> {3: 0.7, 12: 0.3} (a mix of speaking styles)."""
+    try:
+        if ":" not in text:
+            return int(text)
+        return {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"person must be an index or a mix like 3:0.7,12:0.3, got {text!r}") \
+            from None
+
+
+def parse_schedule(text: str) -> tuple:
+    """'0:1:0,2.5:0:5' -> ((0.0, 1, 0), (2.5, 0, 5)): start seconds, level, person."""
+    try:
+        entries = []
+        for part in text.split(","):
+            start, level, person = part.split(":")
+            entries.append((float(start), parse_level(level), int(person)))
+        return tuple(entries)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise ValueError(f"--schedule takes START:LEVEL:PERSON,... (e.g. 0:1:0,2.5:0:5), got {text!r}") from None
 
 
 def _info(args) -> None:
@@ -137,8 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("input", help="audio file (wav, flac, ogg, ...; any sample rate, mono or stereo)")
     a.add_argument("-o", "--output", required=True, help="output .csv, .npy or .json")
     a.add_argument("--checkpoint", required=True, help="EmoTalk.pth or a converted directory")
-    a.add_argument("--level", type=int, default=1, help="emotion level 0 or 1 (default 1)")
-    a.add_argument("--person", type=int, default=0, help="speaking style 0..23 (default 0)")
+    a.add_argument("--level", type=parse_level, default=1,
+                   help="emotion level 0 or 1, or a float in [0, 1] blending them (default 1)")
+    a.add_argument("--person", type=parse_person, default=0,
+                   help="speaking style 0..23, or a mix like 3:0.7,12:0.3 (default 0)")
+    a.add_argument("--emotion-reference", help="take the emotion from this audio file (emotion transfer)")
+    a.add_argument("--schedule", help="style changes START:LEVEL:PERSON,... in seconds, e.g. 0:1:0,2.5:0:5 "
+                                      "(replaces --level/--person)")
+    a.add_argument("--crossfade", type=float, default=0.0, help="seconds to fade between scheduled styles")
+    a.add_argument("--num-frames", type=int, default=None, help="output frame count (default from the length)")
+    a.add_argument("--print-emotion", action="store_true", help="print emotion probabilities per second")
     a.add_argument("--postprocess", action="store_true", help="smoothing and blinks as in the release demo")
     a.add_argument("--seed", type=int, default=None, help="seed for the blinks of --postprocess")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -174,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("input", help="audio file")
     s_.add_argument("-o", "--output", help="write the frames (.csv, .npy or .json)")
     s_.add_argument("--realtime", action="store_true", help="push each hop only when it would have been spoken")
-    s_.add_argument("--level", type=int, default=1)
-    s_.add_argument("--person", type=int, default=0)
+    s_.add_argument("--level", type=parse_level, default=1, help="0, 1 or a float in [0, 1] (default 1)")
+    s_.add_argument("--person", type=parse_person, default=0, help="0..23 or a mix like 3:0.7,12:0.3")
     add_model_options(s_, checkpoint_required=False)
     add_stream_options(s_)
     s_.set_defaults(func=_stream)
@@ -196,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="emotalk", help="model size: emotalk (release), mini, tiny")
     b.add_argument("--repeats", type=int, default=3)
     b.set_defaults(func=_bench)
+
+    # train / eval live in emotalk_fast.training; its cli module imports only argparse, and
+    # the handlers import torch, transformers and the trainer when they run.
+    from .training.cli import register as register_training
+
+    register_training(sub)
     return p
 
 
