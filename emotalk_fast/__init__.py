@@ -6,9 +6,10 @@
 """
 from .animator import Animation, Animator
 from .checkpoint import CheckpointError
+from .controls import Schedule
 from .config import BLENDSHAPE_NAMES, DEFAULT_EMOTION_LABELS, EmoTalkConfig
 from .model import EmoTalk
 
-__all__ = ["Animator", "Animation", "EmoTalk", "EmoTalkConfig", "CheckpointError", "BLENDSHAPE_NAMES",
+__all__ = ["Animator", "Animation", "EmoTalk", "EmoTalkConfig", "CheckpointError", "Schedule", "BLENDSHAPE_NAMES",
            "DEFAULT_EMOTION_LABELS"]
 __version__ = "0.1.0"
