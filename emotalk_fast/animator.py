@@ -108,13 +108,34 @@ def resolve_dtype(dtype) -> torch.dtype:
     raise ValueError(f"unsupported dtype {dtype!r}: use one of {sorted(_DTYPES)} or a torch dtype")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def triton_unavailable(device: torch.device, dtype: torch.dtype | None = None) -> str | None:
+    """Why the Triton kernels cannot run on `device`, or None when they can. Imports triton
+    (only here and in triton_ops.py, never at `import emotalk_fast`)."""
+    interpret = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    if device.type != "cuda":
+        if device.type != "cpu" or not interpret:
+            return (f"the Triton kernels need a CUDA device, got {device}; on CPU they run only under the "
+                    "Triton interpreter (set TRITON_INTERPRET=1 before importing emotalk_fast; slow, "
+                    "meant for tests)")
+        if dtype == torch.bfloat16:
+            return "the Triton interpreter's bfloat16 dot is broken; use float32 or float16 on CPU"
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"triton is not installed or does not import ({e})"
+    return None
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """auto: Triton on CUDA when triton imports, else PyTorch. triton: raises if it cannot run."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
     if backend == "auto":
-        return "torch"
+        return "triton" if device.type == "cuda" and triton_unavailable(device, dtype) is None else "torch"
     if backend == "triton":
-        raise ValueError("backend='triton' is not available in this build; use backend='torch'")
+        problem = triton_unavailable(device, dtype)
+        if problem:
+            raise ValueError(f"backend='triton' cannot run: {problem}; use backend='torch' or 'auto'")
     return backend
 
 
@@ -129,8 +150,9 @@ class Animator:
     def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto"):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = resolve_backend(backend, self.device, self.dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.decoder.backend = self.backend  # the encoders are PyTorch (SDPA) either way
         self.config: EmoTalkConfig = model.cfg
 
     # --- construction -------------------------------------------------------------------

@@ -15,7 +15,8 @@ def _animate(args) -> None:
     if out.suffix.lower() not in (".csv", ".npy", ".json"):
         raise ValueError(f"output {out.name} must end in .csv, .npy or .json")
     t0 = time.perf_counter()
-    animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
+    animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
+                                        backend=args.backend)
     t1 = time.perf_counter()
     schedule = None
     if args.schedule:
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=None, help="seed for the blinks of --postprocess")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    a.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
+                   help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton")
     a.set_defaults(func=_animate)
 
     i = sub.add_parser("info", help="describe a checkpoint")

@@ -6,6 +6,9 @@ computed in closed form per block of queries, so memory stays linear in the leng
 is no length cap (the release precomputes a 5000 x 5000 table). The cross-attention's memory
 mask lets frame i see only memory frame i, so its softmax is exactly 1 and the block reduces
 to one linear map, `cross` = out_proj(V(.)), folded at load time.
+
+The layer is written once over four fusable steps (`TorchOps` here; `TritonOps` in
+triton_ops.py runs them on emotalk_fast.kernels); the module's `backend` picks the set.
 """
 from __future__ import annotations
 
@@ -99,13 +102,38 @@ class KVCache:
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
 
+class TorchOps:
+    """The decoder's fusable steps in PyTorch: the reference numerics, and the CPU path."""
+
+    @staticmethod
+    def positional_qkv(x, qkv: nn.Linear, pe, offset: int):
+        """-> (x + pe[(t + offset) mod period], its packed q/k/v projection); pe None: no PPE."""
+        if pe is not None:
+            x = x + pe[(torch.arange(x.shape[1], device=x.device) + offset) % pe.shape[0]]
+        return x, qkv(x)
+
+    attention = staticmethod(attention_with_periodic_bias)
+
+    @staticmethod
+    def add_norm(y, residual, norm: nn.LayerNorm):
+        return norm(residual + y)
+
+    @staticmethod
+    def linear_add_norm(x, linear: nn.Linear, residual, norm: nn.LayerNorm):
+        return norm(residual + linear(x))
+
+
+BACKENDS = ("torch", "triton")
+
+
 class PeriodicCausalDecoder(nn.Module):
     """x = LN1(x + SelfAttn(x)); x = LN2(x + Cross(memory)); x = LN3(x + FF(x))."""
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, cfg: DecoderConfig, backend: str = "torch"):
         super().__init__()
         d = cfg.feature_dim
         self.cfg = cfg
+        self.backend = backend  # "torch" or "triton": which implementation of the fusable steps
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
@@ -115,44 +143,54 @@ class PeriodicCausalDecoder(nn.Module):
         self.ff2 = nn.Linear(cfg.ff_dim, d)
         self.norm3 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
 
+    @property
+    def ops(self):
+        if self.backend == "torch":
+            return TorchOps
+        if self.backend == "triton":
+            from .triton_ops import TritonOps  # imports triton: only once it is asked for
+
+            return TritonOps
+        raise ValueError(f"unknown decoder backend {self.backend!r}: choose one of {BACKENDS}")
+
     def slopes(self, device) -> torch.Tensor:
         return torch.tensor(self.cfg.alibi_slopes(), dtype=torch.float32, device=device)
 
-    def add_positional_encoding(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def positional_table(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The PPE table [period, D] when the paper's encoding is on, else None."""
         if not self.cfg.ppe:
-            return x
-        pe = periodic_positional_encoding(self.cfg.period, x.shape[-1], x.dtype, x.device)
-        idx = torch.arange(offset, offset + x.shape[1], device=x.device) % self.cfg.period
-        return x + pe[idx]
+            return None
+        return periodic_positional_encoding(self.cfg.period, x.shape[-1], x.dtype, x.device)
 
-    def project_qkv(self, x: torch.Tensor):
+    def project_qkv(self, x: torch.Tensor, offset: int = 0):
+        """x [B, T, D] at positions offset.. -> (x + PPE, the residual stream; q, k, v [B, H, T, Dh])."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.cfg.num_heads, -1).permute(2, 0, 3, 1, 4)
-        return q, k, v
+        x, qkv = self.ops.positional_qkv(x, self.qkv, self.positional_table(x), offset)
+        q, k, v = qkv.view(B, T, 3, self.cfg.num_heads, -1).permute(2, 0, 3, 1, 4)
+        return x, q, k, v
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Everything after the self-attention core: out-proj, norms, cross map, feed-forward."""
         B, _, T, _ = attn.shape
-        x = self.norm1(x + self.out(attn.transpose(1, 2).reshape(B, T, -1)))
-        x = self.norm2(x + self.cross(memory))
-        return self.norm3(x + self.ff2(F.relu(self.ff1(x))))
+        ops = self.ops
+        x = ops.add_norm(self.out(attn.transpose(1, 2).reshape(B, T, -1)), x, self.norm1)
+        x = ops.linear_add_norm(memory, self.cross, x, self.norm2)
+        return ops.add_norm(self.ff2(F.relu(self.ff1(x))), x, self.norm3)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """x, memory [B, T, D] -> [B, T, D]. Causal, so frames past a sequence's end in a
         padded batch never influence its valid frames."""
-        x = self.add_positional_encoding(x)
-        q, k, v = self.project_qkv(x)
-        attn = attention_with_periodic_bias(q, k, v, self.slopes(x.device), self.cfg.period)
+        x, q, k, v = self.project_qkv(x)
+        attn = self.ops.attention(q, k, v, self.slopes(x.device), self.cfg.period)
         return self.finish(x, attn, memory)
 
     def step(self, x: torch.Tensor, memory: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Decode the next frames x, memory [B, t, D] after those in `cache` (which this
         extends). The same function as `forward` over the whole sequence, frame for frame."""
-        x = self.add_positional_encoding(x, offset=cache.end)
-        q, k, v = self.project_qkv(x)
+        x, q, k, v = self.project_qkv(x, offset=cache.end)
         cache.append(k, v)
         keys, values = cache.keys_values()
         # positions relative to the first cached frame: the bias depends on i - j only
-        attn = attention_with_periodic_bias(q, keys, values, self.slopes(x.device), self.cfg.period,
-                                            offset=cache.length - x.shape[1])
+        attn = self.ops.attention(q, keys, values, self.slopes(x.device), self.cfg.period,
+                                  offset=cache.length - x.shape[1])
         return self.finish(x, attn, memory)
