@@ -78,3 +78,18 @@ def espeak_speech(text: str, voice: str = "en", speed: int = 160, pitch: int = 5
                        check=True, capture_output=True)
         samples, sr = read_audio_file(path)
     return resample(samples.mean(0), sr, rate)
+
+
+def _kernel_dtypes():
+    import pytest
+
+    return [
+        pytest.param(torch.float32, id="fp32"),
+        pytest.param(torch.float16, id="fp16"),
+        pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="the Triton interpreter's bf16 tl.dot is broken; GPU only")),
+    ]
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # kernels run under the interpreter on CPU
+KERNEL_DTYPES = _kernel_dtypes()  # what every kernel test sweeps

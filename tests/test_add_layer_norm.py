@@ -2,17 +2,10 @@
 import pytest
 import torch
 
-from helpers import assert_close_to_dtype
+from helpers import assert_close_to_dtype, DEVICE, KERNEL_DTYPES as DTYPES
 
 from emotalk_fast.kernels.add_layer_norm import add_layer_norm, add_layer_norm_ref
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [
-    pytest.param(torch.float32, id="fp32"),
-    pytest.param(torch.float16, id="fp16"),
-    pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="Triton interpreter bf16 is unreliable; GPU only")),
-]
 
 
 def _inputs(shape, dtype, seed=0):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from helpers import assert_close_to_dtype
+from helpers import assert_close_to_dtype, DEVICE, KERNEL_DTYPES as DTYPES
 
 from emotalk_fast.kernels.periodic_alibi_attention import (
     periodic_alibi_attention,
@@ -10,13 +10,6 @@ from emotalk_fast.kernels.periodic_alibi_attention import (
     periodic_alibi_bias,
 )
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [
-    pytest.param(torch.float32, id="fp32"),
-    pytest.param(torch.float16, id="fp16"),
-    pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="the Triton interpreter's bf16 tl.dot is broken; GPU only")),
-]
 
 
 def _slopes(H):
