@@ -230,3 +230,24 @@ def stream_live(stream, samples: np.ndarray, targets, realtime: bool = True, sla
     finally:
         paced.close()
     return frames, {**paced.stats, "t0": paced.t0}
+
+
+def make_targets(livelink_target: str | None = None, vmc_target: str | None = None, subject: str = "EmoTalk",
+                 vmc_names: str = "perfect_sync") -> list[UDPSender]:
+    """Senders from 'HOST:PORT' texts (the CLI's --livelink / --vmc)."""
+    targets: list[UDPSender] = []
+    if livelink_target:
+        targets.append(LiveLinkSender(*parse_target(livelink_target, livelink.DEFAULT_PORT), subject=subject))
+    if vmc_target:
+        targets.append(VMCSender(*parse_target(vmc_target, vmc.DEFAULT_PORT), name_style=vmc_names))
+    return targets
+
+
+def describe(stats: dict) -> str:
+    """One line per target, and the pacing."""
+    lines = [f"sent {stats['frames']} frames at {FPS} fps, {stats['delay_ms']:.0f} ms after their audio; "
+             f"{stats['late']} late (max {stats['max_late_ms']:.0f} ms)"]
+    for t in stats["targets"]:
+        err = f"; last: {t['last_error']}" if t["errors"] else ""
+        lines.append(f"  {t['target']}: {t['frames']} frames, {t['datagrams']} datagrams, {t['errors']} send errors{err}")
+    return "\n".join(lines)

@@ -128,3 +128,37 @@ def test_paced_sender_validates():
     with LiveLinkSender("127.0.0.1", 9) as t:
         with pytest.raises(RuntimeError, match="start"):
             PacedSender([t]).submit(np.zeros((1, 52)))
+
+
+def test_cli_stream_to_livelink_and_vmc(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import soundfile
+
+    soundfile.write(tmp_path / "speech.wav", voiced(1.0), 16000)
+    ll_rx, vmc_rx = Receiver(), Receiver()
+    try:
+        r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", "stream", str(tmp_path / "speech.wav"),
+                            "--realtime", "--livelink", f"127.0.0.1:{ll_rx.port}", "--vmc", f"127.0.0.1:{vmc_rx.port}",
+                            "--vmc-names", "arkit", "--subject", "Face", "--preset", "tiny", "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        ll_rx.close()
+        vmc_rx.close()
+    assert r.returncode == 0, r.stderr
+    assert "sent 30 frames at 30 fps" in r.stdout and "0 send errors" in r.stdout, r.stdout
+    packets = [decode_packet(d) for _, d in ll_rx.got]
+    assert [p.frame_number for p in packets] == list(range(30)) and packets[0].subject == "Face"
+    assert sum(d.startswith(b"/VMC/Ext/Blend/Apply") for _, d in vmc_rx.got) == 30
+    assert any(b"jawOpen" in d for _, d in vmc_rx.got)
+
+
+def test_cli_rejects_bad_target(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", "stream", "x.wav", "--livelink", "host:port"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "bad target" in r.stderr
