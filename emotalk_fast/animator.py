@@ -56,9 +56,12 @@ class Animation:
         p /= p.sum()
         return {label: float(v) for label, v in zip(self.emotion_labels, p)}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write .npy ([T, 52] float32), .csv (frame, time, 52 names) or .json."""
-        return save_blendshapes(path, self.blendshapes, self.names, self.fps, self.emotion)
+    def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
+        """Write .npy ([T, 52] float32), .csv (frame, time, 52 names) or .json.
+
+        format="livelinkface": a .csv as Unreal's Live Link Face app records it (see livelink.py).
+        """
+        return save_blendshapes(path, self.blendshapes, self.names, self.fps, self.emotion, format=format)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

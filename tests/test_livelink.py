@@ -159,3 +159,18 @@ def test_csv_reader_errors(tmp_path):
     p.write_text("Timecode,BlendShapeCount,JawOpen\n00:00:00:00.000,61,0.1\n")
     with pytest.raises(ValueError, match="missing columns"):
         read_livelink_csv(p)
+
+
+def test_animation_save_livelinkface(tmp_path):
+    from emotalk_fast import Animation
+
+    anim = Animation(np.tile(known_frame(), (3, 1)), np.zeros(7, np.float32), tuple("abcdefg"))
+    anim.save(tmp_path / "plain.csv")
+    assert (tmp_path / "plain.csv").read_text().startswith("frame,time,browDownLeft")  # the default stays
+    anim.save(tmp_path / "take.csv", format="livelinkface")
+    assert (tmp_path / "take.csv").read_text().startswith(",".join(CSV_HEADER) + "\n00:00:00:00.000,61,")
+    np.testing.assert_array_equal(read_livelink_csv(tmp_path / "take.csv").blendshapes, anim.blendshapes)
+    with pytest.raises(ValueError, match="writes a .csv"):
+        anim.save(tmp_path / "take.json", format="livelinkface")
+    with pytest.raises(ValueError, match="unknown format"):
+        anim.save(tmp_path / "take.csv", format="fbx")
