@@ -218,7 +218,7 @@ def apply_animation(obj, source, mapping=None, start_frame=None, fps=None, clamp
     n = len(frames)
     for name, block in bound.items():
         c = ARKIT_NAMES.index(name)
-        fc = fcurves.new(f'key_blocks["{block}"].value')
+        fc = fcurves.new(key.key_blocks[block].path_from_id("value"))  # quotes in names escaped
         fc.keyframe_points.add(n)
         co = []
         for j, row in enumerate(frames):
