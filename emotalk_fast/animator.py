@@ -65,9 +65,12 @@ class Animation:
         return [(i * EMOTION_WINDOW_S, dict(zip(self.emotion_labels, _softmax(z).tolist())))
                 for i, z in enumerate(self.emotion_window_logits)]
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write .npy ([T, 52] float32), .csv (frame, time, 52 names) or .json."""
-        return save_blendshapes(path, self.blendshapes, self.names, self.fps, self.emotion)
+    def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
+        """Write .npy ([T, 52] float32), .csv (frame, time, 52 names) or .json.
+
+        format="livelinkface": a .csv as Unreal's Live Link Face app records it (see livelink.py).
+        """
+        return save_blendshapes(path, self.blendshapes, self.names, self.fps, self.emotion, format=format)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

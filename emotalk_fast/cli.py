@@ -120,8 +120,10 @@ def _stream(args) -> None:
     import numpy as np
 
     from .audio import prepare_audio
+    from .live import describe, make_targets, stream_live
     from .stream_eval import play
 
+    targets = make_targets(args.livelink, args.vmc, args.subject, args.vmc_names)  # live targets, checked first
     animator = _load_animator(args)
     stream = animator.stream(level=args.level, person=args.person, hop_ms=args.hop_ms,
                              lookahead_ms=args.lookahead_ms, context_ms=args.context_ms)
@@ -141,9 +143,16 @@ def _stream(args) -> None:
                   f"first-frame latency {1000 * latency:6.0f} ms")
             done[0] += len(frames)
 
-    frames = play(stream, samples, int(hop_s * 16000), realtime=args.realtime, on_hop=on_hop)
+    if targets:  # --livelink / --vmc: paced at 30 fps on the audio clock
+        frames, stats = stream_live(stream, samples, targets, realtime=args.realtime, on_hop=on_hop)
+        for t in targets:
+            t.close()
+    else:
+        frames = play(stream, samples, int(hop_s * 16000), realtime=args.realtime, on_hop=on_hop)
     print(f"{len(frames)} frames; compute per hop median {1000 * float(np.median(computes)):.1f} ms, "
           f"max {1000 * max(computes):.1f} ms (real time needs < {args.hop_ms} ms)")
+    if targets:
+        print(describe(stats))
     if args.output:
         from .animator import Animation
 
@@ -230,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--realtime", action="store_true", help="push each hop only when it would have been spoken")
     s_.add_argument("--level", type=parse_level, default=1, help="0, 1 or a float in [0, 1] (default 1)")
     s_.add_argument("--person", type=parse_person, default=0, help="0..23 or a mix like 3:0.7,12:0.3")
+    # --- live targets ---
+    s_.add_argument("--livelink", metavar="HOST:PORT",
+                    help="send frames to Unreal's Live Link Face source (port 11111 when omitted)")
+    s_.add_argument("--vmc", metavar="HOST:PORT",
+                    help="send frames to a VMC protocol receiver, e.g. VSeeFace (port 39539 when omitted)")
+    s_.add_argument("--subject", default="EmoTalk", help="Live Link subject name (default EmoTalk)")
+    s_.add_argument("--vmc-names", choices=("perfect_sync", "arkit"), default="perfect_sync",
+                    help="VMC blendshape names: PascalCase Perfect Sync (default) or camelCase ARKit")
+    # --- end live targets ---
     add_model_options(s_, checkpoint_required=False)
     add_stream_options(s_)
     s_.set_defaults(func=_stream)

@@ -38,10 +38,25 @@ def write_json(path: Path, blendshapes: np.ndarray, names, fps: float, emotion=N
 _WRITERS = {".npy": write_npy, ".csv": write_csv, ".json": write_json}
 
 
-def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: float, emotion=None) -> Path:
-    """Write by extension; atomically, so a crash never leaves half a file behind."""
+# Named formats that share an extension with a default one: format -> (extension, writer).
+NAMED_FORMATS = ("livelinkface",)
+
+
+def _named_writer(format: str, path: Path):
+    if format not in NAMED_FORMATS:
+        raise ValueError(f"unknown format {format!r}: use one of {', '.join(NAMED_FORMATS)} or None")
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"format {format!r} writes a .csv file, got {path.name}")
+    from .livelink import write_livelink_csv
+
+    return write_livelink_csv
+
+
+def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: float, emotion=None,
+                     format: str | None = None) -> Path:
+    """Write by extension (or a named `format`); atomically, so a crash never leaves half a file behind."""
     path = Path(path)
-    writer = _WRITERS.get(path.suffix.lower())
+    writer = _WRITERS.get(path.suffix.lower()) if format is None else _named_writer(format, path)
     if writer is None:
         raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; use one of {', '.join(FORMATS)}")
     if not path.parent.is_dir():

@@ -1,0 +1,164 @@
+"""Live streaming to loopback receivers: paced at 30 fps on the audio clock without drift, with
+consecutive frame numbers; a target that is not listening neither stops nor slows the stream."""
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from emotalk_fast import Animator
+from emotalk_fast.live import LiveLinkSender, PacedSender, VMCSender, parse_target, stream_live
+from emotalk_fast.livelink import decode_packet, to_livelink
+
+
+@pytest.fixture(scope="module")
+def animator():
+    # One intra-op thread: on a shared, oversubscribed CPU two OpenMP threads make a hop's
+    # compute swing from 10 ms to a second, which would test the machine, not the pacing.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    anim = Animator.from_config("tiny", seed=3, device="cpu")
+    stream = anim.stream()  # warm up, so the first hop's compute is not a one-off outlier
+    stream.push(np.zeros(16000, np.float32))
+    stream.flush()
+    yield anim
+    torch.set_num_threads(threads)
+
+
+def voiced(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 140 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
+
+class Receiver:
+    """A loopback UDP socket read on a thread; records (arrival time, datagram). Bounded: stops
+    when asked, polling every 50 ms."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.got, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            self.got.append((time.perf_counter(), data))
+
+    def close(self):
+        time.sleep(0.1)
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def test_parse_target():
+    assert parse_target("10.0.0.2:7000", 11111) == ("10.0.0.2", 7000)
+    assert parse_target("studio-pc", 11111) == ("studio-pc", 11111)
+    assert parse_target(":39540", 39539) == ("127.0.0.1", 39540)
+    assert parse_target("[::1]:9000", 1) == ("::1", 9000)
+    for bad in ("host:port", "host:0", "[::1]x"):
+        with pytest.raises(ValueError, match="bad target"):
+            parse_target(bad, 11111)
+
+
+def test_live_stream_is_paced_without_drift(animator):
+    speech = voiced(2.0)
+    ll_rx, vmc_rx = Receiver(), Receiver()
+    try:
+        targets = [LiveLinkSender("127.0.0.1", ll_rx.port), VMCSender("127.0.0.1", vmc_rx.port)]
+        stream = animator.stream(context_ms=1000)
+        frames, stats = stream_live(stream, speech, targets, realtime=True, slack_s=0.5)
+    finally:
+        ll_rx.close()
+        vmc_rx.close()
+    for t in targets:
+        t.close()
+    n = len(frames)
+    assert n == 60 and stats["frames"] == n
+    packets = [(t, decode_packet(d)) for t, d in ll_rx.got]
+    assert [p.frame_number for _, p in packets] == list(range(n))  # consecutive, none lost
+    np.testing.assert_array_equal(np.stack([p.values for _, p in packets]), to_livelink(frames))
+    assert sum(d.startswith(b"/VMC/Ext/Blend/Apply") for _, d in vmc_rx.got) == n
+    assert all(s["errors"] == 0 for s in stats["targets"])
+
+    # frame k leaves at t0 + delay + k / 30: no drift across the clip, small jitter
+    arrival = np.array([t for t, _ in packets]) - stats["t0"] - stats["delay_ms"] / 1000
+    lateness = arrival - np.arange(n) / 30
+    slope = np.polyfit(np.arange(n), arrival, 1)[0]
+    print(f"lateness median {1000 * np.median(lateness):.1f} ms, max {1000 * lateness.max():.1f} ms; "
+          f"{stats['late']} late; period {1000 * slope:.3f} ms")
+    assert abs(slope * 30 - 1) < 0.01, f"frame period {1000 * slope:.3f} ms, expected 33.333"
+    assert lateness.min() > -0.002, "a frame left before its time"
+    assert np.median(lateness) < 0.010 and lateness.max() < 0.100
+
+
+def test_target_not_listening_neither_stops_nor_slows(animator):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    dead_port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    speech = voiced(1.0)
+    with LiveLinkSender("127.0.0.1", dead_port) as dead, VMCSender("127.0.0.1", dead_port) as dead_vmc:
+        t0 = time.perf_counter()
+        frames, stats = stream_live(animator.stream(), speech, [dead, dead_vmc], realtime=False, delay_s=0.2)
+        elapsed = time.perf_counter() - t0
+    assert stats["frames"] == len(frames) == 30
+    # paced, not stalled: the last frame is due at 0.2 + 29/30 s
+    assert 0.2 + 29 / 30 - 0.01 < elapsed < 0.2 + 29 / 30 + 0.5
+    ll, v = stats["targets"]
+    assert ll["frames"] == v["frames"] == 30
+    # loopback answers a closed port with ICMP unreachable; connected sockets report it
+    assert ll["errors"] > 0 and "Refused" in ll["last_error"], ll
+    assert ll["errors"] + ll["datagrams"] == 30 and v["errors"] + v["datagrams"] == 30 * 53
+
+
+def test_paced_sender_validates():
+    with pytest.raises(ValueError, match="at least one target"):
+        PacedSender([])
+    with LiveLinkSender("127.0.0.1", 9) as t:
+        with pytest.raises(RuntimeError, match="start"):
+            PacedSender([t]).submit(np.zeros((1, 52)))
+
+
+def test_cli_stream_to_livelink_and_vmc(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import soundfile
+
+    soundfile.write(tmp_path / "speech.wav", voiced(1.0), 16000)
+    ll_rx, vmc_rx = Receiver(), Receiver()
+    try:
+        r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", "stream", str(tmp_path / "speech.wav"),
+                            "--realtime", "--livelink", f"127.0.0.1:{ll_rx.port}", "--vmc", f"127.0.0.1:{vmc_rx.port}",
+                            "--vmc-names", "arkit", "--subject", "Face", "--preset", "tiny", "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        ll_rx.close()
+        vmc_rx.close()
+    assert r.returncode == 0, r.stderr
+    assert "sent 30 frames at 30 fps" in r.stdout and "0 send errors" in r.stdout, r.stdout
+    packets = [decode_packet(d) for _, d in ll_rx.got]
+    assert [p.frame_number for p in packets] == list(range(30)) and packets[0].subject == "Face"
+    assert sum(d.startswith(b"/VMC/Ext/Blend/Apply") for _, d in vmc_rx.got) == 30
+    assert any(b"jawOpen" in d for _, d in vmc_rx.got)
+
+
+def test_cli_rejects_bad_target(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", "stream", "x.wav", "--livelink", "host:port"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "bad target" in r.stderr
