@@ -27,7 +27,7 @@ def _animate(args) -> None:
                             seed=args.seed, emotion_reference=args.emotion_reference, schedule=schedule,
                             num_frames=args.num_frames, progress=True)
     t2 = time.perf_counter()
-    anim.save(out)
+    anim.save(out, format=args.format)
     top = max(anim.emotion.items(), key=lambda kv: kv[1])
     print(f"{out}: {anim.num_frames} frames ({anim.duration:.2f} s at {anim.fps} fps); "
           f"load {t1 - t0:.2f} s, animate {t2 - t1:.2f} s; emotion {top[0]} ({top[1]:.2f})")
@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--crossfade", type=float, default=0.0, help="seconds to fade between scheduled styles")
     a.add_argument("--num-frames", type=int, default=None, help="output frame count (default from the length)")
     a.add_argument("--print-emotion", action="store_true", help="print emotion probabilities per second")
+    a.add_argument("--format", choices=("livelinkface",), default=None,
+                   help="livelinkface: write the .csv as Unreal's Live Link Face app records it")
     a.add_argument("--postprocess", action="store_true", help="smoothing and blinks as in the release demo")
     a.add_argument("--seed", type=int, default=None, help="seed for the blinks of --postprocess")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -74,3 +74,16 @@ def test_bench_runs_on_a_small_preset():
     r = run_cli("bench", "--preset", "tiny", "--seconds", 2, "--repeats", 1, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "real-time factor" in r.stdout and "start-up" in r.stdout and "[bench]" in r.stderr
+
+
+def test_animate_livelinkface_csv(files):
+    from emotalk_fast.livelink import read_livelink_csv
+
+    out = files / "take.csv"
+    r = run_cli("animate", files / "speech.wav", "-o", out, "--checkpoint", files / "EmoTalk.pth",
+                "--format", "livelinkface")
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().startswith("Timecode,BlendShapeCount,")
+    want = Animator.from_pretrained(files / "EmoTalk.pth", device="cpu").animate(files / "speech.wav").blendshapes
+    got = read_livelink_csv(out).blendshapes
+    assert_close(got, np.clip(want, 0.0, 1.0), 1e-6, "livelinkface csv")  # the app's range is [0, 1]
