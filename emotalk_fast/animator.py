@@ -184,7 +184,7 @@ class Animator:
         for i, c in enumerate(clips):
             wave[i, : len(c)] = torch.from_numpy(c)
         with torch.inference_mode():
-            out = self.model(wave.to(self.device, self.dtype), lengths.to(self.device),
+            out = self.model(wave.to(self.device), lengths.to(self.device),
                              torch.tensor([s[0] for s in styles], device=self.device),
                              torch.tensor([s[1] for s in styles], device=self.device))
         blendshapes = out.blendshapes.float().cpu().numpy()

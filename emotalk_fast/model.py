@@ -117,7 +117,9 @@ class EmoTalk(nn.Module):
                 person: torch.Tensor) -> EmoTalkOutput:
         """wave [B, N] (16 kHz, zero-padded past num_samples [B]); level, person [B] indices."""
         frames = [num_frames(int(n)) for n in num_samples.tolist()]
-        wave = normalize_waveform(wave, num_samples)
+        # Statistics over every sample of the clip are taken in float32 whatever the weights'
+        # dtype; the normalised wave then enters the encoders in their dtype.
+        wave = normalize_waveform(wave.float(), num_samples).to(self.content_map.weight.dtype)
         content = self.encode_content(wave, num_samples, frames)
         emotion, logits = self.encode_emotion(wave, num_samples, frames)
         dec = self.cfg.decoder
