@@ -131,6 +131,7 @@ class Animator:
             model.load_state_dict(state_dict, strict=True, assign=True)
         except RuntimeError as e:
             raise ckpt.CheckpointError(f"checkpoint does not fit the model: {e}") from None
+        model.share_identical_front_ends()
         return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
