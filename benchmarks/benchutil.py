@@ -111,7 +111,8 @@ def measure(benchmark, fn, *, op: str, dtype: str, shape: str, device: str, prov
             audio_seconds: float | None = None, rounds: int = 3, warmup_rounds: int = 1, **info) -> None:
     """Time `fn` (synchronised), group it with the other providers, and put the user's units
     in extra_info: real-time factor and ms per second of audio (when `audio_seconds`), peak
-    memory, device name, versions."""
+    memory (`peak_memory_mb`: the process, other cached models included on CPU;
+    `run_memory_mb`: above what was in use before the rounds), device name, versions."""
     dev = torch.device(device)
     benchmark.group = f"{op}-{dtype}-{shape}"
 
@@ -123,7 +124,8 @@ def measure(benchmark, fn, *, op: str, dtype: str, shape: str, device: str, prov
     with PeakMemory(dev) as mem:
         benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     extra = {"provider": provider, "device": device_name(dev), "dtype": dtype, **versions(),
-             "torch_threads": torch.get_num_threads(), "peak_memory_mb": round(mem.peak_mb, 1), **info}
+             "torch_threads": torch.get_num_threads(), "peak_memory_mb": round(mem.peak_mb, 1),
+             "run_memory_mb": round(mem.delta_mb, 1), **info}
     if audio_seconds is not None:
         extra["audio_seconds"] = audio_seconds
     stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable

@@ -106,19 +106,25 @@ def _rss_mb() -> float:
 
 
 class PeakMemory:
-    """Peak memory over a `with` block, in MB. CUDA: the allocator's peak. CPU: the process's
-    resident set sampled every 2 ms (there is no peak-reset API); without /proc, the
-    process's lifetime peak (ru_maxrss)."""
+    """Peak memory over a `with` block, in MB: `peak_mb` in all, `delta_mb` above what was in
+    use on entry (what the block itself needed). CUDA: the allocator's peak. CPU: the
+    process's resident set sampled every 2 ms (there is no peak-reset API); without /proc,
+    the process's lifetime peak (ru_maxrss) and no delta."""
 
     def __init__(self, device: torch.device):
-        self.device, self.peak_mb = device, 0.0
+        self.device, self.peak_mb, self.start_mb = device, 0.0, 0.0
         self._stop = threading.Event()
+
+    @property
+    def delta_mb(self) -> float:
+        return max(self.peak_mb - self.start_mb, 0.0)
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
         elif os.path.exists("/proc/self/statm"):
-            self.peak_mb = _rss_mb()
+            self.peak_mb = self.start_mb = _rss_mb()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -135,7 +141,7 @@ class PeakMemory:
             self._thread.join()
             self.peak_mb = max(self.peak_mb, _rss_mb())
         else:
-            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+            self.peak_mb = self.start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def sync(device: torch.device) -> None:
@@ -213,7 +219,7 @@ def run_bench(args) -> dict:
         "frames": anim.num_frames, "seconds": times, "median_seconds": median,
         "real_time_factor": median / args.seconds, "ms_per_audio_second": 1000 * median / args.seconds,
         "startup_seconds": startup_s, "build_random_seconds": build_s,
-        "peak_memory_mb": mem.peak_mb, "torch_threads": torch.get_num_threads(), **versions(),
+        "peak_memory_mb": mem.peak_mb, "run_memory_mb": mem.delta_mb, "torch_threads": torch.get_num_threads(), **versions(),
     }
     progress(f"done (median of {args.repeats})")
     if args.json:
@@ -226,5 +232,6 @@ def run_bench(args) -> dict:
           f"second of audio)")
     startup = "not measured (--skip-startup)" if startup_s is None else f"{startup_s:.2f} s"
     memory = "GPU allocator peak" if device.type == "cuda" else "process resident set"
-    print(f"start-up (checkpoint on disk -> first frame) {startup}; peak memory {mem.peak_mb:.0f} MB ({memory})")
+    print(f"start-up (checkpoint on disk -> first frame) {startup}; peak memory {mem.peak_mb:.0f} MB ({memory}; "
+          f"{mem.delta_mb:.0f} MB above the loaded model)")
     return result
