@@ -54,7 +54,7 @@ def report(times: dict, seconds: float | None, baseline: str | None = None) -> N
     base = statistics.median(times[baseline]) if baseline else None
     for name, v in times.items():
         m = statistics.median(v)
-        line = f"  {name:36s} median {m:7.3f} s"
+        line = f"  {name:50s} median {m:7.3f} s"
         if seconds:
             line += f"  RTF {m / seconds:.3f}  {1000 * m / seconds:6.0f} ms per s of audio"
         if base:
