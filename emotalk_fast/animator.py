@@ -188,6 +188,7 @@ class Animator:
             model.load_state_dict(state_dict, strict=True, assign=True)
         except RuntimeError as e:
             raise ckpt.CheckpointError(f"checkpoint does not fit the model: {e}") from None
+        model.share_identical_front_ends()
         return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -295,12 +296,14 @@ class Animator:
     def _tensor(self, x) -> torch.Tensor:
         return torch.as_tensor(x).to(self.device, self.dtype)
 
-    def _pad(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(self, arrays: list[np.ndarray], dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-pad to one batch; in the model's dtype unless given (audio stays float32: the
+        model normalises it in float32)."""
         lengths = torch.tensor([len(a) for a in arrays])
         out = torch.zeros(len(arrays), int(lengths.max()), *arrays[0].shape[1:])
         for i, a in enumerate(arrays):
             out[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-        return out.to(self.device, self.dtype), lengths.to(self.device)
+        return out.to(self.device, dtype or self.dtype), lengths.to(self.device)
 
     def _style_batch(self, clips: list[_Clip]) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, n] weights, or [B, T, n] when any clip has a schedule (shorter ones padded)."""
@@ -319,12 +322,12 @@ class Animator:
 
     def _run_batch(self, clips: list[_Clip]):
         """Offline model on a zero-padded batch -> [(blendshapes, logits, window logits)] per clip."""
-        wave, lengths = self._pad([c.samples for c in clips])
+        wave, lengths = self._pad([c.samples for c in clips], torch.float32)
         level, person = self._style_batch(clips)
         emotion_wave = emotion_lengths = None
         if any(c.emotion_samples is not None for c in clips):
             emotion_wave, emotion_lengths = self._pad(
-                [c.samples if c.emotion_samples is None else c.emotion_samples for c in clips])
+                [c.samples if c.emotion_samples is None else c.emotion_samples for c in clips], torch.float32)
         with torch.inference_mode():
             out = self.model(wave, lengths, level, person, frames=[c.frames for c in clips],
                              emotion_wave=emotion_wave, emotion_num_samples=emotion_lengths)
@@ -342,7 +345,7 @@ class Animator:
                   flush=True)
 
         with torch.inference_mode():
-            content, emotion = encode_windowed(self.model, self._tensor(clip.samples),
+            content, emotion = encode_windowed(self.model, torch.from_numpy(clip.samples).to(self.device),
                                                progress=report if progress else None, **LONG_WINDOW)
             if content.shape[1] != clip.frames:  # an explicit frame count: resample as offline
                 content, emotion = resample_frames(content, clip.frames), resample_frames(emotion, clip.frames)

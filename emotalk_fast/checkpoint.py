@@ -301,8 +301,12 @@ def save_pretrained(state_dict: dict[str, torch.Tensor], cfg: EmoTalkConfig, dir
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, **cfg.to_dict()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(
-        {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(p), metadata={"format": "pt"}))
+    tensors, seen = {}, set()
+    for k, v in state_dict.items():  # safetensors refuses shared storage (a shared front end)
+        v = v.detach().contiguous().cpu()
+        tensors[k] = v.clone() if v.data_ptr() in seen else v
+        seen.add(v.data_ptr())
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     return directory
 

@@ -266,9 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")
     b.add_argument("--seconds", type=float, default=10.0, help="length of the generated speech")
     b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default=None)
+    b.add_argument("--dtype", default=None, help="float32 (default), bfloat16 (fast on CPUs with AVX512-BF16/AMX "
+                                                 "and on GPUs) or float16 (GPU)")
     b.add_argument("--preset", default="emotalk", help="model size: emotalk (release), mini, tiny")
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--skip-startup", action="store_true", help="do not time start-up (it writes a checkpoint "
+                                                              "of the model's size to a temporary directory)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=_bench)
 
     # train / eval live in emotalk_fast.training; its cli module imports only argparse, and

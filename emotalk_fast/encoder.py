@@ -26,10 +26,13 @@ class ConvFrontEnd(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(o, eps=cfg.layer_norm_eps) for o in cfg.conv_dim)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        x = wave[:, None, :]
+        # Channels-last throughout: each conv is one GEMM over its unfolded windows and the
+        # LayerNorm needs no transposes (Conv1d's [B, C, L] layout cost ~4 copies per layer).
+        x = wave[:, :, None]
         for conv, norm in zip(self.convs, self.norms):
-            x = F.gelu(norm(conv(x).transpose(1, 2)).transpose(1, 2))
-        return x.transpose(1, 2)
+            windows = x.unfold(1, conv.kernel_size[0], conv.stride[0]).flatten(2)  # [B, L, C_in * k]
+            x = F.gelu(norm(F.linear(windows, conv.weight.flatten(1), conv.bias)))
+        return x
 
 
 class EncoderLayer(nn.Module):

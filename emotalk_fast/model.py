@@ -73,18 +73,21 @@ class EmoTalk(nn.Module):
         self.blendshape_head = nn.Linear(dec.feature_dim, dec.num_blendshapes)
 
     # --- the two encoders -------------------------------------------------------------
-    def encode_content(self, wave: torch.Tensor, num_samples: torch.Tensor, frames: list[int]) -> torch.Tensor:
-        """Normalised wave [B, N] -> content_hidden [B, max(frames), hidden]."""
+    def encode_content(self, wave: torch.Tensor, num_samples: torch.Tensor, frames: list[int],
+                       feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised wave [B, N] -> content_hidden [B, max(frames), hidden].
+        `feats`: this encoder's CNN features of `wave` when already computed."""
         enc = self.content_encoder
-        feats = enc.front_end(wave)
+        feats = enc.front_end(wave) if feats is None else feats
         cnn_lens = [enc.cfg.num_cnn_frames(int(n)) for n in num_samples.tolist()]
         feats = self._resample_ragged(feats, cnn_lens, frames)
         return enc.transformer(feats, self._lengths(frames, wave.device))
 
-    def encode_emotion(self, wave: torch.Tensor, num_samples: torch.Tensor, frames: list[int]):
+    def encode_emotion(self, wave: torch.Tensor, num_samples: torch.Tensor, frames: list[int],
+                       feats: torch.Tensor | None = None):
         """Normalised wave [B, N] -> (emotion_hidden [B, max(frames), hidden], logits [B, labels])."""
         enc = self.emotion_encoder
-        feats = enc.front_end(wave)
+        feats = enc.front_end(wave) if feats is None else feats
         cnn_lens = [enc.cfg.num_cnn_frames(int(n)) for n in num_samples.tolist()]
         emo_frames = [num_emotion_frames(n) for n in cnn_lens]
         feats = self._resample_ragged(feats, cnn_lens, emo_frames)
@@ -132,13 +135,17 @@ class EmoTalk(nn.Module):
         """
         if frames is None:
             frames = [num_frames(int(n)) for n in num_samples.tolist()]
-        wave = normalize_waveform(wave, num_samples)
-        content = self.encode_content(wave, num_samples, frames)
+        # Statistics over every sample of the clip are taken in float32 whatever the weights'
+        # dtype; the normalised wave then enters the encoders in their dtype.
+        dtype = self.content_map.weight.dtype
+        wave = normalize_waveform(wave.float(), num_samples).to(dtype)
+        feats = self.content_encoder.front_end(wave)
+        content = self.encode_content(wave, num_samples, frames, feats)
         if emotion_wave is None:
-            emotion_wave, emotion_num_samples = wave, num_samples
+            emotion, logits = self.encode_emotion(wave, num_samples, frames, feats if self.shares_front_end else None)
         else:
-            emotion_wave = normalize_waveform(emotion_wave, emotion_num_samples)
-        emotion, logits = self.encode_emotion(emotion_wave, emotion_num_samples, frames)
+            emotion_wave = normalize_waveform(emotion_wave.float(), emotion_num_samples).to(dtype)
+            emotion, logits = self.encode_emotion(emotion_wave, emotion_num_samples, frames)
         dec = self.cfg.decoder
         blendshapes, out = self.decode(content, emotion, self._weights(level, dec.num_levels, wave),
                                        self._weights(person, dec.num_persons, wave))
@@ -150,6 +157,23 @@ class EmoTalk(nn.Module):
         if x.is_floating_point():
             return x.to(device=like.device, dtype=like.dtype)
         return F.one_hot(x.to(like.device), size).to(like.dtype)
+
+    # --- one CNN front end for both encoders, when their weights say so -------------------
+    @property
+    def shares_front_end(self) -> bool:
+        return self.content_encoder.front_end is self.emotion_encoder.front_end
+
+    def share_identical_front_ends(self) -> bool:
+        """Make both encoders use one CNN front end (computed once per clip) if their front-end
+        tensors are equal, as in a checkpoint fine-tuned from a single wav2vec2. Never assumed:
+        the release's two encoders come from different pretrained models."""
+        a = self.content_encoder.front_end.state_dict()
+        b = self.emotion_encoder.front_end.state_dict()
+        if a.keys() != b.keys() or not all(
+                a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a):
+            return False
+        self.emotion_encoder.front_end = self.content_encoder.front_end
+        return True
 
     # --- ragged-batch helpers -------------------------------------------------------------
     @staticmethod

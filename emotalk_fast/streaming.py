@@ -93,16 +93,18 @@ class WindowedEncoder:
 
     def encode(self, samples: torch.Tensor, w: Window):
         """Window samples [s1 - s0] (raw 16 kHz) -> content, emotion hidden [1, h1 - h0, hidden]."""
-        wave = samples[None]
-        wave = (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
+        # statistics in float32 whatever the weights' dtype, as offline
+        wave = samples[None].float()
+        wave = ((wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)).to(self.model.content_map.weight.dtype)
         t = torch.arange(w.t0, w.t1, device=wave.device)
         pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
-        frac = ((_UP * t) % _DOWN).to(wave.dtype) / _DOWN
+        frac = ((_UP * t) % _DOWN).to(wave.dtype) / _DOWN  # exact: thirds
         i0 = pos0.clamp(max=w.c_hi) - w.c_lo
         i1 = (pos0 + 1).clamp(max=w.c_hi) - w.c_lo
-        hidden = []
+        hidden, feats = [], None
         for enc in (self.model.content_encoder, self.model.emotion_encoder):
-            feats = enc.front_end(wave)[0]
+            if feats is None or not self.model.shares_front_end:
+                feats = enc.front_end(wave)[0]
             grid = feats[i0] * (1 - frac)[:, None] + feats[i1] * frac[:, None]
             hidden.append(enc.transformer(grid[None])[:, w.h0 - w.t0 : w.h1 - w.t0])
         return hidden[0], hidden[1]
@@ -232,7 +234,7 @@ class AnimationStream:
 
     def _run_hop(self, w: Window) -> np.ndarray:
         lo, hi = w.s0 - self._buffer_start, w.s1 - self._buffer_start
-        samples = torch.from_numpy(self._buffer[lo:hi]).to(self.device, self.dtype)
+        samples = torch.from_numpy(self._buffer[lo:hi]).to(self.device)
         with torch.inference_mode():
             content, emotion = self.encoder.encode(samples, w)
             blendshapes, _ = self.model.decode_step(content, emotion, *self._style_weights(w.h0, w.h1), self._cache)

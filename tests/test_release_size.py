@@ -47,10 +47,15 @@ def test_release_checkpoint_animates_20_seconds(release_pth):
     print(f"release-size load {load_s:.2f} s")
 
 
-def test_release_size_fast_model_matches_reference(release_state_dict, release_pth):
-    cfg = EmoTalkConfig.from_name("emotalk")
-    ref = EmoTalkReference(cfg).eval()
+@pytest.fixture(scope="module")
+def reference(release_state_dict):
+    ref = EmoTalkReference(EmoTalkConfig.from_name("emotalk")).eval()
     load_release_weights(ref, release_state_dict)
+    return ref
+
+
+def test_release_size_fast_model_matches_reference(reference, release_pth):
+    ref = reference
     fast = Animator.from_pretrained(release_pth, device="cpu").model
     wave = torch.from_numpy(espeak_speech("Full size parity check.", speed=170))[None]
     with torch.inference_mode():
@@ -59,3 +64,19 @@ def test_release_size_fast_model_matches_reference(release_state_dict, release_p
     # 24 layers of width 1024 accumulate more float32 rounding than the tiny configs
     for name in ("content_hidden", "emotion_hidden", "emotion_logits", "decoder_out", "blendshapes"):
         assert_close(getattr(f, name)[0], r[name][0], 1e-4, name)
+
+
+def test_release_size_bfloat16_within_dtype_error(reference, release_pth):
+    """bf16 weights and compute end to end at full size: the deviation from float32 is at most
+    twice that of the reference under torch's bf16 autocast (LayerNorm, softmax in float32)."""
+    from helpers import assert_close_to_dtype
+
+    speech = espeak_speech("Half precision at full size.", speed=170)
+    with torch.inference_mode():
+        want = reference.predict(torch.from_numpy(speech)[None], level=1, person=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = reference.predict(torch.from_numpy(speech)[None], level=1, person=0)
+    anim = Animator.from_pretrained(release_pth, device="cpu", dtype="bfloat16").animate(speech, level=1, person=0)
+    err = assert_close_to_dtype(anim.blendshapes, autocast["blendshapes"][0], want["blendshapes"][0],
+                                "bf16 blendshapes", eps=1e-3)
+    print(f"release-size bf16 blendshape deviation from float32: max {err:.4f}")

@@ -1,0 +1,31 @@
+"""The benchmark suites (benchmarks/, not part of this test run) collect every case,
+GPU ones included: without CUDA those are skipped with a reason, never dropped."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pytest(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_benchmarks_collect_gpu_cases():
+    ids = _pytest("--collect-only", "-q").splitlines()
+    for suite in ("test_offline", "test_decoder", "test_startup", "test_streaming"):
+        assert any(f"{suite}.py" in i and "[cuda-" in i for i in ids), f"{suite}: no GPU case collected"
+        assert any(f"{suite}.py" in i and "[cpu-" in i for i in ids), f"{suite}: no CPU case collected"
+
+
+def test_gpu_cases_skip_without_cuda():
+    if torch.cuda.is_available():
+        return  # they would run (and time) here; collection is checked above
+    out = _pytest("-q", "-rs", "-k", "cuda", "--benchmark-disable")
+    assert "GPU case: CUDA is not available" in out
+    assert " passed" not in out and "error" not in out.lower(), out[-2000:]
