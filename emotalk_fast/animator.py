@@ -231,15 +231,16 @@ class Animator:
                                   long_audio_s=long_audio_s, progress=progress)[0]
 
     def stream(self, level=1, person=0, *, hop_ms: int = 100, lookahead_ms: int = 200,
-               context_ms: int = 2000, max_cache_s: float = 600.0):
-        """A streaming animator: push 16 kHz chunks, get final frames back (see streaming.py).
-
-        Latency is hop + lookahead + 5 ms of audio (`stream.latency_ms`), plus compute time.
+               context_ms: int = 2000, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE):
+        """A streaming animator: push chunks at `sample_rate`, get final frames back (see
+        streaming.py). Latency is hop + lookahead + 5 ms of audio at 16 kHz (plus the
+        resampling filter's delay at other rates; `stream.latency_ms`), plus compute time.
         """
         from .streaming import AnimationStream
 
         return AnimationStream(self.model, self.device, self.dtype, level, person, hop_ms=hop_ms,
-                               lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s)
+                               lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s,
+                               sample_rate=sample_rate)
 
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
                       postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,

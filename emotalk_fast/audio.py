@@ -80,8 +80,7 @@ def prepare_audio(audio, sample_rate: int | None = None, min_samples: int = 1) -
         samples = _to_float32(_as_array(audio))
         rate = SAMPLE_RATE if sample_rate is None else sample_rate
         where = "audio"
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_RATE <= rate <= MAX_RATE:
-        raise ValueError(f"unsupported sample rate {rate!r}: expected an integer in {MIN_RATE}..{MAX_RATE} Hz")
+    rate = check_rate(rate)
     if samples.ndim == 2:
         if samples.shape[0] > MAX_CHANNELS:
             raise ValueError(f"{where} has shape {list(samples.shape)}: expected [N] or [channels, N] "
@@ -94,7 +93,7 @@ def prepare_audio(audio, sample_rate: int | None = None, min_samples: int = 1) -
     if not np.isfinite(samples).all():
         bad = int((~np.isfinite(samples)).sum())
         raise ValueError(f"{where} has {bad} NaN or infinite samples")
-    samples = resample(samples, int(rate), SAMPLE_RATE)
+    samples = resample(samples, rate, SAMPLE_RATE)
     if samples.size < min_samples:
         raise ValueError(
             f"{where} is too short: {samples.size} samples at 16 kHz ({1000 * samples.size / SAMPLE_RATE:.1f} ms); "
@@ -110,3 +109,69 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
     g = math.gcd(rate_in, rate_out)
     return resample_poly(x.astype(np.float64), rate_out // g, rate_in // g).astype(np.float32)
+
+
+def check_rate(rate) -> int:
+    """A sample rate this library accepts, as an int."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"unsupported sample rate {rate!r}: expected an integer in {MIN_RATE}..{MAX_RATE} Hz")
+    return int(rate)
+
+
+class StreamingResampler:
+    """`resample`'s output (scipy's resample_poly: Kaiser-windowed FIR, zero padding), produced
+    as input arrives: each output sample is emitted once every input sample it reads is in.
+
+    Output m reads inputs i <= (m * down) // up through the polyphase taps of its phase; the
+    tail after `flush` reads zeros past the end, as resample_poly does.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int):
+        from scipy.signal import firwin
+
+        g = math.gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // g, rate_in // g
+        half_len = 10 * max(self.up, self.down)
+        h = firwin(2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)) * self.up
+        pre_pad = self.down - half_len % self.down  # centres the filter, as resample_poly does
+        h = np.concatenate([np.zeros(pre_pad), h])
+        self.first = (half_len + pre_pad) // self.down  # outputs before this are dropped
+        self.num_taps = -(-len(h) // self.up)
+        self.taps = np.zeros((self.up, self.num_taps))
+        for p in range(self.up):
+            self.taps[p, : len(h[p :: self.up])] = h[p :: self.up]
+        self.reset()
+
+    def reset(self) -> None:
+        self._x = np.zeros(0)
+        self._x_start = 0  # absolute index of _x[0]
+        self._n_in = 0
+        self._next = self.first  # next output index (of the full convolution)
+
+    def _emit(self, end: int) -> np.ndarray:
+        m = np.arange(self._next, end)
+        if m.size == 0:
+            return np.zeros(0, np.float32)
+        newest = (m * self.down) // self.up
+        idx = newest[:, None] - np.arange(self.num_taps)[None, :]
+        valid = (idx >= 0) & (idx < self._n_in)
+        vals = np.where(valid, self._x[np.clip(idx - self._x_start, 0, max(len(self._x) - 1, 0))], 0.0) \
+            if len(self._x) else np.zeros(idx.shape)
+        y = (self.taps[(m * self.down) % self.up] * vals).sum(axis=1)
+        self._next = end
+        oldest = (self._next * self.down) // self.up - self.num_taps + 1  # first input still needed
+        if oldest > self._x_start:
+            self._x = self._x[oldest - self._x_start :]
+            self._x_start = oldest
+        return y.astype(np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        self._x = np.concatenate([self._x, samples.astype(np.float64)])
+        self._n_in += len(samples)
+        # output m is final once input (m * down) // up has arrived
+        return self._emit((self._n_in * self.up - 1) // self.down + 1 if self._n_in else self._next)
+
+    def flush(self) -> np.ndarray:
+        """The rest: in total ceil(n_in * up / down) samples, like resample_poly."""
+        total = -(-self._n_in * self.up // self.down)
+        return self._emit(max(self._next, self.first + total))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .audio import StreamingResampler, check_rate
 from .config import ENCODER_FPS, FPS, SAMPLE_RATE
 from .decoder import KVCache
 from .controls import check_style
@@ -114,19 +115,25 @@ class WindowedEncoder:
 
 
 class AnimationStream:
-    """Push 16 kHz samples, get the blendshape frames that became final.
+    """Push mono samples at `sample_rate`, get the blendshape frames that became final.
 
-    >>> stream = animator.stream(level=1, person=0)
+    >>> stream = animator.stream(level=1, person=0, sample_rate=48000)
     >>> for chunk in microphone:            # any sizes
     ...     frames = stream.push(chunk)     # float32 [k, 52]
-    >>> frames = stream.flush()             # the rest; in total ceil(N / 16000 * 30) frames
+    >>> frames = stream.flush()             # the rest: as many frames as offline animation gives
+
+    Another rate than 16 kHz is resampled as it arrives, to exactly the samples `animate`
+    would resample the whole recording to (a streaming polyphase filter; its delay of a few
+    ms is included in `latency_ms`).
     """
 
-    sample_rate = SAMPLE_RATE
-
     def __init__(self, model: EmoTalk, device, dtype, level: int, person: int, *, hop_ms: int = 100,
-                 lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0):
+                 lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0,
+                 sample_rate: int = SAMPLE_RATE):
         self.model, self.device, self.dtype = model, device, dtype
+        self.sample_rate = check_rate(sample_rate)
+        self._resampler = None if self.sample_rate == SAMPLE_RATE else StreamingResampler(self.sample_rate,
+                                                                                          SAMPLE_RATE)
         self.encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms)
         if not max_cache_s > 0:
             raise ValueError(f"max_cache_s must be > 0, got {max_cache_s!r}")
@@ -151,6 +158,8 @@ class AnimationStream:
         self._emotion_sum = None
         self._emotion_frames = 0
         self._flushed = False
+        if self._resampler is not None:
+            self._resampler.reset()
 
     def set_style(self, level=None, person=None, crossfade_ms: float = 0.0) -> None:
         """Change level and/or person from the next frame not yet emitted, fading linearly over
@@ -186,7 +195,12 @@ class AnimationStream:
         final arrives (the worst frame of a steady-state hop; compute time not included)."""
         k = self.encoder.context // self.encoder.hop + 2  # a hop past any start-up effect
         w = self.encoder.window(k)
-        return 1000.0 * (w.s1 / SAMPLE_RATE - w.h0 / FPS)
+        latency = w.s1 / SAMPLE_RATE - w.h0 / FPS
+        if self._resampler is not None:  # 16 kHz sample j needs input up to its filter's end
+            r = self._resampler
+            newest_input = ((w.s1 - 1 + r.first) * r.down) // r.up
+            latency += (newest_input + 1) / self.sample_rate - w.s1 / SAMPLE_RATE
+        return 1000.0 * latency
 
     @property
     def frames_emitted(self) -> int:
@@ -203,12 +217,13 @@ class AnimationStream:
 
     # --- audio in, frames out ---------------------------------------------------------------
     def push(self, samples) -> np.ndarray:
-        """Append samples (16 kHz mono float); return the frames that became final, [k, 52]."""
+        """Append mono float samples at `sample_rate`; return the frames that became final, [k, 52]."""
         if self._flushed:
             raise RuntimeError("push() after flush(): call reset() to start a new utterance")
         chunk = _validate_chunk(samples)
-        self._buffer = np.concatenate([self._buffer, chunk]) if chunk.size else self._buffer
-        self._received += chunk.size
+        if self._resampler is not None:
+            chunk = self._resampler.push(chunk)
+        self._append(chunk)
         out = []
         while True:
             w = self.encoder.window(self._next_hop)
@@ -217,10 +232,16 @@ class AnimationStream:
             out.append(self._run_hop(w))
         return _stack(out, self.model.cfg.decoder.num_blendshapes)
 
+    def _append(self, chunk: np.ndarray) -> None:
+        self._buffer = np.concatenate([self._buffer, chunk]) if chunk.size else self._buffer
+        self._received += chunk.size
+
     def flush(self) -> np.ndarray:
         """End the utterance: the remaining frames, the last windows cut at the audio's end."""
         if self._flushed:
             raise RuntimeError("flush() called twice: call reset() to start a new utterance")
+        if self._resampler is not None:
+            self._append(self._resampler.flush())
         n = self._received
         total = num_frames(n) if n else 0
         if n and n < self.encoder.field:

@@ -171,3 +171,41 @@ def test_empty_and_too_short_utterances(animator):
 def test_bad_settings(animator, kwargs):
     with pytest.raises(ValueError):
         animator.stream(**kwargs)
+
+
+@pytest.mark.parametrize("rate", [48000, 44100, 8000])
+def test_streaming_resampler_equals_offline_resampling(rate):
+    from scipy.signal import resample_poly
+
+    from emotalk_fast.audio import StreamingResampler
+
+    rng = np.random.default_rng(rate)
+    x = rng.standard_normal(9001).astype(np.float32)
+    g = np.gcd(16000, rate)
+    want = resample_poly(x.astype(np.float64), 16000 // g, rate // g).astype(np.float32)
+    r = StreamingResampler(rate, 16000)
+    out, i = [], 0
+    while i < len(x):
+        n = int(rng.choice([0, 1, 7, 160, 4410]))
+        out.append(r.push(x[i : i + n]))
+        i += n
+    out.append(r.flush())
+    np.testing.assert_array_equal(np.concatenate(out), want)
+
+
+def test_stream_at_48khz(animator, speech):
+    """A 48 kHz microphone: the same frames as a 16 kHz stream of what `animate` resamples to,
+    for any push sizes, and offline's frame count."""
+    from emotalk_fast.audio import resample
+
+    mic = resample(speech, 16000, 48000)
+    stream = animator.stream(sample_rate=48000)
+    frames = _stream_all(stream, mic, [0, 1, 7, 480, 4800], 0)
+    np.testing.assert_array_equal(frames, _stream_all(animator.stream(sample_rate=48000), mic, [len(mic)], 0))
+    np.testing.assert_array_equal(frames, _stream_all(animator.stream(), resample(mic, 48000, 16000), [1600], 0))
+    assert len(frames) == animator.animate(mic, sample_rate=48000).num_frames
+    assert 305 < stream.latency_ms < 310  # plus the resampling filter's delay
+    stream.reset()
+    np.testing.assert_array_equal(_stream_all(stream, mic, [4800], 1), frames)
+    with pytest.raises(ValueError, match="unsupported sample rate"):
+        animator.stream(sample_rate=100)
