@@ -9,7 +9,8 @@ from .checkpoint import CheckpointError
 from .controls import Schedule
 from .config import BLENDSHAPE_NAMES, DEFAULT_EMOTION_LABELS, EmoTalkConfig
 from .model import EmoTalk
+from .streaming import AnimationStream
 
-__all__ = ["Animator", "Animation", "EmoTalk", "EmoTalkConfig", "CheckpointError", "Schedule", "BLENDSHAPE_NAMES",
+__all__ = ["Animator", "Animation", "AnimationStream", "EmoTalk", "EmoTalkConfig", "CheckpointError", "Schedule", "BLENDSHAPE_NAMES",
            "DEFAULT_EMOTION_LABELS"]
 __version__ = "0.1.0"
