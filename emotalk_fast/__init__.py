@@ -6,11 +6,11 @@
 """
 from .animator import Animation, Animator
 from .checkpoint import CheckpointError
-from .controls import Schedule
 from .config import BLENDSHAPE_NAMES, DEFAULT_EMOTION_LABELS, EmoTalkConfig
+from .controls import Schedule
 from .model import EmoTalk
 from .streaming import AnimationStream
 
-__all__ = ["Animator", "Animation", "AnimationStream", "EmoTalk", "EmoTalkConfig", "CheckpointError", "Schedule", "BLENDSHAPE_NAMES",
-           "DEFAULT_EMOTION_LABELS"]
+__all__ = ["Animator", "Animation", "AnimationStream", "EmoTalk", "EmoTalkConfig", "CheckpointError", "Schedule",
+           "BLENDSHAPE_NAMES", "DEFAULT_EMOTION_LABELS"]
 __version__ = "0.1.0"
