@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import DEFAULT_EMOTION_LABELS, PRESETS, DecoderConfig, EmoTalkConfig, EncoderConfig
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -306,8 +306,8 @@ def save_pretrained(state_dict: dict[str, torch.Tensor], cfg: EmoTalkConfig, dir
         v = v.detach().contiguous().cpu()
         tensors[k] = v.clone() if v.data_ptr() in seen else v
         seen.add(v.data_ptr())
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     return directory
 
 
@@ -344,18 +344,3 @@ def load_any(path: str | os.PathLike, config: EmoTalkConfig | None = None):
     if path.is_dir():
         return load_pretrained(path)
     return load_release_checkpoint(path, config)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

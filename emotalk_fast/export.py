@@ -5,10 +5,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 FORMATS = (".npy", ".csv", ".json")
 
@@ -61,12 +62,4 @@ def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fp
         raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; use one of {', '.join(FORMATS)}")
     if not path.parent.is_dir():
         raise ValueError(f"cannot save {path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        writer(Path(tmp), blendshapes, names=names, fps=fps, emotion=emotion)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: writer(Path(tmp), blendshapes, names=names, fps=fps, emotion=emotion))

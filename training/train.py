@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn as nn
 
 from emotalk_fast import checkpoint as ckpt
 from emotalk_fast.config import EmoTalkConfig
+from emotalk_fast.files import atomic_write
 
 from .data import DEFAULT_EMOTION_MAP, PairDataset, scan_clips
 from .losses import TERMS, LossWeights, combine, item_terms
@@ -270,20 +270,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same directory, then os.replace: a reader (or a crash)
-    sees the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give it ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save that a reader (or a crash) sees whole or not at all."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(model: EmoTalkReference, out: Path, export_pretrained: bool = True) -> Path:
