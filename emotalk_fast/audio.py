@@ -175,3 +175,23 @@ class StreamingResampler:
         """The rest: in total ceil(n_in * up / down) samples, like resample_poly."""
         total = -(-self._n_in * self.up // self.down)
         return self._emit(max(self._next, self.first + total))
+
+
+def espeak_speech(text: str, voice: str | None = None, speed: int | None = None, pitch: int | None = None,
+                  rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Speech synthesised by espeak-ng (which must be installed), mono float32 at `rate`.
+    voice/speed (words per minute)/pitch (0-99): espeak-ng's own defaults when None."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
+    options = [flag for flag, value in (("-v", voice), ("-s", speed), ("-p", pitch)) if value is not None
+               for flag in (flag, str(value))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speech.wav"
+        subprocess.run([exe, *options, "-w", str(path), text], check=True, capture_output=True)
+        samples, native = read_audio_file(path)
+    return resample(samples.mean(0), native, rate)

@@ -12,7 +12,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,14 +35,9 @@ def generated_speech(seconds: float, seed: int = 0) -> np.ndarray:
     harmonic signal with syllable-rate amplitude modulation (same cost for the model)."""
     n = int(seconds * SAMPLE_RATE)
     if shutil.which("espeak-ng"):
-        from .audio import read_audio_file, resample
+        from .audio import espeak_speech
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "speech.wav"
-            subprocess.run(["espeak-ng", "-w", str(path), " ".join(_SENTENCES)], check=True, capture_output=True)
-            samples, rate = read_audio_file(path)
-        speech = resample(samples.mean(0), rate, SAMPLE_RATE)
-        return np.resize(speech, n).astype(np.float32)
+        return np.resize(espeak_speech(" ".join(_SENTENCES)), n).astype(np.float32)
     rng = np.random.default_rng(seed)
     t = np.arange(n) / SAMPLE_RATE
     f0 = 120 + 20 * np.sin(2 * np.pi * 0.5 * t)

@@ -63,21 +63,14 @@ def espeak_speech(text: str, voice: str = "en", speed: int = 160, pitch: int = 5
                   rate: int = 16_000) -> np.ndarray:
     """Real synthetic speech from espeak-ng, mono float32 at `rate` (skips the test without it)."""
     import shutil
-    import subprocess
-    import tempfile
 
     import pytest
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    from emotalk_fast.audio import read_audio_file, resample
+    from emotalk_fast.audio import espeak_speech as speak
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
-                       check=True, capture_output=True)
-        samples, sr = read_audio_file(path)
-    return resample(samples.mean(0), sr, rate)
+    return speak(text, voice, speed, pitch, rate)
 
 
 def _kernel_dtypes():

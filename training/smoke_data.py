@@ -16,14 +16,11 @@ unlabelled clips `unlabelled_<k>` (HDTF-like names) for self-reconstruction.
 from __future__ import annotations
 
 import argparse
-import math
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from emotalk_fast.audio import espeak_speech
 from emotalk_fast.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
 from emotalk_fast.model import num_frames
 
@@ -42,24 +39,6 @@ EMOTION_FACE = {
     8: {"eyeWideLeft": 0.4, "eyeWideRight": 0.4, "browInnerUp": 0.3, "jawOpen": 0.1},
 }
 _CH = {n: i for i, n in enumerate(BLENDSHAPE_NAMES)}
-
-
-def speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
-    """espeak-ng speech as float32 mono at 16 kHz."""
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise RuntimeError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "out.wav"
-        subprocess.run([exe, "-w", str(path), "-v", voice, "-s", str(speed), "-p", str(pitch), text],
-                       check=True, capture_output=True)
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    wave = wave.mean(1)
-    g = math.gcd(sr, SAMPLE_RATE)
-    return resample_poly(wave, SAMPLE_RATE // g, sr // g).astype(np.float32)
 
 
 def frame_features(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +99,7 @@ def generate(out_dir: str | Path, persons: int = 2, emotions: tuple[int, ...] = 
         gain = 1.6 if level else 1.0
         speed = int(round(_NEUTRAL[0] + gain * (speed - _NEUTRAL[0])))
         pitch = int(np.clip(round(_NEUTRAL[1] + gain * (pitch - _NEUTRAL[1])), 0, 99))
-        wave = speak(SENTENCES[s], voice, speed, pitch)
+        wave = espeak_speech(SENTENCES[s], voice, speed, pitch)
         sf.write(str(out / f"{stem}.wav"), wave, SAMPLE_RATE, subtype="PCM_16")
         wave16 = sf.read(str(out / f"{stem}.wav"), dtype="float32")[0]  # targets from what is stored
         np.save(out / f"{stem}.npy", make_targets(wave16, emotion, level, pitch))
