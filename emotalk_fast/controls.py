@@ -26,9 +26,7 @@ def level_weights(cfg: EmoTalkConfig, level) -> np.ndarray:
     """An index 0..num_levels-1, a float in [0, 1] (two levels), or a weight vector -> [num_levels]."""
     n = cfg.decoder.num_levels
     if _is_int(level):
-        if not 0 <= level < n:
-            raise ValueError(f"level must be in 0..{n - 1}, got {level}")
-        return np.eye(n, dtype=np.float64)[int(level)]
+        return _one_hot("level", level, n)
     if isinstance(level, (float, np.floating)):
         if n != 2 or not 0.0 <= level <= 1.0 or math.isnan(level):
             raise ValueError(f"a float level must be in [0, 1], got {level}")
@@ -40,9 +38,7 @@ def person_weights(cfg: EmoTalkConfig, person) -> np.ndarray:
     """An index 0..23, a mix {index: weight} or a 24-vector of weights -> [num_persons]."""
     n = cfg.decoder.num_persons
     if _is_int(person):
-        if not 0 <= person < n:
-            raise ValueError(f"person must be in 0..{n - 1}, got {person}")
-        return np.eye(n, dtype=np.float64)[int(person)]
+        return _one_hot("person", person, n)
     if isinstance(person, dict):
         w = np.zeros(n)
         for k, v in person.items():
@@ -51,6 +47,13 @@ def person_weights(cfg: EmoTalkConfig, person) -> np.ndarray:
             w[int(k)] = _number("person mix weight", v)
         return _weight_vector("person", w, n)
     return _weight_vector("person", person, n)
+
+
+def _one_hot(name: str, index, n: int) -> np.ndarray:
+    """The release's input: exactly 0s and one 1, so integer controls stay bit-identical."""
+    if not 0 <= index < n:
+        raise ValueError(f"{name} must be in 0..{n - 1}, got {index}")
+    return np.eye(n, dtype=np.float64)[int(index)]
 
 
 def _number(name: str, v) -> float:

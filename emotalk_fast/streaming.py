@@ -33,7 +33,7 @@ from .audio import StreamingResampler, check_rate
 from .config import ENCODER_FPS, FPS, SAMPLE_RATE
 from .decoder import KVCache
 from .controls import check_style
-from .model import EmoTalk, num_frames
+from .model import EmoTalk, normalize_waveform, num_frames
 
 GRID_MS = 100  # the grids of 50 Hz CNN frames and 30 fps output frames coincide every 100 ms
 _UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t / 3
@@ -94,9 +94,9 @@ class WindowedEncoder:
 
     def encode(self, samples: torch.Tensor, w: Window):
         """Window samples [s1 - s0] (raw 16 kHz) -> content, emotion hidden [1, h1 - h0, hidden]."""
-        # statistics in float32 whatever the weights' dtype, as offline
-        wave = samples[None].float()
-        wave = ((wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)).to(self.model.content_map.weight.dtype)
+        # the offline normalisation over the window: statistics in float32 whatever the dtype
+        lengths = torch.tensor([samples.shape[0]], device=samples.device)
+        wave = normalize_waveform(samples[None].float(), lengths).to(self.model.content_map.weight.dtype)
         t = torch.arange(w.t0, w.t1, device=wave.device)
         pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
         frac = ((_UP * t) % _DOWN).to(wave.dtype) / _DOWN  # exact: thirds
