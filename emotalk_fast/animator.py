@@ -1,6 +1,7 @@
 """The user-facing API: load a checkpoint once, turn speech into blendshape animation."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -197,9 +198,10 @@ class Animator:
         return ckpt.save_pretrained(state, self.config, directory)
 
     # --- inference ------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def min_samples(self) -> int:
-        """Shortest 16 kHz input both encoders accept (the emotion branch needs >= 1 frame)."""
+        """Shortest 16 kHz input both encoders accept (the emotion branch needs >= 1 frame);
+        found by search once per Animator, not per call."""
         n = max(self.config.content.receptive_field, self.config.emotion.receptive_field)
         while min(num_emotion_frames(self.config.emotion.num_cnn_frames(n)),
                   self.config.content.num_cnn_frames(n)) < 1:
