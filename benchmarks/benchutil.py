@@ -72,7 +72,7 @@ def _weights() -> dict[str, torch.Tensor]:
 
 @functools.lru_cache(maxsize=None)
 def fast_animator(device: str, dtype: str, backend: str = "torch") -> Animator:
-    return Animator(Animator._build(CONFIG, dict(_weights())), device=device, dtype=dtype, backend=backend)
+    return Animator.from_state_dict(CONFIG, dict(_weights()), device=device, dtype=dtype, backend=backend)
 
 
 @functools.lru_cache(maxsize=None)

@@ -70,8 +70,8 @@ def front_end(args) -> None:
     wave = torch.from_numpy(speech)[None]
     ref = EmoTalkReference(CONFIG).eval()
     weights = random_weights(CONFIG)
-    fp32 = Animator(Animator._build(CONFIG, dict(weights)), device="cpu")
-    bf16 = Animator(Animator._build(CONFIG, dict(weights)), device="cpu", dtype="bfloat16")
+    fp32 = Animator.from_state_dict(CONFIG, dict(weights), device="cpu")
+    bf16 = Animator.from_state_dict(CONFIG, dict(weights), device="cpu", dtype="bfloat16")
 
     def use(forward):
         return lambda: setattr(ConvFrontEnd, "forward", forward)
@@ -99,8 +99,8 @@ def shared_front_end(args) -> None:
         weights["emotion_encoder" + key[len("content_encoder"):]] = weights[key]
     speech = generated_speech(args.seconds)
     for dtype in ("float32", "bfloat16"):
-        shared = Animator(Animator._build(CONFIG, dict(weights)), device="cpu", dtype=dtype)
-        separate = Animator(Animator._build(CONFIG, dict(weights)), device="cpu", dtype=dtype)
+        shared = Animator.from_state_dict(CONFIG, dict(weights), device="cpu", dtype=dtype)
+        separate = Animator.from_state_dict(CONFIG, dict(weights), device="cpu", dtype=dtype)
         separate.model.emotion_encoder.front_end = ConvFrontEnd(CONFIG.emotion).to(separate.dtype)
         separate.model.emotion_encoder.front_end.load_state_dict(shared.model.content_encoder.front_end.state_dict())
         assert shared.model.shares_front_end and not separate.model.shares_front_end

@@ -25,7 +25,8 @@ triton = pytest.importorskip("triton")
 
 from emotalk_fast.config import FPS, DecoderConfig  # noqa: E402
 from emotalk_fast.decoder import KVCache, PeriodicCausalDecoder, attention_with_periodic_bias  # noqa: E402
-from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention, periodic_alibi_bias  # noqa: E402
+from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention  # noqa: E402
+from emotalk_fast.kernels.reference import periodic_alibi_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_decode import periodic_alibi_decode  # noqa: E402
 
 CFG = DecoderConfig()  # release sizes
@@ -133,7 +134,7 @@ def test_decode_step_attention(benchmark, dtype, S, provider):
 def _decoder(backend, dtype):
     torch.manual_seed(0)
     dec = PeriodicCausalDecoder(CFG)
-    dec.backend = backend
+    dec.set_backend(backend)
     return dec.to("cuda", dtype).eval()
 
 

@@ -18,18 +18,13 @@ from .export import save_blendshapes
 from .model import EmoTalk, num_emotion_frames, resample_frames
 from .model import num_frames as model_num_frames
 from .postprocess import postprocess as postprocess_curves
+from .runtime import resolve_backend, resolve_device, resolve_dtype
 
-BACKENDS = ("auto", "torch", "triton")
 # Clips longer than this are encoded through overlapping windows (see streaming.py), so memory
 # and time grow linearly with length; shorter clips get exactly the offline computation.
 LONG_AUDIO_S = 60.0
 LONG_WINDOW = {"hop_ms": 10_000, "lookahead_ms": 2_000, "context_ms": 2_000}
 EMOTION_WINDOW_S = 1.0  # seconds per entry of Animation.emotion_timeline
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
 
 
 @dataclass
@@ -91,56 +86,18 @@ class _Clip:
     emotion_samples: np.ndarray | None = None  # emotion reference, 16 kHz mono
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available (use device='cpu' or 'auto')")
-    return device
-
-
-def resolve_dtype(dtype) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype}: use float32, bfloat16 or float16")
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise ValueError(f"unsupported dtype {dtype!r}: use one of {sorted(_DTYPES)} or a torch dtype")
-
-
-def triton_unavailable(device: torch.device, dtype: torch.dtype | None = None) -> str | None:
-    """Why the Triton kernels cannot run on `device`, or None when they can. Imports triton
-    (only here and in triton_ops.py, never at `import emotalk_fast`)."""
-    interpret = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-    if device.type != "cuda":
-        if device.type != "cpu" or not interpret:
-            return (f"the Triton kernels need a CUDA device, got {device}; on CPU they run only under the "
-                    "Triton interpreter (set TRITON_INTERPRET=1 before importing emotalk_fast; slow, "
-                    "meant for tests)")
-        if dtype == torch.bfloat16:
-            return "the Triton interpreter's bfloat16 dot is broken; use float32 or float16 on CPU"
+def build_model(cfg: EmoTalkConfig, state_dict: dict[str, torch.Tensor]) -> EmoTalk:
+    """EmoTalk from weights in this library's layout, loaded strictly."""
+    # Parameters start on the meta device and take the loaded tensors as they are, so
+    # start-up costs no random initialisation and no extra copy.
+    with torch.device("meta"):
+        model = EmoTalk(cfg)
     try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        return f"triton is not installed or does not import ({e})"
-    return None
-
-
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
-    """auto: Triton on CUDA when triton imports, else PyTorch. triton: raises if it cannot run."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_unavailable(device, dtype) is None else "torch"
-    if backend == "triton":
-        problem = triton_unavailable(device, dtype)
-        if problem:
-            raise ValueError(f"backend='triton' cannot run: {problem}; use backend='torch' or 'auto'")
-    return backend
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"checkpoint does not fit the model: {e}") from None
+    model.share_identical_front_ends()
+    return model
 
 
 class Animator:
@@ -156,7 +113,7 @@ class Animator:
         self.dtype = resolve_dtype(dtype)
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.model.decoder.backend = self.backend  # the encoders are PyTorch (SDPA) either way
+        self.model.decoder.set_backend(self.backend)  # the encoders are PyTorch (SDPA) either way
         self.config: EmoTalkConfig = model.cfg
 
     # --- construction -------------------------------------------------------------------
@@ -169,7 +126,7 @@ class Animator:
         release (sizes are read off the tensor shapes).
         """
         cfg, state_dict = ckpt.load_any(path, config)
-        return cls(cls._build(cfg, state_dict), device, dtype, backend)
+        return cls.from_state_dict(cfg, state_dict, device, dtype, backend)
 
     @classmethod
     def from_config(cls, config: EmoTalkConfig | str = "emotalk", seed: int = 0, device="auto", dtype=None,
@@ -177,20 +134,15 @@ class Animator:
         """Random weights by the oracle rule (for tests and benchmarks: speed does not depend on weights)."""
         cfg = EmoTalkConfig.from_name(config) if isinstance(config, str) else config
         state_dict = ckpt.release_to_fast(ckpt.random_release_state_dict(cfg, seed), cfg)
-        return cls(cls._build(cfg, state_dict), device, dtype, backend)
+        return cls.from_state_dict(cfg, state_dict, device, dtype, backend)
 
-    @staticmethod
-    def _build(cfg: EmoTalkConfig, state_dict: dict[str, torch.Tensor]) -> EmoTalk:
-        # Parameters start on the meta device and take the loaded tensors as they are, so
-        # start-up costs no random initialisation and no extra copy.
-        with torch.device("meta"):
-            model = EmoTalk(cfg)
-        try:
-            model.load_state_dict(state_dict, strict=True, assign=True)
-        except RuntimeError as e:
-            raise ckpt.CheckpointError(f"checkpoint does not fit the model: {e}") from None
-        model.share_identical_front_ends()
-        return model
+    @classmethod
+    def from_state_dict(cls, config: EmoTalkConfig, state_dict: dict[str, torch.Tensor], device="auto",
+                        dtype=None, backend="auto") -> "Animator":
+        """Weights already in memory, in this library's layout (`checkpoint.release_to_fast`
+        maps a release state dict onto it). The tensors are used as they are, not copied,
+        unless the device or dtype asks for a cast."""
+        return cls(build_model(config, state_dict), device, dtype, backend)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write this model as config.json + model.safetensors (float32 on disk)."""

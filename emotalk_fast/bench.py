@@ -173,7 +173,7 @@ def run_bench(args) -> dict:
 
     progress(f"building the '{args.preset}' architecture with random weights on {device}")
     t0 = time.perf_counter()
-    animator = Animator(Animator._build(cfg, random_weights(cfg)), device=device, dtype=dtype)
+    animator = Animator.from_state_dict(cfg, random_weights(cfg), device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in animator.model.parameters())
 

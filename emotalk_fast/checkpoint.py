@@ -96,8 +96,8 @@ def random_release_state_dict(cfg: EmoTalkConfig, seed: int = 0) -> dict[str, to
     """Deterministic random weights in the release layout (the oracle fixtures' rule).
 
     One float64 standard-normal draw per tensor in manifest order, scaled by the first rule that
-    matches: weight_g (1, .1); bias (0, .1); 1-D (1, .1); masked_spec_embed (0, 1);
-    else (0, 1/sqrt(fan_in)). Speed does not depend on weights, so benchmarks use this too.
+    matches: weight_g (1, .1); bias (0, .1); 1-D (1, .1); else (0, 1/sqrt(fan_in)). The
+    oracle's fourth rule (masked_spec_embed) never fires: that tensor is 1-D.
     """
     rng = np.random.Generator(np.random.PCG64(seed))
     out = {}
@@ -108,8 +108,6 @@ def random_release_state_dict(cfg: EmoTalkConfig, seed: int = 0) -> dict[str, to
             mean, std = 0.0, 0.1
         elif len(shape) == 1:
             mean, std = 1.0, 0.1
-        elif key.endswith("masked_spec_embed"):
-            mean, std = 0.0, 1.0
         else:
             mean, std = 0.0, 1.0 / math.sqrt(math.prod(shape[1:]))
         z = rng.standard_normal(math.prod(shape))
@@ -172,13 +170,15 @@ def _indices(sd: dict, prefix: str) -> set[int]:
     return {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)}
 
 
-def normalize_release_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept both weight-norm namings; drop tensors inference never uses."""
+def rename_weight_norm(sd: dict[str, torch.Tensor], parametrized: bool = False) -> dict[str, torch.Tensor]:
+    """The weight-norm tensors under one naming: the release's `weight_g`/`weight_v`, or with
+    `parametrized` torch's newer `parametrizations.weight.original0/1`. Either naming is read."""
+    src, dst = (_OLD_WN, _NEW_WN) if parametrized else (_NEW_WN, _OLD_WN)
     out = {}
     for k, v in sd.items():
-        for new, old in zip(_NEW_WN, _OLD_WN):
-            if k.endswith(new):
-                k = k[: -len(new)] + old
+        for a, b in zip(src, dst):
+            if k.endswith(a):
+                k = k[: -len(a)] + b
         out[k] = v
     return out
 
@@ -271,8 +271,12 @@ def release_to_fast(sd: dict[str, torch.Tensor], cfg: EmoTalkConfig) -> dict[str
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def load_release_checkpoint(path: str | os.PathLike, config: EmoTalkConfig | None = None):
-    """Read a released EmoTalk.pth -> (config, this library's state dict)."""
+def read_release_state_dict(path: str | os.PathLike, config: EmoTalkConfig | None = None):
+    """A release-layout .pth -> (config, its state dict in the release's naming, checked).
+
+    The config is `config` when given, else an emotalk_fast `config.json` beside the file (the
+    trainer writes one; it knows head counts), else the tensor shapes (`infer_release_config`).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -287,9 +291,30 @@ def load_release_checkpoint(path: str | os.PathLike, config: EmoTalkConfig | Non
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    sd = normalize_release_keys(sd)
-    cfg = config or infer_release_config(sd)
+    sd = rename_weight_norm(sd)
+    cfg = config or _config_beside(path) or infer_release_config(sd)
     check_release_state_dict(sd, cfg)
+    return cfg, sd
+
+
+def _config_beside(path: Path) -> EmoTalkConfig | None:
+    """The emotalk_fast config.json next to a .pth, if there is one (another program's
+    config.json, without our format_version, is not ours and is left alone)."""
+    side = path.with_name(CONFIG_NAME)
+    if not side.is_file():
+        return None
+    try:
+        raw = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(raw, dict) or "format_version" not in raw:
+        return None
+    return _parse_config(raw, side)
+
+
+def load_release_checkpoint(path: str | os.PathLike, config: EmoTalkConfig | None = None):
+    """Read a released EmoTalk.pth -> (config, this library's state dict)."""
+    cfg, sd = read_release_state_dict(path, config)
     return cfg, release_to_fast(sd, cfg)
 
 
@@ -323,19 +348,28 @@ def load_pretrained(directory: str | os.PathLike):
             raise CheckpointError(f"{directory} is not an emotalk_fast checkpoint: {p.name} is missing")
     try:
         raw = json.loads(cfg_path.read_text())
-        version = raw.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise CheckpointError(f"{cfg_path}: format_version {version!r}, this library reads {FORMAT_VERSION}")
-        cfg = EmoTalkConfig.from_dict(raw)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
+    except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg_path} is not a valid config: {e}") from None
+    cfg = _parse_config(raw, cfg_path)
     try:
         sd = load_file(str(w_path))  # safetensors memory-maps the file
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {w_path}: {e}") from None
     return cfg, sd
+
+
+def _parse_config(raw, where: Path) -> EmoTalkConfig:
+    """config.json contents -> EmoTalkConfig, or a CheckpointError naming the file."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where} is not a valid config: expected a JSON object")
+    raw = dict(raw)
+    version = raw.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: format_version {version!r}, this library reads {FORMAT_VERSION}")
+    try:
+        return EmoTalkConfig.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} is not a valid config: {e}") from None
 
 
 def load_any(path: str | os.PathLike, config: EmoTalkConfig | None = None):

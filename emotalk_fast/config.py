@@ -8,6 +8,8 @@ from typing import Any
 SAMPLE_RATE = 16_000  # Hz; both wav2vec2 encoders were trained on 16 kHz audio
 FPS = 30  # output frame rate of the blendshape curves
 ENCODER_FPS = 50  # wav2vec2's CNN front end emits one frame per 20 ms
+# Decoder implementations a user may ask for: "auto" is Triton on CUDA, PyTorch elsewhere.
+BACKENDS = ("auto", "torch", "triton")
 
 # ARKit blendshape names in the order of the model's 52 output channels.
 BLENDSHAPE_NAMES: tuple[str, ...] = (

@@ -8,39 +8,18 @@ mask lets frame i see only memory frame i, so its softmax is exactly 1 and the b
 to one linear map, `cross` = out_proj(V(.)), folded at load time.
 
 The layer is written once over four fusable steps (`TorchOps` here; `TritonOps` in
-triton_ops.py runs them on emotalk_fast.kernels); the module's `backend` picks the set.
+triton_ops.py runs them on emotalk_fast.kernels); `set_backend` picks the set once.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import DecoderConfig
+from .kernels.reference import periodic_alibi_bias, periodic_positional_encoding
 
 QUERY_BLOCK = 512  # query rows per attention call: bounds the bias to [H, 512, T]
-
-
-def periodic_causal_bias(slopes: torch.Tensor, period: int, q_pos: torch.Tensor,
-                         k_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive bias [H, len(q_pos), k_len]; -inf above the causal diagonal."""
-    k_pos = torch.arange(k_len, device=q_pos.device)
-    dist = q_pos[:, None] - k_pos[None, :]
-    steps = torch.div(dist, period, rounding_mode="floor").to(dtype)
-    bias = -slopes.to(dtype)[:, None, None] * steps
-    return bias.masked_fill(dist < 0, float("-inf"))
-
-
-def periodic_positional_encoding(period: int, dim: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """FaceFormer's PPE table [period, dim]: sinusoids of the position within the period."""
-    pos = torch.arange(period, dtype=torch.float32, device=device)[:, None]
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(period, dim, device=device)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
-    return pe.to(dtype)
 
 
 def attention_with_periodic_bias(q, k, v, slopes, period, offset: int = 0) -> torch.Tensor:
@@ -49,8 +28,7 @@ def attention_with_periodic_bias(q, k, v, slopes, period, offset: int = 0) -> to
     for start in range(0, q.shape[2], QUERY_BLOCK):
         stop = min(start + QUERY_BLOCK, q.shape[2])
         k_len = min(offset + stop, k.shape[2])  # keys past the block's last query are masked anyway
-        q_pos = torch.arange(offset + start, offset + stop, device=q.device)
-        bias = periodic_causal_bias(slopes, period, q_pos, k_len, q.dtype)
+        bias = periodic_alibi_bias(slopes, period, stop - start, k_len, offset + start, q.dtype)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
             q[:, :, start:stop], k[:, :, :k_len], v[:, :, :k_len], attn_mask=bias)
     return out
@@ -123,9 +101,6 @@ class TorchOps:
         return norm(residual + linear(x))
 
 
-BACKENDS = ("torch", "triton")
-
-
 class PeriodicCausalDecoder(nn.Module):
     """x = LN1(x + SelfAttn(x)); x = LN2(x + Cross(memory)); x = LN3(x + FF(x))."""
 
@@ -133,7 +108,7 @@ class PeriodicCausalDecoder(nn.Module):
         super().__init__()
         d = cfg.feature_dim
         self.cfg = cfg
-        self.backend = backend  # "torch" or "triton": which implementation of the fusable steps
+        self.set_backend(backend)
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
@@ -143,15 +118,18 @@ class PeriodicCausalDecoder(nn.Module):
         self.ff2 = nn.Linear(cfg.ff_dim, d)
         self.norm3 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
 
-    @property
-    def ops(self):
-        if self.backend == "torch":
-            return TorchOps
-        if self.backend == "triton":
+    def set_backend(self, backend: str) -> None:
+        """Which implementation runs the fusable steps: "torch" or "triton" (already resolved
+        from "auto" by the caller, which knows the device)."""
+        if backend == "torch":
+            self.ops = TorchOps
+        elif backend == "triton":
             from .triton_ops import TritonOps  # imports triton: only once it is asked for
 
-            return TritonOps
-        raise ValueError(f"unknown decoder backend {self.backend!r}: choose one of {BACKENDS}")
+            self.ops = TritonOps
+        else:
+            raise ValueError(f"unknown decoder backend {backend!r}: choose 'torch' or 'triton'")
+        self.backend = backend
 
     def slopes(self, device) -> torch.Tensor:
         return torch.tensor(self.cfg.alibi_slopes(), dtype=torch.float32, device=device)

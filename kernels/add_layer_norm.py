@@ -11,12 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-
-def add_layer_norm_ref(x, residual, weight, bias, eps=1e-5, upcast=True):
-    """upcast=True: float64 truth (returned in float64); False: torch in x.dtype."""
-    dtype = torch.float64 if upcast else x.dtype
-    h = x.to(dtype) + residual.to(dtype)
-    return torch.nn.functional.layer_norm(h, h.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
+from ._common import FLOAT_DTYPES, unit_last
+from .reference import add_layer_norm_ref  # noqa: F401  (the reference, re-exported)
 
 
 @triton.jit
@@ -35,6 +31,11 @@ def _add_layer_norm_kernel(X, R, W, Bias, Y, stride_x, stride_r, stride_y, N, ep
     tl.store(Y + row * stride_y + cols, (d * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
 
 
+# Candidate num_warps for a row of 1024 (the decoder's 832 padded), to time on a GPU; the
+# default below is ~256 columns per warp.
+CANDIDATE_CONFIGS = [{"num_warps": w} for w in (1, 2, 4, 8, 16)]
+
+
 def add_layer_norm_config(n):
     """(BLOCK_N, num_warps): the whole row in one program, ~256 columns per warp."""
     block_n = triton.next_power_of_2(n)
@@ -45,18 +46,14 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
     if x.shape != residual.shape or x.dtype != residual.dtype:
         raise ValueError(f"x {x.dtype} {tuple(x.shape)} and residual {residual.dtype} "
                          f"{tuple(residual.shape)} must match")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"expected fp32/fp16/bf16, got {x.dtype}")
     N = x.shape[-1]
     if weight.shape != (N,) or bias.shape != (N,):
         raise ValueError(f"weight/bias must be [{N}], got {tuple(weight.shape)}, {tuple(bias.shape)}")
     if N > 65536:
         raise ValueError(f"row width {N} > 65536 does not fit one program")
-    x2, r2 = x.reshape(-1, N), residual.reshape(-1, N)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    if r2.stride(-1) != 1:
-        r2 = r2.contiguous()
+    x2, r2 = unit_last(x.reshape(-1, N)), unit_last(residual.reshape(-1, N))
     y = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y.reshape(x.shape)

@@ -13,15 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import FLOAT_DTYPES, dot_precision, unit_last
+from .reference import linear_add_layer_norm_ref  # noqa: F401  (the reference, re-exported)
+
 MAX_N = 1024
-
-
-def linear_add_layer_norm_ref(x, weight, bias, residual, ln_weight, ln_bias, eps=1e-5, upcast=True):
-    """upcast=True: float64 truth (returned in float64); False: torch in x.dtype."""
-    dtype = torch.float64 if upcast else x.dtype
-    h = residual.to(dtype) + torch.nn.functional.linear(
-        x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-    return torch.nn.functional.layer_norm(h, h.shape[-1:], ln_weight.to(dtype), ln_bias.to(dtype), eps)
 
 
 @triton.jit
@@ -62,6 +57,11 @@ def _linear_add_layer_norm_kernel(
     tl.store(Y + rows64[:, None] * stride_ym + cols[None, :], y.to(Y.dtype.element_ty), mask=io_mask)
 
 
+# Candidates (BLOCK_M, BLOCK_K, num_warps, num_stages) to time on a GPU at N = 832 (padded to
+# 1024); the default is the first fp16 one. Shared memory: BLOCK_K x 1024 x stages.
+CANDIDATE_CONFIGS = [(16, 32, 8, 2), (16, 16, 8, 2), (32, 16, 8, 2), (16, 32, 4, 2), (16, 32, 8, 3)]
+
+
 def linear_add_layer_norm_config(n, dtype):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): a [BLOCK_K, 1024] weight slice is
     64 KiB per pipeline stage in either dtype (fits sm_80 shared memory twice)."""
@@ -71,7 +71,7 @@ def linear_add_layer_norm_config(n, dtype):
 
 
 def linear_add_layer_norm(x, weight, bias, residual, ln_weight, ln_bias, eps=1e-5):
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"expected fp32/fp16/bf16, got {x.dtype}")
     if weight.dim() != 2 or weight.dtype != x.dtype or weight.shape[1] != x.shape[-1]:
         raise ValueError(f"weight must be {x.dtype} [N, {x.shape[-1]}], got {weight.dtype} {tuple(weight.shape)}")
@@ -83,10 +83,7 @@ def linear_add_layer_norm(x, weight, bias, residual, ln_weight, ln_bias, eps=1e-
             raise ValueError(f"{name} must be [{N}], got {tuple(t.shape)}")
     if N > MAX_N:
         raise ValueError(f"N={N} > {MAX_N}: a full output row must fit one program")
-    x2 = x.reshape(-1, K)
-    r2 = residual.reshape(-1, N)
-    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-    r2 = r2 if r2.stride(-1) == 1 else r2.contiguous()
+    x2, r2 = unit_last(x.reshape(-1, K)), unit_last(residual.reshape(-1, N))
     M = x2.shape[0]
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     if M == 0:
@@ -97,7 +94,7 @@ def linear_add_layer_norm(x, weight, bias, residual, ln_weight, ln_bias, eps=1e-
         x2.stride(0), weight.stride(0), weight.stride(1), r2.stride(0), y.stride(0),
         M, N, K, float(eps),
         HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        PRECISION=dot_precision(x.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return y.reshape(residual.shape)

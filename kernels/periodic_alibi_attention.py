@@ -20,37 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+from ._common import FLOAT_DTYPES, LOG2E, dot_precision, unit_last
+from .reference import periodic_alibi_attention_ref, periodic_alibi_bias  # noqa: F401  (re-exported)
 
-
-def periodic_alibi_bias(slopes, period, Tq, Tk, offset=0, dtype=torch.float32):
-    """bias [H,Tq,Tk] with -inf where j > i + offset."""
-    i = torch.arange(Tq, device=slopes.device)[:, None] + offset
-    j = torch.arange(Tk, device=slopes.device)[None, :]
-    dist = i - j
-    steps = torch.div(dist.clamp(min=0), period, rounding_mode="floor")
-    bias = -slopes.to(dtype)[:, None, None] * steps.to(dtype)
-    return bias.masked_fill(dist < 0, float("-inf"))
-
-
-def periodic_alibi_attention_ref(q, k, v, slopes, period, scale=None, offset=0,
-                                 seq_lens=None, upcast=True):
-    """Explicit-bias PyTorch reference. upcast=True computes and returns float64 (the
-    truth); upcast=False computes in q.dtype (what torch itself achieves in that dtype)."""
-    dtype = torch.float64 if upcast else q.dtype
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    scores = (q @ k.transpose(-1, -2)) * scale + periodic_alibi_bias(slopes, period, Tq, Tk, offset, dtype)
-    if seq_lens is not None:
-        key_pad = torch.arange(Tk, device=q.device)[None, :] >= seq_lens.to(q.device)[:, None].long()
-        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ v
-    if seq_lens is not None:
-        pos = torch.arange(Tq, device=q.device)[None, :] + offset
-        q_pad = pos >= seq_lens.to(q.device)[:, None].long()
-        out = out.masked_fill(q_pad[:, None, :, None], 0.0)
-    return out
 
 
 @triton.jit
@@ -159,7 +131,7 @@ def _check_qkv(q, k, v, slopes, period):
         raise ValueError(f"expected q, k, v of rank 4 [B,H,T,D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
         raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not (q.dtype == k.dtype == v.dtype):
+    if q.dtype not in FLOAT_DTYPES or not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one of fp32/fp16/bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.shape[3] > 256:
         raise ValueError(f"head_dim {q.shape[3]} > 256 is not supported")
@@ -169,8 +141,9 @@ def _check_qkv(q, k, v, slopes, period):
         raise ValueError(f"period must be >= 1, got {period}")
 
 
-def _unit_last(x):
-    return x if x.stride(-1) == 1 else x.contiguous()
+# Candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) to time on a GPU at head_dim 208
+# (padded to 256); attention_config picks the first that compiled without spills for fp16.
+CANDIDATE_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 3)]
 
 
 def attention_config(block_d):
@@ -189,7 +162,7 @@ def periodic_alibi_attention(q, k, v, slopes, period, scale=None, offset=0, seq_
     Tk = k.shape[2]
     if seq_lens is not None and (seq_lens.shape != (B,) or seq_lens.dtype != torch.int32):
         raise ValueError(f"seq_lens must be int32 [{B}], got {seq_lens.dtype} {tuple(seq_lens.shape)}")
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = unit_last(q), unit_last(k), unit_last(v)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     out = torch.empty(B, H, Tq, D, device=q.device, dtype=q.dtype)
     if Tq == 0 or B * H == 0:
@@ -202,7 +175,7 @@ def periodic_alibi_attention(q, k, v, slopes, period, scale=None, offset=0, seq_
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         H, Tq, Tk, D, int(offset), int(period), scale * LOG2E,
         HAS_SEQ_LENS=seq_lens is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

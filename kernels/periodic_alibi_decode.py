@@ -20,17 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .periodic_alibi_attention import (
-    LOG2E, _check_qkv, _periodic_alibi_block, _unit_last, periodic_alibi_attention_ref,
-)
+from ._common import LOG2E, dot_precision, unit_last
+from .periodic_alibi_attention import _check_qkv, _periodic_alibi_block
+from .reference import periodic_alibi_decode_ref  # noqa: F401  (the reference, re-exported)
 
 MAX_QUERIES = 16
-
-
-def periodic_alibi_decode_ref(q, k_cache, v_cache, slopes, period, offset, scale=None, upcast=True):
-    n = offset + q.shape[2]
-    return periodic_alibi_attention_ref(q, k_cache[:, :, :n], v_cache[:, :, :n], slopes, period,
-                                        scale=scale, offset=offset, upcast=upcast)
 
 
 @triton.jit
@@ -116,6 +110,11 @@ def decode_chunk(kv_len, max_chunks=64, min_chunk=256):
     return max(min_chunk, 64 * triton.cdiv(triton.cdiv(kv_len, max_chunks), 64))
 
 
+# Candidates (BLOCK_N, num_warps, num_stages, min_chunk) to time on a GPU at head_dim 208;
+# BLOCK_M is fixed at MAX_QUERIES (tl.dot needs M >= 16).
+CANDIDATE_CONFIGS = [(64, 8, 2, 256), (32, 8, 2, 256), (64, 4, 2, 256), (64, 8, 2, 512), (64, 8, 3, 128)]
+
+
 def decode_config(block_d):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = 16 new queries (tl.dot needs M >= 16)."""
     return MAX_QUERIES, 64, 4 if block_d <= 128 else 8, 2
@@ -128,7 +127,7 @@ def periodic_alibi_decode(q, k_cache, v_cache, slopes, period, offset, scale=Non
         raise ValueError(f"decode takes 1..{MAX_QUERIES} new queries, got {Tq}")
     if offset < 0 or k_cache.shape[2] < offset + Tq:
         raise ValueError(f"cache length {k_cache.shape[2]} < offset {offset} + {Tq} new queries")
-    q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
+    q, k_cache, v_cache = unit_last(q), unit_last(k_cache), unit_last(v_cache)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     kv_len = offset + Tq
     BLOCK_D = max(16, triton.next_power_of_2(D))
@@ -143,7 +142,7 @@ def periodic_alibi_decode(q, k_cache, v_cache, slopes, period, offset, scale=Non
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
         H, Tq, D, int(offset), int(period), scale * LOG2E, chunk, n_chunks,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     _merge_chunks_kernel[(Tq, B * H)](

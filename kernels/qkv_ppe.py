@@ -9,33 +9,12 @@ packed q/k/v), bias [N] or None, pe [period,C] any float dtype. Output [B,T,N] i
 Dtypes: fp32/fp16/bf16; x + pe is summed in fp32 and rounded to the weight dtype before the
 dot; fp32 accumulation (fp32 dots in IEEE, not tf32).
 """
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-
-def periodic_positional_encoding(period, dim, dtype=torch.float32, device=None):
-    """FaceFormer's periodic sinusoidal table: pe[pos, 0::2] = sin(pos * div),
-    pe[pos, 1::2] = cos(pos * div), div = exp(arange(0, dim, 2) * -ln(10000) / dim).
-    Built in fp32, like the original, then cast."""
-    position = torch.arange(0, period, dtype=torch.float32, device=device).unsqueeze(1)
-    div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(period, dim, dtype=torch.float32, device=device)
-    pe[:, 0::2] = torch.sin(position * div_term)
-    pe[:, 1::2] = torch.cos(position * div_term[: dim // 2])
-    return pe.to(dtype)
-
-
-def qkv_ppe_ref(x, weight, bias=None, pe=None, offset=0, upcast=True):
-    """upcast=True: float64 truth (returned in float64); False: torch in x.dtype."""
-    dtype = torch.float64 if upcast else x.dtype
-    h = x.to(dtype)
-    if pe is not None:
-        t = (torch.arange(x.shape[1], device=x.device) + offset) % pe.shape[0]
-        h = h + pe.to(dtype)[t]
-    return torch.nn.functional.linear(h, weight.to(dtype), None if bias is None else bias.to(dtype))
+from ._common import FLOAT_DTYPES, dot_precision, unit_last
+from .reference import periodic_positional_encoding, qkv_ppe_ref  # noqa: F401  (re-exported)
 
 
 @triton.jit
@@ -74,6 +53,12 @@ def _qkv_ppe_kernel(
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+# Candidates (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) to time on a GPU at
+# C = 832, N = 2496; qkv_ppe_config uses the first two (short and long inputs).
+CANDIDATE_CONFIGS = [(16, 128, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 3), (128, 128, 32, 8, 3),
+                     (64, 128, 64, 4, 3)]
+
+
 def qkv_ppe_config(m, dtype):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); a short BLOCK_M for streaming chunks."""
     block_m = 16 if m <= 16 else 64
@@ -83,7 +68,7 @@ def qkv_ppe_config(m, dtype):
 def qkv_ppe(x, weight, bias=None, pe=None, offset=0):
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, C], got {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"expected fp32/fp16/bf16, got {x.dtype}")
     B, T, C = x.shape
     if weight.dim() != 2 or weight.shape[1] != C or weight.dtype != x.dtype:
@@ -94,7 +79,7 @@ def qkv_ppe(x, weight, bias=None, pe=None, offset=0):
     if pe is not None:
         if pe.dim() != 2 or pe.shape[1] != C:
             raise ValueError(f"pe must be [period, {C}], got {tuple(pe.shape)}")
-        pe = pe if pe.stride(-1) == 1 else pe.contiguous()
+        pe = unit_last(pe)
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
     out = torch.empty(B, T, N, device=x.device, dtype=x.dtype)
@@ -108,7 +93,7 @@ def qkv_ppe(x, weight, bias=None, pe=None, offset=0):
         M, T, N, C, int(offset), pe.shape[0] if pe is not None else 1,
         HAS_PE=pe is not None, HAS_BIAS=bias is not None,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        PRECISION=dot_precision(x.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

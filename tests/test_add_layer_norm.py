@@ -4,7 +4,8 @@ import torch
 
 from helpers import assert_close_to_dtype, DEVICE, KERNEL_DTYPES as DTYPES
 
-from emotalk_fast.kernels.add_layer_norm import add_layer_norm, add_layer_norm_ref
+from emotalk_fast.kernels.add_layer_norm import add_layer_norm
+from emotalk_fast.kernels.reference import add_layer_norm_ref
 
 
 

@@ -1,6 +1,5 @@
 """Emotion control beyond the release: transfer from a reference clip (the training forward's
 cross reconstruction), continuous level and person mixes, schedules, emotion readout."""
-import json
 import subprocess
 import sys
 

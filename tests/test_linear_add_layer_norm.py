@@ -4,7 +4,8 @@ import torch
 
 from helpers import assert_close_to_dtype, DEVICE, KERNEL_DTYPES as DTYPES
 
-from emotalk_fast.kernels.linear_add_layer_norm import linear_add_layer_norm, linear_add_layer_norm_ref
+from emotalk_fast.kernels.linear_add_layer_norm import linear_add_layer_norm
+from emotalk_fast.kernels.reference import linear_add_layer_norm_ref
 
 
 

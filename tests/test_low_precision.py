@@ -7,7 +7,7 @@ import torch
 from emotalk_fast import Animator, EmoTalkConfig
 from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
 from emotalk_fast.training.reference import EmoTalkReference, load_release_weights
-from helpers import assert_close, assert_close_to_dtype, load_oracle
+from helpers import assert_close_to_dtype, load_oracle
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def oracle_models():
     sd = random_release_state_dict(cfg, 0)
     ref = EmoTalkReference(cfg).eval()
     load_release_weights(ref, sd)
-    fast = Animator(Animator._build(cfg, release_to_fast(sd, cfg)), device="cpu", dtype="bfloat16")
+    fast = Animator.from_state_dict(cfg, release_to_fast(sd, cfg), device="cpu", dtype="bfloat16")
     return ref, fast
 
 

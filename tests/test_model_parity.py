@@ -1,12 +1,10 @@
 """The fast model against the reference model (release layout, Hugging Face pieces) on random
 tiny configs, and the lean wav2vec2 encoder against transformers.Wav2Vec2Model."""
-import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
-from emotalk_fast.checkpoint import normalize_release_keys, random_release_state_dict, release_to_fast
+from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast, rename_weight_norm
 from emotalk_fast.config import DecoderConfig, EmoTalkConfig, EncoderConfig
 from emotalk_fast.encoder import Wav2Vec2Encoder
 from emotalk_fast.model import EmoTalk, num_frames
@@ -138,7 +136,7 @@ def test_lean_wav2vec2_matches_transformers(enc_cfg):
     with torch.no_grad():  # non-trivial norms and biases
         for p in hf.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    sd = normalize_release_keys(hf.state_dict())
+    sd = rename_weight_norm(hf.state_dict())
     fast_sd = {}
     _encoder_to_fast(sd, "", "", enc_cfg, fast_sd)
     fast = Wav2Vec2Encoder(enc_cfg).eval()

@@ -4,12 +4,8 @@ import torch
 
 from helpers import assert_close_to_dtype, DEVICE, KERNEL_DTYPES as DTYPES
 
-from emotalk_fast.kernels.periodic_alibi_attention import (
-    periodic_alibi_attention,
-    periodic_alibi_attention_ref,
-    periodic_alibi_bias,
-)
-
+from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention
+from emotalk_fast.kernels.reference import periodic_alibi_attention_ref, periodic_alibi_bias
 
 
 def _slopes(H):

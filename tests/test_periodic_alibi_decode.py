@@ -5,11 +5,8 @@ import torch
 from helpers import assert_close, assert_close_to_dtype, DEVICE, KERNEL_DTYPES as DTYPES
 
 from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention
-from emotalk_fast.kernels.periodic_alibi_decode import (
-    decode_chunk,
-    periodic_alibi_decode,
-    periodic_alibi_decode_ref,
-)
+from emotalk_fast.kernels.periodic_alibi_decode import decode_chunk, periodic_alibi_decode
+from emotalk_fast.kernels.reference import periodic_alibi_decode_ref
 
 SLOPES = torch.tensor([0.5, 0.25, 0.125, 0.0625], device=DEVICE)
 

@@ -6,7 +6,8 @@ import torch
 
 from helpers import assert_close, assert_close_to_dtype, DEVICE, KERNEL_DTYPES as DTYPES
 
-from emotalk_fast.kernels.qkv_ppe import periodic_positional_encoding, qkv_ppe, qkv_ppe_ref
+from emotalk_fast.kernels.qkv_ppe import qkv_ppe
+from emotalk_fast.kernels.reference import periodic_positional_encoding, qkv_ppe_ref
 
 
 

@@ -31,7 +31,7 @@ def _decoder(cfg, backend, seed=0, dtype=torch.float32):
         for norm in (dec.norm1, dec.norm2, dec.norm3):
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.5, 0.5)
-    dec.backend = backend
+    dec.set_backend(backend)
     return dec.to(DEVICE, dtype).eval()
 
 
@@ -55,7 +55,7 @@ def oracle_animator():
     cfg = EmoTalkConfig.from_name("mini")  # the release decoder: 832 wide, 4 heads of 208
     seed = json.loads((FIXTURES / "oracle_mini" / "oracle.json").read_text())["seed"]
     state_dict = release_to_fast(random_release_state_dict(cfg, seed), cfg)
-    return Animator(Animator._build(cfg, state_dict), device=DEVICE, backend="triton")
+    return Animator.from_state_dict(cfg, state_dict, device=DEVICE, backend="triton")
 
 
 @pytest.mark.parametrize("clip,level,person", [("speech16k", 1, 0), ("short16k", 0, 5)])

@@ -31,6 +31,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from emotalk_fast.audio import prepare_audio
 from emotalk_fast.config import DEFAULT_EMOTION_LABELS, FPS, SAMPLE_RATE
 from emotalk_fast.model import num_frames
 
@@ -113,17 +114,9 @@ def _audio_length(path: Path) -> int:
 
 
 def load_audio(path: Path, num_samples: int | None = None) -> np.ndarray:
-    """Mono float32 at 16 kHz (other rates are resampled), cut to `num_samples`."""
-    import soundfile as sf
-
-    wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    wave = wave.mean(1)
-    if sr != SAMPLE_RATE:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(sr, SAMPLE_RATE)
-        wave = resample_poly(wave, SAMPLE_RATE // g, sr // g).astype(np.float32)
-    return np.ascontiguousarray(wave[:num_samples])
+    """Mono float32 at 16 kHz, exactly as `Animator.animate` reads the file (emotalk_fast.audio:
+    channels mixed and resampled in float64), cut to `num_samples`."""
+    return np.ascontiguousarray(prepare_audio(path)[:num_samples])
 
 
 def scan_clips(root: str | Path, emotion_map: Mapping[str, str] | None = None,

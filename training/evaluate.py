@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emotalk_fast import checkpoint as ckpt
 from emotalk_fast.config import BLENDSHAPE_NAMES, EmoTalkConfig
 
 from .data import Clip, load_audio, scan_clips
@@ -89,12 +90,12 @@ def load_model(checkpoint: str | Path, preset: str | None = None, device: str = 
     tensor shapes (release head counts).
     """
     from .reference import EmoTalkReference, load_release_weights
-    from .train import RELEASE_NAME, read_release_file
+    from .train import RELEASE_NAME
 
     path = Path(checkpoint)
     if path.is_dir():
         path = path / RELEASE_NAME
-    cfg, sd = read_release_file(path)
+    cfg, sd = ckpt.read_release_state_dict(path)
     if preset is not None:
         cfg = EmoTalkConfig.from_name(preset)
     model = EmoTalkReference(cfg)

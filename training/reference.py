@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from emotalk_fast import checkpoint as ckpt
 from emotalk_fast.config import EmoTalkConfig, EncoderConfig
 from emotalk_fast.model import num_emotion_frames, num_frames, resample_frames
 
@@ -174,13 +175,5 @@ class EmoTalkReference(nn.Module):
 
 def load_release_weights(model: EmoTalkReference, state_dict: dict[str, torch.Tensor]) -> None:
     """Load a release-layout state dict strictly, accepting either weight-norm naming."""
-    own = model.state_dict()
-    renamed = {}
-    for k, v in state_dict.items():
-        if k not in own:
-            for old, new in (("weight_g", "parametrizations.weight.original0"),
-                             ("weight_v", "parametrizations.weight.original1")):
-                if k.endswith(old) and k[: -len(old)] + new in own:
-                    k = k[: -len(old)] + new
-        renamed[k] = v
-    model.load_state_dict(renamed, strict=True)
+    parametrized = any(".parametrizations.weight." in k for k in model.state_dict())
+    model.load_state_dict(ckpt.rename_weight_norm(state_dict, parametrized), strict=True)

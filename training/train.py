@@ -95,34 +95,10 @@ class TrainConfig:
 
 
 # --- model set-up ---------------------------------------------------------------------------
-def read_release_file(path: str | os.PathLike) -> tuple[EmoTalkConfig, dict[str, torch.Tensor]]:
-    """A release-layout .pth -> (config, release state dict with weight_g/weight_v names).
-
-    The config comes from a `config.json` beside the file when there is one (this trainer
-    writes it; it knows head counts), else from the tensor shapes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    sd = ckpt.normalize_release_keys(sd)
-    side = path.with_name(ckpt.CONFIG_NAME)
-    if side.is_file():
-        raw = json.loads(side.read_text())
-        raw.pop("format_version", None)
-        cfg = EmoTalkConfig.from_dict(raw)
-    else:
-        cfg = ckpt.infer_release_config(sd)
-    ckpt.check_release_state_dict(sd, cfg)
-    return cfg, sd
-
-
 def release_state_dict(model: EmoTalkReference) -> dict[str, torch.Tensor]:
     """The model's weights as a release `EmoTalk.pth` state dict: the release's key names
     (`weight_g`/`weight_v`) and order, float32 on the CPU, checked against the manifest."""
-    own = ckpt.normalize_release_keys(
+    own = ckpt.rename_weight_norm(
         {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()})
     ckpt.check_release_state_dict(own, model.cfg)
     order = [k for k, _ in ckpt.release_manifest(model.cfg)]
@@ -133,7 +109,7 @@ def build_model(cfg: TrainConfig, model_config: EmoTalkConfig | None = None) -> 
     """Random weights (seeded module initialisation) or a release checkpoint to fine-tune;
     `model_config` (from a training state) skips reading the checkpoint."""
     if model_config is None and cfg.init_checkpoint:
-        model_config, sd = read_release_file(cfg.init_checkpoint)
+        model_config, sd = ckpt.read_release_state_dict(cfg.init_checkpoint)
         model = EmoTalkReference(model_config)
         load_release_weights(model, sd)
     else:
