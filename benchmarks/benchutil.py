@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.bench import PeakMemory, device_name, generated_speech, random_weights, sync, versions
+from emotalk_fast.measure import PeakMemory, device_name, generated_speech, random_weights, sync, versions
 
 HAS_CUDA = torch.cuda.is_available()
 CONFIG = EmoTalkConfig.from_name("emotalk")

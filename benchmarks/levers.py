@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.bench import generated_speech, random_weights
+from emotalk_fast.measure import generated_speech, random_weights
 from emotalk_fast.encoder import ConvFrontEnd
 
 CONFIG = EmoTalkConfig.from_name("emotalk")
@@ -131,7 +131,7 @@ import sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
 import transformers.models.wav2vec2.modeling_wav2vec2  # imports are not start-up
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.bench import generated_speech
+from emotalk_fast.measure import generated_speech
 cfg, root, speech = EmoTalkConfig.from_name('emotalk'), sys.argv[1], generated_speech(1.0)
 t0 = time.perf_counter()
 {body}

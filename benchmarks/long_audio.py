@@ -20,12 +20,12 @@ import time
 
 def child(checkpoint: str, minutes: float, dtype: str | None) -> None:
     from emotalk_fast import Animator
-    from emotalk_fast.bench import generated_speech
+    from emotalk_fast.measure import generated_speech
 
     speech = generated_speech(60 * minutes)
     animator = Animator.from_pretrained(checkpoint, device="cpu", dtype=dtype)
     t0 = time.perf_counter()
-    anim = animator.animate(speech, progress=True)
+    anim = animator.animate(speech, progress=lambda done, total: print(f"[long-audio] window {done}/{total}", file=sys.stderr))
     seconds = time.perf_counter() - t0
     print(json.dumps({"minutes": minutes, "frames": anim.num_frames, "seconds": seconds,
                       "real_time_factor": seconds / (60 * minutes),

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU bench
 triton = pytest.importorskip("triton")
 
 from emotalk_fast.config import FPS, DecoderConfig  # noqa: E402
-from emotalk_fast.decoder import KVCache, PeriodicCausalDecoder, attention_with_periodic_bias  # noqa: E402
+from emotalk_fast.decoder import PeriodicCausalDecoder, attention_with_periodic_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention  # noqa: E402
 from emotalk_fast.kernels.reference import periodic_alibi_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_decode import periodic_alibi_decode  # noqa: E402
@@ -158,13 +158,13 @@ def test_decoder_layer(benchmark, dtype, T, backend):
 def test_decoder_step(benchmark, dtype, S, backend):
     dec = _decoder(backend, DTYPES[dtype])
     x, memory = (torch.randn(1, HOP, CFG.feature_dim, device="cuda", dtype=DTYPES[dtype]) for _ in range(2))
-    cache = KVCache()
+    cache = dec.new_cache(1, S + HOP, "cuda", DTYPES[dtype])
     k, v, _ = _qkv(S, DTYPES[dtype], seed=3)
-    cache.append(k, v)  # S frames of history; room for the hop without regrowing
+    cache.append([0], k, v)  # S frames of history
 
     def fn():
-        cache.length = S  # every call decodes the same hop after the same S frames
+        cache.ends[0] = S  # every call decodes the same hop after the same S frames
         with torch.inference_mode():
-            return dec.step(x, memory, cache)
+            return dec.step(x, memory, cache, [0])
 
     _measure(benchmark, fn, f"decoder-step-{dtype}-S{S}", backend, HOP, cache_frames=S, new_frames=HOP)

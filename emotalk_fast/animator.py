@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -162,7 +162,7 @@ class Animator:
 
     def animate(self, audio, sample_rate: int | None = None, level=1, person=0, postprocess: bool = False,
                 seed: int | None = None, *, emotion_reference=None, schedule=None, num_frames: int | None = None,
-                long_audio_s: float | None = LONG_AUDIO_S, progress: bool = False) -> Animation:
+                long_audio_s: float | None = LONG_AUDIO_S, progress: Callable[[int, int], None] | None = None) -> Animation:
         """Animate one clip.
 
         audio: path, or float array/tensor [N] or [channels, N] at `sample_rate` (default 16 kHz).
@@ -176,7 +176,7 @@ class Animator:
         num_frames: output frame count (default ceil(N / 16000 * 30)).
         long_audio_s: clips longer than this many seconds are encoded in overlapping windows
             (10 s hops, 2 s context either side) so memory stays flat; None never windows.
-        progress: print progress of windowed (long) clips to stderr.
+        progress: called as progress(windows done, windows in all) while a long clip is encoded.
         """
         return self.animate_batch([audio], sample_rate, [level], [person], postprocess, seed,
                                   emotion_reference=None if emotion_reference is None else [emotion_reference],
@@ -199,7 +199,7 @@ class Animator:
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
                       postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,
                       schedule=None, num_frames=None, long_audio_s: float | None = LONG_AUDIO_S,
-                      progress: bool = False) -> list[Animation]:
+                      progress: Callable[[int, int], None] | None = None) -> list[Animation]:
         """Animate clips of different lengths in one padded batch; each result equals its
         single-clip `animate` (within float rounding). Every option takes one value for all
         clips or a list with one per clip (so give weight vectors as tuples or arrays). Clips longer than `long_audio_s` are windowed one by
@@ -291,17 +291,13 @@ class Animator:
         logits = out.emotion_logits.float().cpu().numpy()
         return [(blendshapes[i, :t], logits[i], windows[i]) for i, t in enumerate(out.frames)]
 
-    def _run_windowed(self, clip: _Clip, progress: bool):
+    def _run_windowed(self, clip: _Clip, progress):
         """A long clip: windowed encoders, then the exact decoder over the whole sequence."""
-        from .streaming import encode_windowed
-
-        def report(done, total):
-            print(f"\r[animate] window {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
-                  flush=True)
+        from .windows import encode_windowed
 
         with torch.inference_mode():
             content, emotion = encode_windowed(self.model, torch.from_numpy(clip.samples).to(self.device),
-                                               progress=report if progress else None, **LONG_WINDOW)
+                                               progress=progress, **LONG_WINDOW)
             if content.shape[1] != clip.frames:  # an explicit frame count: resample as offline
                 content, emotion = resample_frames(content, clip.frames), resample_frames(emotion, clip.frames)
             blendshapes, _ = self.model.decode(content, emotion, self._tensor(clip.level)[None],

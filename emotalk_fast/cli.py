@@ -1,22 +1,28 @@
-"""`emotalk-fast`: animate, info, convert, bench. Errors print one line and exit non-zero."""
+"""`emotalk-fast`: animate, info, convert, stream, stream-eval, bench, train, eval.
+
+The library's own errors (bad input, a bad checkpoint, a missing file) print one line and exit
+1; anything else is a bug and shows its traceback (as does every error with --debug).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
+
+from .config import BACKENDS
 
 
 def _animate(args) -> None:
-    from .animator import Animator
-
     out = Path(args.output)
     if out.suffix.lower() not in (".csv", ".npy", ".json"):
         raise ValueError(f"output {out.name} must end in .csv, .npy or .json")
     t0 = time.perf_counter()
-    animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
-                                        backend=args.backend)
+    animator = _load_animator(args)
     t1 = time.perf_counter()
     schedule = None
     if args.schedule:
@@ -25,7 +31,7 @@ def _animate(args) -> None:
         schedule = Schedule(parse_schedule(args.schedule), crossfade_s=args.crossfade)
     anim = animator.animate(args.input, level=args.level, person=args.person, postprocess=args.postprocess,
                             seed=args.seed, emotion_reference=args.emotion_reference, schedule=schedule,
-                            num_frames=args.num_frames, progress=True)
+                            num_frames=args.num_frames, progress=_progress_lines("animate", "window"))
     t2 = time.perf_counter()
     anim.save(out, format=args.format)
     top = max(anim.emotion.items(), key=lambda kv: kv[1])
@@ -37,6 +43,14 @@ def _animate(args) -> None:
         print("clip    " + " ".join(f"{anim.emotion[label]:8.3f}" for label in labels))
         for start, probs in anim.emotion_timeline:
             print(f"{start:6.1f}s " + " ".join(f"{probs[label]:8.3f}" for label in labels))
+
+
+def _progress_lines(command: str, unit: str):
+    """progress(done, total) -> one line per step on stderr (reads well in a log file)."""
+    def report(done: int, total: int) -> None:
+        print(f"[{command}] {unit} {done}/{total}", file=sys.stderr, flush=True)
+
+    return report
 
 
 def parse_level(text: str):
@@ -112,8 +126,8 @@ def _load_animator(args):
     from .animator import Animator
 
     if getattr(args, "checkpoint", None):
-        return Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
-    return Animator.from_config(args.preset, device=args.device, dtype=args.dtype)
+        return Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, backend=args.backend)
+    return Animator.from_config(args.preset, device=args.device, dtype=args.dtype, backend=args.backend)
 
 
 def _stream(args) -> None:
@@ -121,7 +135,7 @@ def _stream(args) -> None:
 
     from .audio import prepare_audio
     from .live import describe, make_targets, stream_live
-    from .stream_eval import play
+    from .streaming import play
 
     targets = make_targets(args.livelink, args.vmc, args.subject, args.vmc_names)  # live targets, checked first
     animator = _load_animator(args)
@@ -161,35 +175,62 @@ def _stream(args) -> None:
 
 
 def _stream_eval(args) -> None:
-    import json
-
-    from .bench import generated_speech
+    from .measure import generated_speech
     from .stream_eval import evaluate, markdown_table
 
     animator = _load_animator(args)
     speech = generated_speech(args.seconds)
     contexts = [int(x) for x in args.contexts.split(",")]
     lookaheads = [int(x) for x in args.lookaheads.split(",")]
-    rows = evaluate(animator, speech, contexts, lookaheads, args.hop_ms)
+
+    def report(done, total, setting):
+        print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
+
+    rows = evaluate(animator, speech, contexts, lookaheads, args.hop_ms, progress=report)
     print(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))
 
 
 def _bench(args) -> None:
-    from .bench import run_bench
+    from .bench import format_bench, run_bench
 
-    run_bench(args)
+    def report(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    result = run_bench(seconds=args.seconds, device=args.device, dtype=args.dtype, preset=args.preset,
+                       repeats=args.repeats, threads=args.threads, skip_startup=args.skip_startup, progress=report)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --backend: where and how a model runs (every command that loads one)."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 (fast on CPUs with AVX512-BF16/AMX "
+                                                 "and on GPUs) or float16 (GPU)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton (default auto)")
+
+
+def add_model_options(p: argparse.ArgumentParser, checkpoint_required: bool) -> None:
+    """The model to load (a checkpoint, or random weights of a preset) and where it runs."""
+    if checkpoint_required:
+        p.add_argument("--checkpoint", required=True, help="EmoTalk.pth or a converted directory")
+    else:
+        p.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory (default: random weights)")
+        p.add_argument("--preset", default="mini",
+                       help="architecture for random weights when no checkpoint is given: emotalk, mini, tiny")
+    add_runtime_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emotalk-fast", description="Speech to 52 ARKit blendshapes with EmoTalk.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("animate", help="animate an audio file with a checkpoint")
     a.add_argument("input", help="audio file (wav, flac, ogg, ...; any sample rate, mono or stereo)")
     a.add_argument("-o", "--output", required=True, help="output .csv, .npy or .json")
-    a.add_argument("--checkpoint", required=True, help="EmoTalk.pth or a converted directory")
     a.add_argument("--level", type=parse_level, default=1,
                    help="emotion level 0 or 1, or a float in [0, 1] blending them (default 1)")
     a.add_argument("--person", type=parse_person, default=0,
@@ -204,10 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="livelinkface: write the .csv as Unreal's Live Link Face app records it")
     a.add_argument("--postprocess", action="store_true", help="smoothing and blinks as in the release demo")
     a.add_argument("--seed", type=int, default=None, help="seed for the blinks of --postprocess")
-    a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    a.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
-                   help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton")
+    add_model_options(a, checkpoint_required=True)
     a.set_defaults(func=_animate)
 
     i = sub.add_parser("info", help="describe a checkpoint")
@@ -219,16 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("checkpoint", help="EmoTalk.pth")
     c.add_argument("output", help="output directory (config.json + model.safetensors)")
     c.set_defaults(func=_convert)
-
-    def add_model_options(p_, checkpoint_required: bool):
-        if checkpoint_required:
-            p_.add_argument("--checkpoint", required=True, help="EmoTalk.pth or a converted directory")
-        else:
-            p_.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory (default: random weights)")
-            p_.add_argument("--preset", default="mini",
-                            help="architecture for random weights when no checkpoint is given: emotalk, mini, tiny")
-        p_.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-        p_.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
 
     def add_stream_options(p_):
         p_.add_argument("--hop-ms", type=int, default=100, help="multiple of 100 (default 100)")
@@ -265,9 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")
     b.add_argument("--seconds", type=float, default=10.0, help="length of the generated speech")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default=None, help="float32 (default), bfloat16 (fast on CPUs with AVX512-BF16/AMX "
-                                                 "and on GPUs) or float16 (GPU)")
+    add_runtime_options(b)
     b.add_argument("--preset", default="emotalk", help="model size: emotalk (release), mini, tiny")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -284,11 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def is_library_error(e: BaseException) -> bool:
+    """A file-system error, or a ValueError/TypeError raised by emotalk_fast's own checks (not
+    from inside torch or numpy, where it would be a bug)."""
+    if isinstance(e, OSError):
+        return True
+    if not isinstance(e, (ValueError, TypeError)) or e.__traceback__ is None:
+        return False
+    raised_in = os.path.abspath(traceback.extract_tb(e.__traceback__)[-1].filename)
+    # emotalk_fast and its subpackages (kernels/ and training/ sit beside it in a checkout)
+    roots = [os.path.dirname(importlib.import_module(f"{__package__}{sub}").__file__)
+             for sub in ("", ".kernels", ".training")]
+    return any(raised_in.startswith(os.path.abspath(r) + os.sep) for r in roots)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as e:
+    except Exception as e:
+        if args.debug or not is_library_error(e):
+            raise
         print(f"emotalk-fast {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -34,60 +34,84 @@ def attention_with_periodic_bias(q, k, v, slopes, period, offset: int = 0) -> to
     return out
 
 
-class KVCache:
-    """Keys and values of the frames decoded so far, [B, H, frames, Dh], grown by doubling.
+class RingKVCache:
+    """Keys and values of many sequences, preallocated once: k, v [slots, H, capacity, Dh].
 
-    With `max_frames`, the oldest frames are dropped past that many (a sliding window that
-    bounds memory for endless streams); `start` is the absolute position of the first kept one.
+    Slot s holds the newest `capacity` frames of one sequence; absolute position p lives at
+    ring index p % capacity, so a step writes only its new frames (nothing grows, nothing old
+    is copied) and frames older than `capacity` are overwritten: a sliding window that bounds
+    memory for endless streams. `ends[s]` is the absolute position of slot s's next frame.
     """
 
-    def __init__(self, max_frames: int | None = None):
-        self.max_frames = max_frames
-        self.k = self.v = None
-        self.start = 0  # absolute frame index of slot 0
-        self.length = 0  # filled slots
+    def __init__(self, slots: int, num_heads: int, head_dim: int, capacity: int, device=None, dtype=None):
+        if slots < 1 or capacity < 1:
+            raise ValueError(f"a KV cache needs >= 1 slot and >= 1 frame, got {slots}, {capacity}")
+        # zeros: untouched pages cost no memory on the CPU until a stream reaches them
+        self.k = torch.zeros(slots, num_heads, capacity, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.capacity = capacity
+        self.ends = [0] * slots
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+    def reset(self, slot: int) -> None:
+        """Forget slot's sequence (its stale frames are masked by position, never read)."""
+        self.ends[slot] = 0
+
+    def append(self, slots: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, H, t, Dh]: the next t frames of the sequence in each of `slots`."""
         t = k.shape[2]
-        if self.k is None or self.length + t > self.k.shape[2]:
-            self._grow(k, self.length + t)
-        self.k[:, :, self.length : self.length + t] = k
-        self.v[:, :, self.length : self.length + t] = v
-        self.length += t
-        if self.max_frames is not None and self.length > self.max_frames:
-            drop = self.length - self.max_frames
-            self.k[:, :, : self.max_frames] = self.k[:, :, drop : self.length].clone()
-            self.v[:, :, : self.max_frames] = self.v[:, :, drop : self.length].clone()
-            self.length, self.start = self.max_frames, self.start + drop
+        if t > self.capacity:
+            raise ValueError(f"{t} new frames do not fit a cache of {self.capacity}")
+        rows = torch.tensor([[(self.ends[s] + i) % self.capacity for i in range(t)] for s in slots],
+                            device=self.k.device)
+        index = torch.tensor(slots, device=self.k.device)[:, None]
+        # advanced indices on dims 0 and 2 around a slice: the selection is [B, t, H, Dh]
+        self.k[index, :, rows] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[index, :, rows] = v.transpose(1, 2).to(self.v.dtype)
+        for s in slots:
+            self.ends[s] += t
 
-    def _grow(self, like: torch.Tensor, needed: int) -> None:
-        cap = max(64, 2 * needed)
-        if self.max_frames is not None:
-            cap = min(cap, self.max_frames + like.shape[2])
-        k = like.new_empty(*like.shape[:2], cap, like.shape[3])
-        v = like.new_empty(*like.shape[:2], cap, like.shape[3])
-        if self.k is not None:
-            k[:, :, : self.length] = self.k[:, :, : self.length]
-            v[:, :, : self.length] = self.v[:, :, : self.length]
-        self.k, self.v = k, v
+    def read(self, slots: list[int]):
+        """-> keys, values [B, H, L, Dh] and each ring index's absolute position [B, L] (-1:
+        empty), L = the longest filled span among `slots`. A view for one run of slots."""
+        length = min(self.capacity, max(self.ends[s] for s in slots))
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            keys, values = self.k[slots[0] : slots[-1] + 1, :, :length], self.v[slots[0] : slots[-1] + 1, :, :length]
+        else:
+            index = torch.tensor(slots, device=self.k.device)
+            keys, values = self.k[index, :, :length], self.v[index, :, :length]
+        ends = torch.tensor([self.ends[s] for s in slots], device=self.k.device)[:, None]
+        ring = torch.arange(length, device=self.k.device)[None, :]
+        # the newest position p < end with p = ring index (mod capacity); negative: never written
+        positions = ends - 1 - torch.remainder(ends - 1 - ring, self.capacity)
+        return keys, values, positions
 
-    @property
-    def end(self) -> int:
-        """Absolute position of the next frame."""
-        return self.start + self.length
 
-    def keys_values(self):
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+def ragged_attention(q, k, v, slopes, period: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """q [B, H, t, Dh] at absolute positions q_pos [B, t]; k, v [B, H, L, Dh] at k_pos [B, L]
+    (-1: empty). Each sequence has its own positions; the bias depends on q_pos - k_pos only."""
+    dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, t, L]
+    steps = torch.div(dist.clamp(min=0), period, rounding_mode="floor").to(q.dtype)
+    bias = -slopes.to(q.dtype)[None, :, None, None] * steps[:, None]
+    hidden = (dist < 0) | (k_pos < 0)[:, None, :]
+    bias = bias.masked_fill(hidden[:, None], float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def positions(t: int, offset, device) -> torch.Tensor:
+    """Absolute positions of t frames after `offset`: [t] for an int, [B, t] for a tensor [B]."""
+    steps = torch.arange(t, device=device)
+    return steps + offset if isinstance(offset, int) else offset.to(device)[:, None] + steps
 
 
 class TorchOps:
     """The decoder's fusable steps in PyTorch: the reference numerics, and the CPU path."""
 
     @staticmethod
-    def positional_qkv(x, qkv: nn.Linear, pe, offset: int):
-        """-> (x + pe[(t + offset) mod period], its packed q/k/v projection); pe None: no PPE."""
+    def positional_qkv(x, qkv: nn.Linear, pe, offset):
+        """-> (x + pe[(t + offset) mod period], its packed q/k/v projection); pe None: no PPE.
+        offset: an int, or a tensor [B] of per-sequence offsets."""
         if pe is not None:
-            x = x + pe[(torch.arange(x.shape[1], device=x.device) + offset) % pe.shape[0]]
+            x = x + pe[positions(x.shape[1], offset, x.device) % pe.shape[0]]
         return x, qkv(x)
 
     attention = staticmethod(attention_with_periodic_bias)
@@ -140,10 +164,13 @@ class PeriodicCausalDecoder(nn.Module):
             return None
         return periodic_positional_encoding(self.cfg.period, x.shape[-1], x.dtype, x.device)
 
-    def project_qkv(self, x: torch.Tensor, offset: int = 0):
-        """x [B, T, D] at positions offset.. -> (x + PPE, the residual stream; q, k, v [B, H, T, Dh])."""
+    def project_qkv(self, x: torch.Tensor, offset=0):
+        """x [B, T, D] at positions offset.. (an int, or a tensor [B] per sequence) -> (x + PPE,
+        the residual stream; q, k, v [B, H, T, Dh])."""
         B, T, D = x.shape
-        x, qkv = self.ops.positional_qkv(x, self.qkv, self.positional_table(x), offset)
+        # the Triton QKV+PPE kernel takes one offset; per-sequence offsets take the PyTorch step
+        ops = self.ops if isinstance(offset, int) else TorchOps
+        x, qkv = ops.positional_qkv(x, self.qkv, self.positional_table(x), offset)
         q, k, v = qkv.view(B, T, 3, self.cfg.num_heads, -1).permute(2, 0, 3, 1, 4)
         return x, q, k, v
 
@@ -162,13 +189,27 @@ class PeriodicCausalDecoder(nn.Module):
         attn = self.ops.attention(q, k, v, self.slopes(x.device), self.cfg.period)
         return self.finish(x, attn, memory)
 
-    def step(self, x: torch.Tensor, memory: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Decode the next frames x, memory [B, t, D] after those in `cache` (which this
-        extends). The same function as `forward` over the whole sequence, frame for frame."""
-        x, q, k, v = self.project_qkv(x, offset=cache.end)
-        cache.append(k, v)
-        keys, values = cache.keys_values()
-        # positions relative to the first cached frame: the bias depends on i - j only
-        attn = self.ops.attention(q, keys, values, self.slopes(x.device), self.cfg.period,
-                                  offset=cache.length - x.shape[1])
+    def new_cache(self, slots: int, capacity: int, device=None, dtype=None) -> RingKVCache:
+        """A ring KV cache for `slots` sequences of up to `capacity` frames of history."""
+        return RingKVCache(slots, self.cfg.num_heads, self.cfg.feature_dim // self.cfg.num_heads, capacity,
+                           device, dtype)
+
+    def step(self, x: torch.Tensor, memory: torch.Tensor, cache: RingKVCache, slots: list[int]) -> torch.Tensor:
+        """Decode the next t frames x, memory [B, t, D] of the sequences in cache `slots` (one
+        per row; each at its own position), extending them. The same function as `forward`
+        over each whole sequence, frame for frame (within the cache's window)."""
+        t = x.shape[1]
+        starts = [cache.ends[s] for s in slots]
+        offset = starts[0] if len(set(starts)) == 1 else torch.tensor(starts, device=x.device)
+        x, q, k, v = self.project_qkv(x, offset)
+        cache.append(slots, k, v)
+        keys, values, k_pos = cache.read(slots)
+        slopes = self.slopes(x.device)
+        if isinstance(offset, int) and offset + t <= cache.capacity:
+            # one position for all and nothing wrapped: keys in order, the backend's attention
+            # (on CUDA, the Triton split-K decode kernel)
+            attn = self.ops.attention(q, keys, values, slopes, self.cfg.period, offset=offset)
+        else:
+            q_pos = positions(t, torch.tensor(starts, device=x.device), x.device)
+            attn = ragged_attention(q, keys, values, slopes, self.cfg.period, q_pos, k_pos)
         return self.finish(x, attn, memory)

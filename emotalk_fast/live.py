@@ -212,7 +212,7 @@ def stream_live(stream, samples: np.ndarray, targets, realtime: bool = True, sla
     delay_s: seconds from a frame's audio instant to its sending; default the stream's
     algorithmic latency plus `slack_s` for compute.
     """
-    from .stream_eval import play
+    from .streaming import play
 
     if delay_s is None:
         delay_s = stream.latency_ms / 1000 + slack_s

@@ -2,34 +2,10 @@
 for a grid of context x lookahead settings (`emotalk-fast stream-eval`)."""
 from __future__ import annotations
 
-import sys
-import time
-
 import numpy as np
 
 from .config import SAMPLE_RATE
-
-
-def play(stream, samples: np.ndarray, hop_samples: int, realtime: bool = False, on_hop=None) -> np.ndarray:
-    """Feed `samples` in hop-sized chunks as a microphone would; return every frame.
-
-    on_hop(index, frames, compute_s, wall_s) is called after each push; with `realtime`, each
-    chunk is pushed only once its last sample would have been spoken.
-    """
-    start = time.perf_counter()
-    out = []
-    for i, lo in enumerate(range(0, len(samples), hop_samples)):
-        chunk = samples[lo : lo + hop_samples]
-        if realtime:
-            due = start + (lo + len(chunk)) / SAMPLE_RATE
-            time.sleep(max(0.0, due - time.perf_counter()))
-        t0 = time.perf_counter()
-        frames = stream.push(chunk)
-        if on_hop is not None:
-            on_hop(i, frames, time.perf_counter() - t0, time.perf_counter() - start)
-        out.append(frames)
-    out.append(stream.flush())
-    return np.concatenate(out)
+from .streaming import play
 
 
 def stream_deviation(animator, speech: np.ndarray, context_ms: int, lookahead_ms: int, hop_ms: int = 100,
@@ -55,7 +31,7 @@ def grid_floor(animator, speech: np.ndarray, offline: np.ndarray) -> dict:
     import torch
 
     from .controls import style_weights
-    from .streaming import encode_windowed
+    from .windows import encode_windowed
 
     whole_ms = 100 * -(-len(speech) * 10 // SAMPLE_RATE)
     with torch.inference_mode():
@@ -67,13 +43,17 @@ def grid_floor(animator, speech: np.ndarray, offline: np.ndarray) -> dict:
     return {"context_ms": None, "lookahead_ms": None, "max_abs": float(err.max()), "mean_abs": float(err.mean())}
 
 
-def evaluate(animator, speech: np.ndarray, contexts_ms, lookaheads_ms, hop_ms: int = 100) -> list[dict]:
+def evaluate(animator, speech: np.ndarray, contexts_ms, lookaheads_ms, hop_ms: int = 100,
+             progress=None) -> list[dict]:
+    """The grid floor, then one row per (context, lookahead); progress(done, total, message)
+    is called before each setting."""
     offline = animator.animate(speech, long_audio_s=None).blendshapes
     rows = [grid_floor(animator, speech, offline)]
-    for c in contexts_ms:
-        for a in lookaheads_ms:
-            print(f"[stream-eval] context {c} ms, lookahead {a} ms", file=sys.stderr, flush=True)
-            rows.append(stream_deviation(animator, speech, c, a, hop_ms, offline))
+    settings = [(c, a) for c in contexts_ms for a in lookaheads_ms]
+    for i, (c, a) in enumerate(settings):
+        if progress is not None:
+            progress(i, len(settings), f"context {c} ms, lookahead {a} ms")
+        rows.append(stream_deviation(animator, speech, c, a, hop_ms, offline))
     return rows
 
 

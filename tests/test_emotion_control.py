@@ -127,8 +127,9 @@ def test_stream_style_changes(animator, speech):
     first = fading.push(speech[:16000])
     fading.set_style(person={5: 1.0}, crossfade_ms=300)
     start = len(first)
-    assert fading._style_at(start)[1][0] == 1.0 and fading._style_at(start + 9)[1][5] == 1.0
-    assert fading._style_at(start + 3)[1][5] == pytest.approx(1 / 3)
+    state = fading.engine._get(fading._id)
+    assert state.style_at(start)[1][0] == 1.0 and state.style_at(start + 9)[1][5] == 1.0
+    assert state.style_at(start + 3)[1][5] == pytest.approx(1 / 3)
     rest = np.concatenate([fading.push(speech[16000:]), fading.flush()])
     assert rest.shape[0] + start == direct.frames_emitted
     with pytest.raises(ValueError):

@@ -6,9 +6,9 @@ import torch
 
 from emotalk_fast import Animator
 from emotalk_fast.controls import style_weights
-from emotalk_fast.decoder import KVCache
+from emotalk_fast.decoder import RingKVCache
 from emotalk_fast.model import num_frames
-from emotalk_fast.streaming import encode_windowed
+from emotalk_fast.windows import encode_windowed
 from helpers import assert_close, espeak_speech
 from test_model_parity import CONFIGS
 
@@ -48,7 +48,7 @@ def test_kv_cached_decoder_equals_offline(name):
     with torch.inference_mode():
         offline, _ = model.decode(content, emotion, *weights)
         for _ in range(3):  # any chunking
-            cache, parts, i = KVCache(), [], 0
+            cache, parts, i = model.decoder.new_cache(2, T), [], 0
             while i < T:
                 n = int(rng.integers(1, 17))
                 parts.append(model.decode_step(content[:, i : i + n], emotion[:, i : i + n], *weights, cache)[0])
@@ -57,14 +57,19 @@ def test_kv_cached_decoder_equals_offline(name):
 
 
 def test_kv_cache_window_bounds_memory():
-    cache = KVCache(max_frames=50)
+    """A ring of 50 frames: after 120, it holds positions 70..119 at index p % 50, was never
+    reallocated, and reads them back with their absolute positions."""
+    cache = RingKVCache(slots=2, num_heads=2, head_dim=4, capacity=50)
+    storage = cache.k.data_ptr()
     for i in range(40):
         k = torch.full((1, 2, 3, 4), float(i))
-        cache.append(k, k)
-    assert cache.length == 50 and cache.start == 120 - 50 and cache.end == 120
-    assert cache.k.shape[2] <= 53
-    keys, _ = cache.keys_values()
-    assert keys[0, 0, :, 0].tolist() == [float(j // 3) for j in range(70, 120)]
+        cache.append([1], k, k)
+    assert cache.ends == [0, 120] and cache.k.shape == (2, 2, 50, 4) and cache.k.data_ptr() == storage
+    keys, _, positions = cache.read([1])
+    order = positions[0].argsort()
+    assert positions[0, order].tolist() == list(range(70, 120))
+    assert keys[0, 0, order, 0].tolist() == [float(j // 3) for j in range(70, 120)]
+    assert cache.k[0].abs().sum() == 0  # the other slot untouched
 
 
 def test_push_partition_does_not_matter(animator, speech):
@@ -126,8 +131,9 @@ def test_latency_and_memory_stay_bounded(animator):
     rng = np.random.default_rng(0)
     for _ in range(40):  # 8 s of audio in 200 ms chunks
         stream.push((0.1 * rng.standard_normal(3200)).astype(np.float32))
-    assert len(stream._buffer) <= (500 + 100 + 200) * 16 + 400 + 320 * 2
-    assert stream._cache.length <= 60 and stream._cache.k.shape[2] <= 63
+    state = stream.engine._get(stream._id)
+    assert len(state.buffer) <= (500 + 100 + 200) * 16 + 400 + 320 * 2
+    assert stream.engine.cache.k.shape[2] == 60  # 2 s at 30 fps, allocated once
     assert stream.emotion_logits.shape == (7,)
 
 

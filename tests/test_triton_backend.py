@@ -14,7 +14,7 @@ from emotalk_fast.animator import resolve_backend
 from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
 from emotalk_fast.cli import main as cli_main
 from emotalk_fast.config import DecoderConfig
-from emotalk_fast.decoder import KVCache, PeriodicCausalDecoder
+from emotalk_fast.decoder import PeriodicCausalDecoder
 from helpers import FIXTURES, assert_close, assert_close_to_dtype, load_oracle
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,7 +104,7 @@ def _chunks(total, seed, most=20):
 def _run_steps(dec, x, memory, sizes, cache):
     out, t = [], 0
     for n in sizes:
-        out.append(dec.step(x[:, t : t + n], memory[:, t : t + n], cache))
+        out.append(dec.step(x[:, t : t + n], memory[:, t : t + n], cache, list(range(x.shape[0]))))
         t += n
     return torch.cat(out, 1)
 
@@ -116,17 +116,18 @@ def test_triton_step_equals_offline():
     assert min(sizes) <= 16 < max(sizes)  # the decode kernel, and prefill with an offset
     with torch.no_grad():
         offline = dec(x, memory)
-        stepped = _run_steps(dec, x, memory, sizes, KVCache())
+        stepped = _run_steps(dec, x, memory, sizes, dec.new_cache(1, 90, DEVICE))
     assert_close(stepped, offline, TOL, f"chunks {sizes}")
 
 
 def test_triton_step_sliding_window_matches_torch():
-    """A capped cache drops old frames: positions restart at the first kept one (cache.start)."""
+    """A capped cache drops old frames (the ring overwrites them): torch and triton agree."""
     x, memory = _inputs(ODD, 1, 60, seed=6)
     sizes = _chunks(60, seed=2, most=9)
     with torch.no_grad():
-        want = _run_steps(_decoder(ODD, "torch"), x, memory, sizes, KVCache(max_frames=17))
-        got = _run_steps(_decoder(ODD, "triton"), x, memory, sizes, KVCache(max_frames=17))
+        torch_dec, triton_dec = _decoder(ODD, "torch"), _decoder(ODD, "triton")
+        want = _run_steps(torch_dec, x, memory, sizes, torch_dec.new_cache(1, 17, DEVICE))
+        got = _run_steps(triton_dec, x, memory, sizes, triton_dec.new_cache(1, 17, DEVICE))
     assert_close(got, want, TOL, f"chunks {sizes}")
 
 

@@ -1,43 +1,42 @@
 """`emotalk-fast train` and `emotalk-fast eval`.
 
-Only argparse is imported here, so `emotalk_fast.cli` can register these subcommands without
-importing torch or transformers; the handlers import the training code when they run.
+Only argparse and the training config (no torch) are imported here, so `emotalk_fast.cli` can
+register these subcommands cheaply; the handlers import the training code when they run. The
+train options are TrainConfig's `option(...)` fields: their defaults and help live there.
 Standalone (and under torchrun): `python -m emotalk_fast.training.cli train|eval ...`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+from .config import DEFAULT_EMOTION_MAP, LossWeights, TrainConfig
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t = subparsers.add_parser("train", help="train or fine-tune EmoTalk (single process or under torchrun)")
     t.add_argument("data_dir", help="clips: <stem>.wav (16 kHz) + <stem>.npy [T, 52] at 30 fps")
     t.add_argument("output_dir", help="checkpoints (EmoTalk.pth, config.json, model.safetensors), train_state.pt")
+    defaults = TrainConfig.__dataclass_fields__
     src = t.add_mutually_exclusive_group()
-    src.add_argument("--preset", default="emotalk", help="model size for random weights: emotalk, mini, tiny")
+    src.add_argument("--preset", default=defaults["preset"].default,
+                     help="model size for random weights: emotalk, mini, tiny (default %(default)s)")
     src.add_argument("--init", dest="init_checkpoint", default=None, help="release-layout .pth to fine-tune")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch-size", type=int, default=1, help="global batch in pseudo pairs (split over ranks)")
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
-    t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--seed", type=int, default=0)
+    # every TrainConfig field declared with `option(...)`, with its default and help
+    for f in dataclasses.fields(TrainConfig):
+        if "help" not in f.metadata:
+            continue
+        t.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                       choices=f.metadata["choices"], help=f.metadata["help"] + " (default %(default)s)")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/train_state.pt")
     t.add_argument("--self-only", action="store_true", help="no cross reconstruction (e.g. unlabelled data)")
-    t.add_argument("--loss-weights", default="1,1,0.5,0.1", help="cross,self,velocity,cls (default: paper)")
+    loss = LossWeights()
+    t.add_argument("--loss-weights", default=",".join(f"{w:g}" for w in loss.as_tuple()),
+                   help="cross,self,velocity,cls (default %(default)s: the paper's)")
     t.add_argument("--emotion-map", action="append", default=[], metavar="EMOTION=LABEL",
                    help="override one row of the RAVDESS->classifier table, e.g. calm=sad (repeatable)")
-    t.add_argument("--on-mismatch", choices=("error", "skip"), default="error",
-                   help="clips whose audio and targets differ by more than one frame")
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--num-workers", type=int, default=0)
-    t.add_argument("--device", default="auto")
     t.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (default: bf16 autocast)")
     t.set_defaults(func=run_train)
     return t
@@ -62,8 +61,6 @@ def register(subparsers) -> None:
 
 
 def _emotion_map(pairs: list[str]) -> dict[str, str]:
-    from .data import DEFAULT_EMOTION_MAP
-
     table = dict(DEFAULT_EMOTION_MAP)
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -73,24 +70,18 @@ def _emotion_map(pairs: list[str]) -> dict[str, str]:
     return table
 
 
-def train_config_from_args(args):
-    from .losses import LossWeights
-    from .train import TrainConfig
-
+def train_config_from_args(args) -> TrainConfig:
     try:
         weights = [float(x) for x in args.loss_weights.split(",")]
     except ValueError:
         weights = []
     if len(weights) != 4:
         raise ValueError(f"--loss-weights takes four numbers cross,self,velocity,cls, got {args.loss_weights!r}")
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if "help" in f.metadata}
     return TrainConfig(
         data_dir=args.data_dir, output_dir=args.output_dir, preset=args.preset,
-        init_checkpoint=args.init_checkpoint, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
-        grad_clip=args.grad_clip, dropout=args.dropout, amp=not args.no_amp, seed=args.seed,
-        cross=not args.self_only, loss=LossWeights(*weights), emotion_map=_emotion_map(args.emotion_map),
-        on_mismatch=args.on_mismatch, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-        num_workers=args.num_workers, device=args.device,
+        init_checkpoint=args.init_checkpoint, amp=not args.no_amp, cross=not args.self_only,
+        loss=LossWeights(*weights), emotion_map=_emotion_map(args.emotion_map), **options,
     )
 
 

@@ -35,6 +35,8 @@ from emotalk_fast.audio import prepare_audio
 from emotalk_fast.config import DEFAULT_EMOTION_LABELS, FPS, SAMPLE_RATE
 from emotalk_fast.model import num_frames
 
+from .config import DEFAULT_EMOTION_MAP
+
 log = logging.getLogger("emotalk_fast.training")
 
 NUM_BLENDSHAPES = 52
@@ -46,10 +48,6 @@ RAVDESS_EMOTIONS: dict[int, str] = {
 
 # RAVDESS emotion -> classifier label (emotalk_fast.config.DEFAULT_EMOTION_LABELS). The
 # classifier has no 'calm'; it is closest to 'neutral'. Pass another table to change that.
-DEFAULT_EMOTION_MAP: dict[str, str] = {
-    "neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "sad", "angry": "angry",
-    "fearful": "fear", "disgust": "disgust", "surprised": "surprise",
-}
 
 _RAVDESS_STEM = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
 

@@ -13,23 +13,12 @@ ranks, so a data-parallel step equals a single-process step on the same global b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from .config import LossWeights  # noqa: F401  (re-exported: the weights of the terms below)
+
 TERMS = ("cross", "self", "velocity", "cls")
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    cross: float = 1.0  # L_cross
-    self_recon: float = 1.0  # L_self
-    velocity: float = 0.5  # L_vel
-    cls: float = 0.1  # L_cls
-
-    def as_tuple(self) -> tuple[float, float, float, float]:
-        return (self.cross, self.self_recon, self.velocity, self.cls)
 
 
 def velocity(x: torch.Tensor) -> torch.Tensor:

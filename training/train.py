@@ -15,14 +15,13 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,9 @@ from emotalk_fast import checkpoint as ckpt
 from emotalk_fast.config import EmoTalkConfig
 from emotalk_fast.files import atomic_write
 
-from .data import DEFAULT_EMOTION_MAP, PairDataset, scan_clips
-from .losses import TERMS, LossWeights, combine, item_terms
+from .config import TrainConfig
+from .data import PairDataset, scan_clips
+from .losses import TERMS, combine, item_terms
 from .reference import EmoTalkReference, load_release_weights
 
 log = logging.getLogger("emotalk_fast.training")
@@ -43,55 +43,6 @@ log = logging.getLogger("emotalk_fast.training")
 RELEASE_NAME = "EmoTalk.pth"
 STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data_dir: str  # clips: <stem>.wav (16 kHz) + <stem>.npy [T, 52] at 30 fps
-    output_dir: str  # checkpoints, training state and metrics
-    preset: str = "emotalk"  # EmoTalkConfig preset for random initialisation ...
-    init_checkpoint: str | None = None  # ... or a release-layout .pth to fine-tune (wins)
-    steps: int = 1000  # optimiser steps in the whole run
-    batch_size: int = 1  # global batch in pseudo pairs, split evenly over ranks
-    lr: float = 1e-4  # peak AdamW learning rate
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0  # linear warm-up from 0
-    schedule: str = "constant"  # after warm-up: "constant" or "cosine" (to min_lr_ratio * lr)
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    dropout: float = 0.1  # every dropout in encoders and decoder (0 for exact DDP tests)
-    layerdrop: float = 0.0  # wav2vec2 LayerDrop; > 0 needs DDP's find_unused_parameters
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU (always float32)
-    seed: int = 0
-    cross: bool = True  # pseudo-pair cross reconstruction; False trains self-reconstruction only
-    loss: LossWeights = field(default_factory=LossWeights)
-    emotion_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EMOTION_MAP))
-    max_crop_frames: int = 1  # audio/target length mismatch allowed per clip
-    on_mismatch: str = "error"  # beyond that: "error" or "skip" (reported)
-    default_level: int = 1  # style of unlabelled clips (the release demo's values)
-    default_person: int = 0
-    log_every: int = 10  # steps between progress lines
-    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
-    export_pretrained: bool = True  # also write config.json + model.safetensors
-    num_workers: int = 0  # DataLoader workers per rank
-    device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu
-
-    def __post_init__(self):
-        if isinstance(self.loss, dict):
-            object.__setattr__(self, "loss", LossWeights(**self.loss))
-        object.__setattr__(self, "betas", tuple(self.betas))
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.layerdrop < 1.0:
-            raise ValueError("dropout and layerdrop must be in [0, 1)")
-        if self.init_checkpoint is None:
-            EmoTalkConfig.from_name(self.preset)  # raises with the list of presets
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # --- model set-up ---------------------------------------------------------------------------

@@ -1,0 +1,280 @@
+"""Many streams, one model: which streams advance, and one batched forward per hop.
+
+Each stream is a small record (its audio since the oldest window it still needs, its next hop,
+its style, its cache slot). `step()` takes every stream whose next hop is ready and runs both
+encoders over all their windows in one padded, masked batch, then one decoder step over their
+ragged KV caches (one preallocated ring, a slot per stream). A stream's frames do not depend
+on what shares its batch: rows of a padded batch are computed independently (tested against a
+stream alone within 1e-5).
+
+Hops of different lengths (the last, shorter hop of a flushed stream) run as separate groups
+within the same step. Errors in one stream's input raise in that stream's call and leave every
+other stream, and the stream itself, unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .audio import StreamingResampler, check_rate
+from .config import FPS, SAMPLE_RATE
+from .controls import check_style
+from .model import EmoTalk, num_frames
+from .windows import Window, WindowedEncoder
+
+
+class EngineFull(RuntimeError):
+    """open() while `max_streams` streams are live."""
+
+
+@dataclass
+class _Stream:
+    """One live stream's state: everything the engine knows about it."""
+
+    slot: int  # its row of the KV cache
+    sample_rate: int
+    resampler: StreamingResampler | None
+    level: object
+    person: object
+    style_from: tuple = ()  # (level weights, person weights) fading from ...
+    style_to: tuple = ()  # ... to these
+    fade_start: int = 0  # frame where the fade starts
+    fade_frames: int = 0
+    buffer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # 16 kHz samples
+    buffer_start: int = 0  # absolute index of buffer[0]
+    received: int = 0  # 16 kHz samples received in all
+    next_hop: int = 0
+    ending: bool = False  # flush() was called: the clip's length is known
+    total_frames: int = 0  # once ending: the frames the whole utterance gets
+    emotion_sum: torch.Tensor | None = None  # sum of emitted frames' emotion states
+    emotion_frames: int = 0
+
+    def style_at(self, frame: int):
+        if self.fade_frames == 0 or frame >= self.fade_start + self.fade_frames:
+            return self.style_to
+        a = max(0.0, (frame - self.fade_start) / self.fade_frames)
+        return tuple((1 - a) * f + a * t for f, t in zip(self.style_from, self.style_to))
+
+
+class StreamEngine:
+    """Up to `max_streams` concurrent streams over one model, advanced together by `step()`.
+
+    >>> engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=8)
+    >>> a = engine.open(level=1, person=0, sample_rate=48000)
+    >>> engine.push(a, chunk)                 # any sizes, any time
+    >>> frames = engine.step()                # {stream id: float32 [k, 52]} for streams that advanced
+    >>> engine.flush(a)                       # the end of a's audio; later steps emit its last frames
+    >>> engine.close(a)                       # frees its slot
+    """
+
+    def __init__(self, model: EmoTalk, device, dtype, *, max_streams: int = 16, hop_ms: int = 100,
+                 lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0):
+        if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+            raise ValueError(f"max_streams must be a positive integer, got {max_streams!r}")
+        if not max_cache_s > 0:
+            raise ValueError(f"max_cache_s must be > 0, got {max_cache_s!r}")
+        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms)
+        self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms
+        self.max_streams = max_streams
+        self.max_cache_frames = max(int(max_cache_s * FPS), self.encoder.hop)
+        self.cache = model.decoder.new_cache(max_streams, self.max_cache_frames, self.device, dtype)
+        self._streams: dict[int, _Stream] = {}
+        self._free_slots = list(range(max_streams))
+        self._next_id = 0
+
+    # --- stream life cycle ----------------------------------------------------------------
+    def open(self, level=1, person=0, sample_rate: int = SAMPLE_RATE) -> int:
+        """A new stream -> its id. Raises EngineFull when `max_streams` are live."""
+        rate = check_rate(sample_rate)
+        style = check_style(self.model.cfg, level, person)  # bad style: nothing is allocated
+        if not self._free_slots:
+            raise EngineFull(f"all {self.max_streams} streams are live; close one first")
+        slot = self._free_slots.pop(0)
+        resampler = None if rate == SAMPLE_RATE else StreamingResampler(rate, SAMPLE_RATE)
+        sid, self._next_id = self._next_id, self._next_id + 1
+        self._streams[sid] = _Stream(slot, rate, resampler, level, person, style, style)
+        self.cache.reset(slot)
+        return sid
+
+    def reset(self, sid: int, level=None, person=None) -> None:
+        """Start a new utterance on the same stream (same slot and rate), optionally restyled."""
+        s = self._get(sid)
+        level = s.level if level is None else level
+        person = s.person if person is None else person
+        style = check_style(self.model.cfg, level, person)
+        if s.resampler is not None:
+            s.resampler.reset()
+        self._streams[sid] = _Stream(s.slot, s.sample_rate, s.resampler, level, person, style, style)
+        self.cache.reset(s.slot)
+
+    def close(self, sid: int) -> None:
+        """End a stream at once (its pending frames are dropped) and free its slot."""
+        s = self._streams.pop(sid, None)
+        if s is None:
+            raise KeyError(f"no live stream {sid}")
+        self._free_slots.append(s.slot)
+        self._free_slots.sort()
+
+    @property
+    def live(self) -> list[int]:
+        return list(self._streams)
+
+    def _get(self, sid: int) -> _Stream:
+        try:
+            return self._streams[sid]
+        except KeyError:
+            raise KeyError(f"no live stream {sid}") from None
+
+    # --- input ------------------------------------------------------------------------------
+    def push(self, sid: int, samples) -> None:
+        """Append mono float samples at the stream's rate. A bad chunk raises and is not added."""
+        s = self._get(sid)
+        if s.ending:
+            raise RuntimeError("push() after flush(): call reset() to start a new utterance")
+        chunk = validate_chunk(samples)
+        if s.resampler is not None:
+            chunk = s.resampler.push(chunk)
+        _append(s, chunk)
+
+    def flush(self, sid: int) -> None:
+        """The end of the stream's audio: the next steps emit its remaining frames, the last
+        windows cut at the audio's end (as many frames in all as offline animation gives)."""
+        s = self._get(sid)
+        if s.ending:
+            raise RuntimeError("flush() called twice: call reset() to start a new utterance")
+        if s.resampler is not None:
+            _append(s, s.resampler.flush())
+        n = s.received
+        if n and n < self.encoder.field:
+            raise ValueError(f"the utterance is too short to animate: {n} samples "
+                             f"({1000 * n / SAMPLE_RATE:.1f} ms); call reset() and push more audio")
+        s.ending, s.total_frames = True, num_frames(n) if n else 0
+
+    def set_style(self, sid: int, level=None, person=None, crossfade_ms: float = 0.0) -> None:
+        """Change level and/or person from the stream's next frame not yet emitted, fading
+        linearly over `crossfade_ms`."""
+        s = self._get(sid)
+        if not crossfade_ms >= 0:
+            raise ValueError(f"crossfade_ms must be >= 0, got {crossfade_ms!r}")
+        level = s.level if level is None else level
+        person = s.person if person is None else person
+        new = check_style(self.model.cfg, level, person)
+        start = s.next_hop * self.encoder.hop
+        s.style_from, s.style_to = s.style_at(start), new
+        s.level, s.person = level, person
+        s.fade_start, s.fade_frames = start, int(round(crossfade_ms / 1000 * FPS))
+
+    # --- state readouts ---------------------------------------------------------------------
+    def frames_emitted(self, sid: int) -> int:
+        s = self._get(sid)
+        return min(s.next_hop * self.encoder.hop, s.total_frames) if s.ending else s.next_hop * self.encoder.hop
+
+    def finished(self, sid: int) -> bool:
+        """Flushed and every frame emitted."""
+        s = self._get(sid)
+        return s.ending and s.next_hop * self.encoder.hop >= s.total_frames
+
+    def emotion_logits(self, sid: int) -> np.ndarray | None:
+        """The emotion classifier on the mean emotion state of the stream's frames so far."""
+        s = self._get(sid)
+        if s.emotion_sum is None:
+            return None
+        with torch.inference_mode():
+            logits = self.model.emotion_encoder.classify(s.emotion_sum / s.emotion_frames)
+        return logits[0].float().cpu().numpy()
+
+    def pending(self) -> list[int]:
+        """Streams whose next hop can run now."""
+        return [sid for sid, s in self._streams.items() if self._ready(s) is not None]
+
+    # --- compute ----------------------------------------------------------------------------
+    def step(self) -> dict[int, np.ndarray]:
+        """Advance every ready stream by one hop in one batched forward per hop length ->
+        {stream id: its new frames, float32 [k, 52]} (streams that did not advance are absent)."""
+        groups: dict[int, list[tuple[int, Window]]] = {}
+        for sid, s in self._streams.items():
+            w = self._ready(s)
+            if w is not None:
+                groups.setdefault(w.h1 - w.h0, []).append((sid, w))
+        out = {}
+        for batch in groups.values():
+            out.update(self._run(batch))
+        return out
+
+    def _ready(self, s: _Stream) -> Window | None:
+        """The stream's next window if it can run now, else None."""
+        if s.ending:
+            if s.next_hop * self.encoder.hop >= s.total_frames:
+                return None
+            return self.encoder.window(s.next_hop, s.total_frames, s.received)
+        w = self.encoder.window(s.next_hop)
+        return w if w.s1 <= s.received else None
+
+    def _run(self, batch: list[tuple[int, Window]]) -> dict[int, np.ndarray]:
+        streams = [self._streams[sid] for sid, _ in batch]
+        windows = [w for _, w in batch]
+        samples = [torch.from_numpy(s.buffer[w.s0 - s.buffer_start : w.s1 - s.buffer_start]).to(self.device)
+                   for s, w in zip(streams, windows)]
+        with torch.inference_mode():
+            content, emotion = self.encoder.encode_batch(samples, windows)
+            level, person = self._style_rows(streams, windows)
+            blendshapes, _ = self.model.decode_step(content, emotion, level, person, self.cache,
+                                                    [s.slot for s in streams])
+            emotion_sums = emotion.sum(1, keepdim=True)
+        frames = blendshapes.float().cpu().numpy()
+        out = {}
+        for b, ((sid, w), s) in enumerate(zip(batch, streams)):
+            s.emotion_sum = emotion_sums[b] if s.emotion_sum is None else s.emotion_sum + emotion_sums[b]
+            s.emotion_frames += w.h1 - w.h0
+            s.next_hop += 1
+            self._trim(s)
+            out[sid] = np.ascontiguousarray(frames[b])
+        return out
+
+    def _style_rows(self, streams: list[_Stream], windows: list[Window]):
+        """Level and person weights: [B, n] when every stream's style is constant over its hop,
+        else [B, t, n] per frame."""
+        fading = any(s.fade_frames and w.h0 < s.fade_start + s.fade_frames for s, w in zip(streams, windows))
+        if not fading:
+            rows = [np.stack([s.style_to[i] for s in streams]) for i in range(2)]
+        else:
+            rows = [np.stack([np.stack([s.style_at(f)[i] for f in range(w.h0, w.h1)])
+                              for s, w in zip(streams, windows)]) for i in range(2)]
+        return tuple(torch.as_tensor(r).to(self.device, self.dtype) for r in rows)
+
+    def _trim(self, s: _Stream) -> None:
+        """Drop samples no future window of the stream reads, so memory does not grow."""
+        keep_from = self.encoder.window(s.next_hop).s0
+        if keep_from > s.buffer_start:
+            s.buffer = s.buffer[keep_from - s.buffer_start :].copy()
+            s.buffer_start = keep_from
+
+
+def _append(s: _Stream, chunk: np.ndarray) -> None:
+    if chunk.size:
+        s.buffer = np.concatenate([s.buffer, chunk])
+        s.received += chunk.size
+
+
+def validate_chunk(samples) -> np.ndarray:
+    """A pushed chunk -> float32 [n], or TypeError/ValueError saying what was wrong."""
+    if isinstance(samples, torch.Tensor):
+        if not samples.is_floating_point():
+            raise TypeError(f"stream samples must be floating point, got {samples.dtype}")
+        samples = samples.detach().cpu().float().numpy()
+    if not isinstance(samples, np.ndarray):
+        if isinstance(samples, (list, tuple)):
+            samples = np.asarray(samples, dtype=np.float32)
+        else:
+            raise TypeError(f"stream samples must be a numpy array or torch tensor, got {type(samples).__name__}")
+    if samples.dtype.kind != "f":
+        raise TypeError(f"stream samples must be floating point in [-1, 1], got dtype {samples.dtype}")
+    if samples.ndim != 1:
+        raise ValueError(f"stream samples must be mono [n], got shape {list(samples.shape)}")
+    if not np.isfinite(samples).all():
+        raise ValueError(f"chunk has {int((~np.isfinite(samples)).sum())} NaN or infinite samples; "
+                         "it was not added (the stream is unchanged)")
+    return samples.astype(np.float32, copy=False)

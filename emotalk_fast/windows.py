@@ -1,0 +1,138 @@
+"""The fixed 30 fps grid and the windows both encoders read: shared by streaming (one hop at
+a time) and by offline animation of long clips (larger hops).
+
+Output frame t reads CNN position 5t/3 (50 Hz -> 30 fps); hops, lookahead and context are
+multiples of 100 ms, where both grids coincide. Each hop's frames are encoded from a window
+of `context` before the hop, the hop, and `lookahead` after it, normalised over the window.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import ENCODER_FPS, FPS, SAMPLE_RATE
+from .model import EmoTalk, normalize_waveform, num_frames
+
+GRID_MS = 100  # the grids of 50 Hz CNN frames and 30 fps output frames coincide every 100 ms
+_UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t / 3
+
+
+def _frames_of(ms: int, name: str, allow_zero: bool) -> int:
+    if isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms % GRID_MS or ms < 0 or \
+            (ms == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} multiple of "
+                         f"{GRID_MS} ms (it keeps the 50 Hz and 30 fps grids aligned), got {ms!r}")
+    return ms // GRID_MS * (FPS * GRID_MS // 1000)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Hop frames [h0, h1) encoded from window frames [t0, t1) read off samples [s0, s1)."""
+
+    t0: int
+    h0: int
+    h1: int
+    t1: int
+    c_lo: int  # first CNN frame of the window (absolute)
+    c_hi: int  # last CNN frame the window needs (absolute)
+    s0: int
+    s1: int
+
+
+class WindowedEncoder:
+    """Both encoders over windows of context + hop + lookahead on the fixed 30 fps grid."""
+
+    def __init__(self, model: EmoTalk, hop_ms: int, lookahead_ms: int, context_ms: int):
+        self.model = model
+        self.hop = _frames_of(hop_ms, "hop_ms", allow_zero=False)
+        self.lookahead = _frames_of(lookahead_ms, "lookahead_ms", allow_zero=True)
+        self.context = _frames_of(context_ms, "context_ms", allow_zero=True)
+        enc = model.cfg.content
+        if (enc.conv_stride, enc.conv_kernel) != (model.cfg.emotion.conv_stride, model.cfg.emotion.conv_kernel):
+            raise ValueError("streaming needs both encoders to share one CNN frame grid")
+        self.stride = int(np.prod(enc.conv_stride))  # samples per CNN frame (320)
+        self.field = enc.receptive_field  # samples under one CNN frame (400)
+        if self.stride * ENCODER_FPS != SAMPLE_RATE:
+            raise ValueError("streaming assumes a 50 Hz CNN front end")
+
+    def window(self, k: int, total_frames: int | None = None, total_samples: int | None = None) -> Window:
+        """Hop k's window; with the clip's totals (at the end of a stream) it is clipped to them."""
+        h0 = k * self.hop
+        h1 = h0 + self.hop
+        t0, t1 = max(0, h0 - self.context), h1 + self.lookahead
+        if total_frames is not None:
+            h1, t1 = min(h1, total_frames), min(t1, total_frames)
+        c_lo = _UP * t0 // _DOWN
+        c_hi = -(-_UP * (t1 - 1) // _DOWN)  # ceil: the right neighbour of the last position
+        if total_samples is not None:
+            last = (total_samples - self.field) // self.stride  # last CNN frame of the clip
+            c_lo, c_hi = min(c_lo, last), min(c_hi, last)
+        s0, s1 = self.stride * c_lo, self.stride * c_hi + self.field
+        return Window(t0, h0, h1, t1, c_lo, c_hi, s0, s1)
+
+    def encode(self, samples: torch.Tensor, w: Window):
+        """Window samples [s1 - s0] (raw 16 kHz) -> content, emotion hidden [1, h1 - h0, hidden]."""
+        return self.encode_batch([samples], [w])
+
+    def encode_batch(self, samples: list[torch.Tensor], windows: list[Window]):
+        """Several windows (each its samples [s1 - s0], raw 16 kHz, and the same hop length) in
+        one batched forward of both encoders -> content, emotion hidden [B, hop frames, hidden].
+
+        Shorter windows are zero-padded and masked, so each row equals its own `encode` (the
+        padded batch of the offline model, tested within 1e-5)."""
+        hop = {w.h1 - w.h0 for w in windows}
+        if len(hop) != 1:
+            raise ValueError(f"a batch of windows needs one hop length, got {sorted(hop)}")
+        device = samples[0].device
+        lengths = torch.tensor([len(s) for s in samples], device=device)
+        wave = torch.zeros(len(samples), int(lengths.max()), device=device)
+        for b, s in enumerate(samples):
+            wave[b, : len(s)] = s
+        # the offline normalisation over each window: statistics in float32 whatever the dtype
+        wave = normalize_waveform(wave, lengths).to(self.model.content_map.weight.dtype)
+        frames = [w.t1 - w.t0 for w in windows]
+        t = torch.tensor([[w.t0 + min(j, w.t1 - w.t0 - 1) for j in range(max(frames))] for w in windows],
+                         device=device)  # padded rows repeat the last frame (masked later)
+        c_lo = torch.tensor([w.c_lo for w in windows], device=device)[:, None]
+        c_hi = torch.tensor([w.c_hi for w in windows], device=device)[:, None]
+        pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
+        frac = (((_UP * t) % _DOWN).to(wave.dtype) / _DOWN)[..., None]  # exact: thirds
+        rows = torch.arange(len(windows), device=device)[:, None]
+        i0 = torch.minimum(pos0, c_hi) - c_lo
+        i1 = torch.minimum(pos0 + 1, c_hi) - c_lo
+        lens = None if len(set(frames)) == 1 else torch.tensor(frames, device=device)
+        hop_rows = torch.tensor([[w.h0 - w.t0 + j for j in range(hop.pop())] for w in windows], device=device)
+        hidden, feats = [], None
+        for enc in (self.model.content_encoder, self.model.emotion_encoder):
+            if feats is None or not self.model.shares_front_end:
+                feats = enc.front_end(wave)
+            grid = feats[rows, i0] * (1 - frac) + feats[rows, i1] * frac
+            hidden.append(enc.transformer(grid, lens)[rows, hop_rows])
+        return hidden[0], hidden[1]
+
+    def hops(self, total_frames: int) -> int:
+        return -(-total_frames // self.hop)
+
+
+def encode_windowed(model: EmoTalk, wave: torch.Tensor, hop_ms: int, lookahead_ms: int, context_ms: int,
+                    progress=None):
+    """A whole clip [N] through the stream's windows -> content, emotion hidden [1, T, hidden].
+
+    Memory is that of one window, whatever the clip's length; the windows are exactly the
+    ones a stream with the same settings would use.
+    """
+    encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms)
+    n = wave.shape[0]
+    total = num_frames(n)
+    content, emotion = [], []
+    hops = encoder.hops(total)
+    for k in range(hops):
+        w = encoder.window(k, total, n)
+        c, e = encoder.encode(wave[w.s0 : w.s1], w)
+        content.append(c)
+        emotion.append(e)
+        if progress is not None:
+            progress(k + 1, hops)
+    return torch.cat(content, 1), torch.cat(emotion, 1)
