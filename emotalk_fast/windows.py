@@ -82,9 +82,10 @@ class WindowedEncoder:
 
         Shorter windows are zero-padded and masked, so each row equals its own `encode` (the
         padded batch of the offline model, tested within 1e-5)."""
-        hop = {w.h1 - w.h0 for w in windows}
-        if len(hop) != 1:
-            raise ValueError(f"a batch of windows needs one hop length, got {sorted(hop)}")
+        hops = {w.h1 - w.h0 for w in windows}
+        if len(hops) != 1:
+            raise ValueError(f"a batch of windows needs one hop length, got {sorted(hops)}")
+        hop = hops.pop()
         device = samples[0].device
         lengths = torch.tensor([len(s) for s in samples], device=device)
         wave = torch.zeros(len(samples), int(lengths.max()), device=device)
@@ -103,7 +104,7 @@ class WindowedEncoder:
         i0 = torch.minimum(pos0, c_hi) - c_lo
         i1 = torch.minimum(pos0 + 1, c_hi) - c_lo
         lens = None if len(set(frames)) == 1 else torch.tensor(frames, device=device)
-        hop_rows = torch.tensor([[w.h0 - w.t0 + j for j in range(hop.pop())] for w in windows], device=device)
+        hop_rows = torch.tensor([[w.h0 - w.t0 + j for j in range(hop)] for w in windows], device=device)
         hidden, feats = [], None
         for enc in (self.model.content_encoder, self.model.emotion_encoder):
             if feats is None or not self.model.shares_front_end:

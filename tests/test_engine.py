@@ -1,0 +1,173 @@
+"""The batched streaming engine: each stream's frames equal a stream alone with the same settings,
+whatever shares its batch and whenever streams join, change style, flush or leave; one stream's
+bad input never touches another; slots and the ring cache are reused, never grown."""
+import numpy as np
+import pytest
+import torch
+
+from emotalk_fast import Animator
+from emotalk_fast.audio import resample
+from emotalk_fast.engine import EngineFull, StreamEngine
+from emotalk_fast.model import num_frames
+from helpers import espeak_speech
+
+TOL = 1e-5
+SETTINGS = dict(hop_ms=100, lookahead_ms=200, context_ms=600, max_cache_s=3.0)
+
+
+@pytest.fixture(scope="module")
+def animator():
+    return Animator.from_config("tiny", seed=11, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def voices():
+    lines = ("The engine animates many faces at once.", "Every stream keeps its own style and pace.",
+             "A third voice joins a little later on.", "This one speaks in tiny single samples.")
+    return [espeak_speech(text, speed=190 + 10 * i) for i, text in enumerate(lines)]
+
+
+# Each stream: (16 kHz speech, its rate, style, the step it joins at, chunk size at its rate,
+# an optional (step, level, person, crossfade_ms) style change, the step it is closed at or None).
+def _plans(voices):
+    return [
+        dict(speech=voices[0], rate=16000, level=1, person=0, join=0, chunk=1600, change=None, close=None),
+        dict(speech=voices[1], rate=44100, level=0, person=7, join=3, chunk=2205,
+             change=(12, 1, {2: 0.5, 9: 0.5}, 300), close=None),
+        dict(speech=voices[2], rate=48000, level=0.4, person=13, join=6, chunk=7000, change=None, close=8),
+        dict(speech=voices[3][:4000], rate=16000, level=1, person=23, join=1, chunk=1, change=None, close=None),
+    ]
+
+
+def _at_rate(speech, rate):
+    return speech if rate == 16000 else resample(speech, 16000, rate)
+
+
+def _solo(animator, plan, pushes):
+    """What a stream alone gives for the same chunks (and the same style change after the same
+    number of pushes)."""
+    stream = animator.stream(level=plan["level"], person=plan["person"], sample_rate=plan["rate"], **SETTINGS)
+    out = []
+    for i, chunk in enumerate(pushes):
+        if plan["change"] and i == plan["change"][0]:
+            stream.set_style(*plan["change"][1:3], crossfade_ms=plan["change"][3])
+        out.append(stream.push(chunk))
+    if plan["close"] is None:
+        out.append(stream.flush())
+    return np.concatenate(out)
+
+
+def test_streams_in_one_engine_equal_streams_alone(animator, voices):
+    plans = _plans(voices)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, **SETTINGS)
+    audio = [_at_rate(p["speech"], p["rate"]) for p in plans]
+    ids, pos, pushes = {}, [0] * 4, [[] for _ in plans]
+    frames = [[] for _ in plans]
+    batch_sizes = []
+    for tick in range(400):
+        for i, p in enumerate(plans):
+            if tick == p["join"]:
+                ids[i] = engine.open(p["level"], p["person"], p["rate"])
+            if i not in ids or ids[i] not in engine.live:
+                continue
+            if p["close"] is not None and len(pushes[i]) == p["close"]:
+                engine.close(ids[i])
+                continue
+            if pos[i] < len(audio[i]):
+                if p["change"] and len(pushes[i]) == p["change"][0]:
+                    engine.set_style(ids[i], *p["change"][1:3], crossfade_ms=p["change"][3])
+                # a 1-sample pusher pushes many times per tick, like a fast producer
+                for _ in range(200 if p["chunk"] == 1 else 1):
+                    chunk = audio[i][pos[i] : pos[i] + p["chunk"]]
+                    if not len(chunk):
+                        break
+                    engine.push(ids[i], chunk)
+                    pushes[i].append(chunk)
+                    pos[i] += len(chunk)
+                if pos[i] >= len(audio[i]):
+                    engine.flush(ids[i])
+        while True:  # drain, as the stream API does after each push
+            out = engine.step()
+            if not out:
+                break
+            batch_sizes.append(len(out))
+            for i, sid in ids.items():
+                if sid in out:
+                    frames[i].append(out[sid])
+        if all(i in ids and (ids[i] not in engine.live or engine.finished(ids[i])) for i in range(4)):
+            break
+    assert max(batch_sizes) >= 3, "streams never shared a batch"
+    assert pos[2] < len(audio[2]) and ids[2] not in engine.live  # closed mid-way
+    for i, p in enumerate(plans):
+        got = np.concatenate(frames[i])
+        want = _solo(animator, p, pushes[i])
+        assert got.shape == want.shape, (i, got.shape, want.shape)
+        if p["close"] is None:
+            assert len(got) == num_frames(len(p["speech"])) or p["rate"] != 16000
+        err = float(np.abs(got - want).max())
+        assert err <= TOL, f"stream {i}: max |engine - alone| = {err:.2e}"
+
+
+def test_bad_input_touches_only_its_stream(animator, voices):
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, **SETTINGS)
+    a, b = engine.open(1, 0), engine.open(0, 3)
+    speech = voices[0][:16000]
+    engine.push(a, speech[:8000])
+    engine.push(b, speech[:8000])
+    for bad, kind in (([np.nan] * 10, ValueError), (np.zeros((2, 5), np.float32), ValueError),
+                      (np.zeros(5, np.int16), TypeError), ("noise", TypeError)):
+        with pytest.raises(kind):
+            engine.push(b, np.asarray(bad) if isinstance(bad, list) else bad)
+    with pytest.raises(ValueError):
+        engine.set_style(b, person=99)
+    engine.push(a, speech[8000:])
+    engine.push(b, speech[8000:])
+    engine.flush(a)
+    engine.flush(b)
+    out = {a: [], b: []}
+    while step := engine.step():
+        for sid, f in step.items():
+            out[sid].append(f)
+    for sid, (level, person) in ((a, (1, 0)), (b, (0, 3))):
+        alone = animator.stream(level=level, person=person, **SETTINGS)
+        want = np.concatenate([alone.push(speech), alone.flush()])
+        assert np.abs(np.concatenate(out[sid]) - want).max() <= TOL
+
+
+def test_slots_are_reused_and_the_cache_never_grows(animator, voices):
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, **SETTINGS)
+    storage, shape = engine.cache.k.data_ptr(), tuple(engine.cache.k.shape)
+    a, b = engine.open(), engine.open()
+    with pytest.raises(EngineFull):
+        engine.open()
+    engine.close(a)
+    c = engine.open(level=0, person=5)  # takes a's slot, starts from position 0
+    with pytest.raises(KeyError):
+        engine.push(a, np.zeros(10, np.float32))
+    speech = np.resize(voices[1], 16000 * 5)  # longer than the 3 s cache: the ring wraps
+    engine.push(c, speech)
+    engine.push(b, np.zeros(3200, np.float32))
+    engine.flush(c)
+    got = []
+    while step := engine.step():
+        got += [step[c]] if c in step else []
+    alone = animator.stream(level=0, person=5, **SETTINGS)
+    want = np.concatenate([alone.push(speech), alone.flush()])
+    assert np.abs(np.concatenate(got) - want).max() <= TOL
+    assert engine.cache.k.data_ptr() == storage and tuple(engine.cache.k.shape) == shape
+    assert engine.cache.ends[engine._get(c).slot] > engine.max_cache_frames
+
+
+def test_engine_checks_its_arguments(animator):
+    with pytest.raises(ValueError, match="max_streams"):
+        StreamEngine(animator.model, "cpu", torch.float32, max_streams=0)
+    with pytest.raises(ValueError, match="hop_ms"):
+        StreamEngine(animator.model, "cpu", torch.float32, hop_ms=150)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=1)
+    with pytest.raises(ValueError, match="sample rate"):
+        engine.open(sample_rate=1000)
+    assert engine.live == []  # a refused open allocates nothing
+    sid = engine.open()
+    engine.push(sid, np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match="too short"):
+        engine.flush(sid)
