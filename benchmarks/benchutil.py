@@ -56,7 +56,7 @@ def require(device: str, provider: str, dtype: str) -> None:
     if device == "cpu" and dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
     if provider.endswith("triton"):
-        from emotalk_fast.animator import resolve_backend
+        from emotalk_fast.runtime import resolve_backend
 
         try:
             resolve_backend("triton", torch.device(device))

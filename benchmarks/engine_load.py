@@ -1,0 +1,128 @@
+"""The streaming engine under load: per-hop compute and per-stream cost by batch size, and how
+many streams it holds in real time.
+
+    python benchmarks/engine_load.py --preset mini --dtype float32
+    python benchmarks/engine_load.py --preset emotalk --dtype bfloat16 --batches 1,2,4,8,16
+
+Streams held in real time: N streams are pushed one hop of audio every hop (on the wall clock,
+as microphones would), the engine steps until drained, and a hop's latency is the time from
+its audio's arrival to its frames; N is held when the p99 latency stays under the hop (the
+backlog does not grow). Random weights (speed does not depend on them), espeak-ng speech.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emotalk_fast import Animator, EmoTalkConfig  # noqa: E402
+from emotalk_fast.engine import StreamEngine  # noqa: E402
+from emotalk_fast.measure import device_name, generated_speech, random_weights, sync, versions  # noqa: E402
+
+CONTEXT_MS, LOOKAHEAD_MS = 2000, 200
+
+
+def build(preset: str, device: str, dtype: str) -> Animator:
+    cfg = EmoTalkConfig.from_name(preset)
+    return Animator.from_state_dict(cfg, random_weights(cfg), device=device, dtype=dtype)
+
+
+def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray) -> tuple[StreamEngine, list, int]:
+    """An engine with `streams` streams, each past its start-up windows (steady state)."""
+    engine = StreamEngine(animator.model, animator.device, animator.dtype, max_streams=streams, hop_ms=hop_ms,
+                          lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0)
+    ids = [engine.open(level=1, person=i % 24) for i in range(streams)]
+    position = (CONTEXT_MS + LOOKAHEAD_MS + 2 * hop_ms) * 16
+    for sid in ids:
+        engine.push(sid, speech[:position])
+    while engine.step():
+        pass
+    return engine, ids, position
+
+
+def hop_cost(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, rounds: int = 3) -> float:
+    """Median seconds of one `step()` that advances all `streams` by one hop."""
+    engine, ids, position = warm_engine(animator, streams, hop_ms, speech)
+    hop = 16 * hop_ms
+    times = []
+    for _ in range(rounds):
+        for sid in ids:
+            engine.push(sid, speech[position : position + hop])
+        position += hop
+        sync(animator.device)
+        t0 = time.perf_counter()
+        out = engine.step()
+        sync(animator.device)
+        times.append(time.perf_counter() - t0)
+        assert len(out) == streams
+    return float(np.median(times))
+
+
+def realtime(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, seconds: float) -> dict:
+    """Push one hop per stream every hop_ms on the wall clock for `seconds`; latency per hop."""
+    engine, ids, position = warm_engine(animator, streams, hop_ms, speech)
+    hop, latencies = 16 * hop_ms, []
+    start = time.perf_counter()
+    for k in range(int(seconds * 1000 / hop_ms)):
+        arrival = start + (k + 1) * hop_ms / 1000
+        time.sleep(max(0.0, arrival - time.perf_counter()))
+        for sid in ids:
+            engine.push(sid, speech[position : position + hop])
+        position += hop
+        while engine.step():
+            pass
+        sync(animator.device)
+        latencies.append(time.perf_counter() - arrival)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return {"streams": streams, "p50_ms": 1000 * p50, "p99_ms": 1000 * p99, "held": bool(p99 < hop_ms / 1000)}
+
+
+def capacity(animator: Animator, hop_ms: int, speech: np.ndarray, seconds: float, most: int) -> dict:
+    """The largest N (doubling, then the best held) whose real-time run keeps up."""
+    best, n = None, 1
+    while n <= most:
+        r = realtime(animator, n, hop_ms, speech, seconds)
+        print(f"    {hop_ms} ms hops, {n} streams: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+              f"{'held' if r['held'] else 'falls behind'}", file=sys.stderr, flush=True)
+        if not r["held"]:
+            break
+        best, n = r, 2 * n
+    return best or {"streams": 0, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "held": False}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="mini")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", default="1,2,4,8,16")
+    p.add_argument("--hops", default="100,200,400", help="hop sizes (ms) for streams held in real time")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of each real-time run")
+    p.add_argument("--most", type=int, default=64, help="largest N tried in real time")
+    args = p.parse_args()
+    animator = build(args.preset, args.device, args.dtype)
+    speech = generated_speech(120.0)
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"# {args.preset}, {args.dtype} on {device_name(animator.device)}; {versions()}")
+    print(f"# context {CONTEXT_MS} ms, lookahead {LOOKAHEAD_MS} ms, 100 ms hops")
+    print("| streams in the batch | compute per hop | per stream | real-time streams by this cost |")
+    print("| --- | --- | --- | --- |")
+    for b in batches:
+        t = hop_cost(animator, b, 100, speech)
+        print(f"| {b} | {1000 * t:.0f} ms | {1000 * t / b:.1f} ms | {int(b * 0.1 / t) if t else 0} |", flush=True)
+    print()
+    print("| hop | streams held in real time | p50 hop latency | p99 hop latency |")
+    print("| --- | --- | --- | --- |")
+    for hop_ms in (int(h) for h in args.hops.split(",")):
+        r = capacity(animator, hop_ms, speech, args.seconds, args.most)
+        print(f"| {hop_ms} ms | {r['streams']} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
