@@ -8,9 +8,10 @@ from .animator import Animation, Animator
 from .checkpoint import CheckpointError
 from .config import BLENDSHAPE_NAMES, DEFAULT_EMOTION_LABELS, EmoTalkConfig
 from .controls import Schedule
+from .engine import EngineFull, StreamEngine
 from .model import EmoTalk
 from .streaming import AnimationStream
 
-__all__ = ["Animator", "Animation", "AnimationStream", "EmoTalk", "EmoTalkConfig", "CheckpointError", "Schedule",
-           "BLENDSHAPE_NAMES", "DEFAULT_EMOTION_LABELS"]
+__all__ = ["Animator", "Animation", "AnimationStream", "StreamEngine", "EngineFull", "EmoTalk", "EmoTalkConfig",
+           "CheckpointError", "Schedule", "BLENDSHAPE_NAMES", "DEFAULT_EMOTION_LABELS"]
 __version__ = "0.1.0"
