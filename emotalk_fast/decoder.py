@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import DecoderConfig
-from .kernels.reference import periodic_alibi_bias, periodic_positional_encoding
+from .kernels.reference import periodic_alibi_bias, periodic_bias_of_distance, periodic_positional_encoding
 
 QUERY_BLOCK = 512  # query rows per attention call: bounds the bias to [H, 512, T]
 
@@ -89,11 +89,8 @@ class RingKVCache:
 def ragged_attention(q, k, v, slopes, period: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """q [B, H, t, Dh] at absolute positions q_pos [B, t]; k, v [B, H, L, Dh] at k_pos [B, L]
     (-1: empty). Each sequence has its own positions; the bias depends on q_pos - k_pos only."""
-    dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, t, L]
-    steps = torch.div(dist.clamp(min=0), period, rounding_mode="floor").to(q.dtype)
-    bias = -slopes.to(q.dtype)[None, :, None, None] * steps[:, None]
-    hidden = (dist < 0) | (k_pos < 0)[:, None, :]
-    bias = bias.masked_fill(hidden[:, None], float("-inf"))
+    bias = periodic_bias_of_distance(slopes, period, q_pos[:, :, None] - k_pos[:, None, :], q.dtype)
+    bias = bias.masked_fill((k_pos < 0)[:, None, None, :], float("-inf"))  # [B, H, t, L]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
@@ -200,7 +197,8 @@ class PeriodicCausalDecoder(nn.Module):
         over each whole sequence, frame for frame (within the cache's window)."""
         t = x.shape[1]
         starts = [cache.ends[s] for s in slots]
-        offset = starts[0] if len(set(starts)) == 1 else torch.tensor(starts, device=x.device)
+        per_row = torch.tensor(starts, device=x.device)
+        offset = starts[0] if len(set(starts)) == 1 else per_row
         x, q, k, v = self.project_qkv(x, offset)
         cache.append(slots, k, v)
         keys, values, k_pos = cache.read(slots)
@@ -210,6 +208,5 @@ class PeriodicCausalDecoder(nn.Module):
             # (on CUDA, the Triton split-K decode kernel)
             attn = self.ops.attention(q, keys, values, slopes, self.cfg.period, offset=offset)
         else:
-            q_pos = positions(t, torch.tensor(starts, device=x.device), x.device)
-            attn = ragged_attention(q, keys, values, slopes, self.cfg.period, q_pos, k_pos)
+            attn = ragged_attention(q, keys, values, slopes, self.cfg.period, positions(t, per_row, x.device), k_pos)
         return self.finish(x, attn, memory)

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from .audio import StreamingResampler, check_rate
+from .audio import check_rate
 from .config import FPS, SAMPLE_RATE
 from .engine import StreamEngine
 from .model import EmoTalk
@@ -86,8 +86,8 @@ class AnimationStream:
         k = self.encoder.context // self.encoder.hop + 2  # a hop past any start-up effect
         w = self.encoder.window(k)
         latency = w.s1 / SAMPLE_RATE - w.h0 / FPS
-        if self.sample_rate != SAMPLE_RATE:  # 16 kHz sample j needs input up to its filter's end
-            r = StreamingResampler(self.sample_rate, SAMPLE_RATE)
+        r = self.engine._get(self._id).resampler
+        if r is not None:  # 16 kHz sample j needs input up to its filter's end
             newest_input = ((w.s1 - 1 + r.first) * r.down) // r.up
             latency += (newest_input + 1) / self.sample_rate - w.s1 / SAMPLE_RATE
         return round(1000.0 * latency, 3)

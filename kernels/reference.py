@@ -15,10 +15,15 @@ def periodic_alibi_bias(slopes, period, Tq, Tk, offset=0, dtype=torch.float32):
     """bias [H,Tq,Tk] = -slopes[h] * floor((i + offset - j) / period), -inf where j > i + offset."""
     i = torch.arange(Tq, device=slopes.device)[:, None] + offset
     j = torch.arange(Tk, device=slopes.device)[None, :]
-    dist = i - j
-    steps = torch.div(dist.clamp(min=0), period, rounding_mode="floor")
-    bias = -slopes.to(dtype)[:, None, None] * steps.to(dtype)
-    return bias.masked_fill(dist < 0, float("-inf"))
+    return periodic_bias_of_distance(slopes, period, i - j, dtype)
+
+
+def periodic_bias_of_distance(slopes, period, dist, dtype=torch.float32):
+    """dist [..., Tq, Tk] (query position - key position) -> bias [..., H, Tq, Tk]:
+    -slopes[h] * floor(dist / period), -inf where dist < 0 (a key after its query)."""
+    steps = torch.div(dist.clamp(min=0), period, rounding_mode="floor").to(dtype).unsqueeze(-3)
+    bias = -slopes.to(dtype)[:, None, None] * steps
+    return bias.masked_fill((dist < 0).unsqueeze(-3), float("-inf"))
 
 
 def periodic_positional_encoding(period, dim, dtype=torch.float32, device=None):
