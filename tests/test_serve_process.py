@@ -1,0 +1,211 @@
+"""`emotalk-fast serve`, `send` and `health` as a user runs them (the installed console script):
+start-up checks, a clean SIGTERM, and two replicas behind nginx's gRPC load balancer."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emotalk_fast.client import ServerError, health, send
+from emotalk_fast.serve import protocol as pb
+from helpers import espeak_speech
+
+SCRIPT = str(Path(sys.executable).with_name("emotalk-fast"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+class ServeProcess:
+    """`emotalk-fast serve --random-weights mini` on a free loopback port, ready when healthy."""
+
+    def __init__(self, *extra):
+        self.port, self.metrics_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([SCRIPT, "serve", "--random-weights", "mini", "--port", str(self.port),
+                                      "--metrics-port", str(self.metrics_port), "--context-ms", "1000", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        end = time.monotonic() + 120
+        while not health(self.address, timeout=1):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.proc.kill()
+                raise AssertionError(f"serve did not start: {self.proc.communicate()}")
+            time.sleep(0.2)
+
+    def streams_served(self) -> float:
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("emotalk_streams_total"))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory):
+    import soundfile
+
+    path = tmp_path_factory.mktemp("serve") / "speech.wav"
+    audio = espeak_speech("The server answers every client on its own.", speed=190, rate=22050)
+    soundfile.write(str(path), audio, 22050, subtype="PCM_16")
+    return path
+
+
+def test_serve_refuses_bad_arguments_before_loading_the_model(tmp_path):
+    t0 = time.monotonic()
+    r = run_cli("serve", "--port", free_port())
+    assert r.returncode == 1 and "--checkpoint PATH, or --random-weights" in r.stderr
+    r = run_cli("serve", "--random-weights", "mini", "--tls-cert", tmp_path / "missing.pem", "--tls-key",
+                tmp_path / "k.pem")
+    assert r.returncode == 1 and "file not found" in r.stderr
+    r = run_cli("serve", "--random-weights", "mini", "--tls-cert", "a.pem")
+    assert r.returncode == 1 and "--tls-cert and --tls-key go together" in r.stderr
+    assert time.monotonic() - t0 < 60  # no model was loaded for any of them
+
+
+def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
+    server = ServeProcess("--shutdown-grace", "20")
+    try:
+        r = run_cli("health", "--server", server.address)
+        assert r.returncode == 0 and "SERVING" in r.stdout
+        out = tmp_path / "out.csv"
+        r = run_cli("send", speech_wav, "--server", server.address, "-o", out, "--person", 4)
+        assert r.returncode == 0, r.stderr
+        header = out.read_text().splitlines()[0].split(",")
+        assert header[:3] == ["frame", "time", "browDownLeft"] and len(header) == 54
+        r = run_cli("send", speech_wav, "--server", server.address, "--person", 30)
+        assert r.returncode == 1 and r.stderr.strip().endswith("person must be in 0..23, got 30")
+        assert len(r.stderr.strip().splitlines()) == 1
+
+        # SIGTERM while a stream is live: it finishes, new streams are refused, exit 0
+        result = {}
+
+        def client():
+            try:
+                result["ok"] = send(speech_wav, server=server.address, realtime=True, chunk_s=0.2)
+            except ServerError as e:
+                result["error"] = e
+
+        t = threading.Thread(target=client)
+        t.start()
+        time.sleep(1.0)
+        server.proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        assert "ok" in result, result
+        assert result["ok"].audio == pb.float_to_pcm16(_read(speech_wav))
+        assert server.proc.wait(30) == 0
+        assert not health(server.address, timeout=2)
+    finally:
+        server.stop()
+
+
+def _read(path):
+    import soundfile
+
+    return soundfile.read(str(path), dtype="float32")[0]
+
+
+# --- scale-out ---------------------------------------------------------------------------------
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    upstream emotalk {{
+        server 127.0.0.1:{a} max_fails=1 fail_timeout=30s;
+        server 127.0.0.1:{b} max_fails=1 fail_timeout=30s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} http2;  # (newer nginx also reads `http2 on;`)
+        location / {{
+            grpc_pass grpc://emotalk;
+            grpc_read_timeout 120s;
+            grpc_send_timeout 120s;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+"""
+
+
+def test_two_replicas_behind_nginx(speech_wav, tmp_path):
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
+    replicas = [ServeProcess(), ServeProcess()]
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp_path, a=replicas[0].port, b=replicas[1].port, port=port))
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE, text=True)
+    balancer = f"127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 30
+        while not health(balancer, timeout=1):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < end, "nginx did not come up"
+            time.sleep(0.2)
+        audio = _read(speech_wav)
+        # streams spread over both replicas
+        results = [send(speech_wav, server=balancer) for _ in range(4)]
+        assert all(r.audio == pb.float_to_pcm16(audio) for r in results)
+        served = [r.streams_served() for r in replicas]
+        assert all(s >= 1 for s in served), served
+
+        # kill one replica mid-run: its streams fail, the other's finish untouched
+        outcomes, threads = [], []
+
+        def client(i):
+            try:
+                outcomes.append(("ok", send(speech_wav, server=balancer, realtime=True, chunk_s=0.2)))
+            except ServerError as e:
+                outcomes.append(("error", e))
+
+        for i in range(4):
+            threads.append(threading.Thread(target=client, args=(i,)))
+            threads[-1].start()
+        _wait(lambda: sum(r.streams_served() for r in replicas) >= sum(served) + 4)
+        replicas[0].proc.kill()
+        for t in threads:
+            t.join(120)
+        oks = [r for kind, r in outcomes if kind == "ok"]
+        errors = [e for kind, e in outcomes if kind == "error"]
+        assert len(outcomes) == 4 and errors and oks, outcomes
+        assert all(e.code in ("INTERNAL", "UNAVAILABLE") for e in errors)  # nginx resets the dead upstream's streams
+        assert all(r.audio == pb.float_to_pcm16(audio) for r in oks)
+        assert replicas[1].streams_served() >= served[1] + len(oks)
+        # new streams go to the survivor
+        fresh = send(speech_wav, server=balancer)
+        assert fresh.num_frames == oks[0].num_frames
+        np.testing.assert_allclose(fresh.blendshapes, oks[0].blendshapes, atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        for r in replicas:
+            r.stop()
+
+
+def _wait(predicate, seconds=60.0):
+    end = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.05)
