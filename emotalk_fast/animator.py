@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +38,12 @@ class Animation:
     fps: int = FPS
     # the classifier on each EMOTION_WINDOW_S of the emotion branch's frames [windows, labels]
     emotion_window_logits: np.ndarray | None = None
+    metadata: dict = field(default_factory=dict)  # written into .json outputs (e.g. random weights)
+
+    def __repr__(self) -> str:
+        top = max(self.emotion.items(), key=lambda kv: kv[1])
+        return (f"Animation({self.num_frames} frames, {self.duration:.2f} s at {self.fps} fps, "
+                f"emotion {top[0]} {top[1]:.2f})")
 
     @property
     def num_frames(self) -> int:
@@ -61,12 +67,16 @@ class Animation:
         return [(i * EMOTION_WINDOW_S, dict(zip(self.emotion_labels, _softmax(z).tolist())))
                 for i, z in enumerate(self.emotion_window_logits)]
 
-    def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
+    def save(self, path: str | os.PathLike, format: str | None = None, clamp: bool = False) -> Path:
         """Write .npy ([T, 52] float32), .csv (frame, time, 52 names) or .json.
 
-        format="livelinkface": a .csv as Unreal's Live Link Face app records it (see livelink.py).
+        The values are the model's, unclamped (they stray a little outside [0, 1]); clamp=True
+        writes them clamped to [0, 1], as rigs expect. format="livelinkface": a .csv as Unreal's
+        Live Link Face app records it (see livelink.py; always clamped).
         """
-        return save_blendshapes(path, self.blendshapes, self.names, self.fps, self.emotion, format=format)
+        curves = np.clip(self.blendshapes, 0.0, 1.0) if clamp else self.blendshapes
+        return save_blendshapes(path, curves, self.names, self.fps, self.emotion, format=format,
+                                metadata=self.metadata)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -115,6 +125,12 @@ class Animator:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.decoder.set_backend(self.backend)  # the encoders are PyTorch (SDPA) either way
         self.config: EmoTalkConfig = model.cfg
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        dtype = str(self.dtype).replace("torch.", "")
+        return (f"Animator({params / 1e6:.1f} M parameters, device {self.device}, {dtype}, "
+                f"decoder backend {self.backend})")
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -210,8 +226,9 @@ class Animator:
         if not audios:
             raise ValueError("animate_batch needs at least one clip")
         n = len(audios)
-        clips = [self._prepare(a, sample_rate, lv, p, ref, sch, nf) for a, lv, p, ref, sch, nf in zip(
-            audios, self._per_clip("level", level, n), self._per_clip("person", person, n),
+        clips = [self._prepare(a, sr, lv, p, ref, sch, nf) for a, sr, lv, p, ref, sch, nf in zip(
+            audios, self._per_clip("sample_rate", sample_rate, n),
+            self._per_clip("level", level, n), self._per_clip("person", person, n),
             self._per_clip("emotion_reference", emotion_reference, n), self._per_clip("schedule", schedule, n),
             self._per_clip("num_frames", num_frames, n))]
 

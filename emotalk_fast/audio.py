@@ -19,8 +19,10 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     soundfile (libsndfile) reads WAV/FLAC/OGG/...; without it, WAV is read with scipy.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not an audio file")
     if not path.is_file():
-        raise ValueError(f"audio file not found: {path}")
+        raise FileNotFoundError(f"audio file not found: {path}")
     try:
         import soundfile
     except ImportError:  # optional at run time: fall back to scipy's WAV reader
@@ -112,7 +114,9 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def check_rate(rate) -> int:
-    """A sample rate this library accepts, as an int."""
+    """A sample rate this library accepts, as an int (a float that is a whole number, 44100.0, is one)."""
+    if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
+        rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_RATE <= rate <= MAX_RATE:
         raise ValueError(f"unsupported sample rate {rate!r}: expected an integer in {MIN_RATE}..{MAX_RATE} Hz")
     return int(rate)

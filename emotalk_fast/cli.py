@@ -125,9 +125,11 @@ def _convert(args) -> None:
 def _load_animator(args):
     from .animator import Animator
 
-    if getattr(args, "checkpoint", None):
-        return Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, backend=args.backend)
-    return Animator.from_config(args.preset, device=args.device, dtype=args.dtype, backend=args.backend)
+    if args.random_weights is not None:  # asked for by name, and said out loud
+        print(f"emotalk-fast {args.command}: RANDOM weights ({args.random_weights} preset): the output means "
+              "nothing (for tests and benchmarks)", file=sys.stderr, flush=True)
+        return Animator.from_config(args.random_weights, device=args.device, dtype=args.dtype, backend=args.backend)
+    return Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, backend=args.backend)
 
 
 def _stream(args) -> None:
@@ -221,16 +223,7 @@ def _serve(args) -> None:
         tls_key=args.tls_key, client_ca=args.client_ca, metrics_port=args.metrics_port)
     for path in (args.tls_cert, args.tls_key, args.client_ca):
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"file not found: {path}")
-    if args.checkpoint is None and args.random_weights is None:
-        raise ValueError("give --checkpoint PATH, or --random-weights PRESET to serve meaningless "
-                         "frames from random weights (for tests and benchmarks)")
-    if args.checkpoint is not None and args.random_weights is not None:
-        raise ValueError("give --checkpoint or --random-weights, not both")
-    if args.random_weights is not None:
-        print(f"serving RANDOM weights ({args.random_weights} preset): the frames mean nothing",
-              file=sys.stderr, flush=True)
-        args.preset = args.random_weights
+            raise FileNotFoundError(f"file not found: {path}")
     t0 = time.perf_counter()
     animator = _load_animator(args)
     server = server_module.A2FServer(animator, settings).start()
@@ -283,21 +276,37 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton (default auto)")
 
 
-def add_model_options(p: argparse.ArgumentParser, checkpoint_required: bool) -> None:
-    """The model to load (a checkpoint, or random weights of a preset) and where it runs."""
-    if checkpoint_required:
-        p.add_argument("--checkpoint", required=True, help="EmoTalk.pth or a converted directory")
-    else:
-        p.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory (default: random weights)")
-        p.add_argument("--preset", default="mini",
-                       help="architecture for random weights when no checkpoint is given: emotalk, mini, tiny")
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model: a checkpoint, or random weights asked for by name (never by accident); and
+    where it runs."""
+    from .config import PRESETS
+
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory")
+    model.add_argument("--random-weights", metavar="PRESET", choices=sorted(PRESETS),
+                       help=f"random weights of this size instead ({', '.join(sorted(PRESETS))}): the output "
+                            "means nothing (tests and benchmarks)")
     add_runtime_options(p)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, unless its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emotalk-fast", description="Speech to 52 ARKit blendshapes with EmoTalk.")
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="emotalk-fast", description="Speech to 52 ARKit blendshapes with EmoTalk.",
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"emotalk-fast {__version__}")
     p.add_argument("--debug", action="store_true", help="show the traceback of every error")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_parser_with(_HelpFormatter))
 
     a = sub.add_parser("animate", help="animate an audio file with a checkpoint")
     a.add_argument("input", help="audio file (wav, flac, ogg, ...; any sample rate, mono or stereo)")
@@ -316,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="livelinkface: write the .csv as Unreal's Live Link Face app records it")
     a.add_argument("--postprocess", action="store_true", help="smoothing and blinks as in the release demo")
     a.add_argument("--seed", type=int, default=None, help="seed for the blinks of --postprocess")
-    add_model_options(a, checkpoint_required=True)
+    add_model_options(a)
     a.set_defaults(func=_animate)
 
     i = sub.add_parser("info", help="describe a checkpoint")
@@ -349,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--vmc-names", choices=("perfect_sync", "arkit"), default="perfect_sync",
                     help="VMC blendshape names: PascalCase Perfect Sync (default) or camelCase ARKit")
     # --- end live targets ---
-    add_model_options(s_, checkpoint_required=False)
+    add_model_options(s_)
     add_stream_options(s_)
     s_.set_defaults(func=_stream)
 
@@ -359,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lookaheads", default="100,200,400", help="lookahead settings in ms")
     e.add_argument("--hop-ms", type=int, default=100)
     e.add_argument("--json", help="also write the rows as JSON here")
-    add_model_options(e, checkpoint_required=False)
+    add_model_options(e)
     e.set_defaults(func=_stream_eval)
 
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")
@@ -374,9 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
 
     v = sub.add_parser("serve", help="serve the Audio2Face-3D gRPC API (ProcessAudioStream, health)")
-    v.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory")
-    v.add_argument("--random-weights", metavar="PRESET", choices=("emotalk", "mini", "tiny"),
-                   help="serve random weights of this size instead (tests and benchmarks only)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                                                        "machine only; 0.0.0.0 for every interface)")
     v.add_argument("--port", type=int, default=52000, help="gRPC port (default 52000, as Audio2Face-3D)")
@@ -392,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tls-key", help="its private key (PEM)")
     v.add_argument("--client-ca", help="CA (PEM) that client certificates must chain to: mutual TLS")
     v.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (same host)")
-    add_runtime_options(v)
+    add_model_options(v)
     add_stream_options(v)
     v.set_defaults(func=_serve)
 
@@ -424,6 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_training(sub)
     return p
+
+
+def _parser_with(formatter):
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("formatter_class", formatter)
+            super().__init__(*args, **kwargs)
+
+    return Parser
 
 
 def is_library_error(e: BaseException) -> bool:

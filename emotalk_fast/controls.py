@@ -25,6 +25,7 @@ def _is_int(x) -> bool:
 def level_weights(cfg: EmoTalkConfig, level) -> np.ndarray:
     """An index 0..num_levels-1, a float in [0, 1] (two levels), or a weight vector -> [num_levels]."""
     n = cfg.decoder.num_levels
+    _reject_scalar_types("level", level, f"an index 0..{n - 1}, a float in [0, 1] or {n} weights")
     if _is_int(level):
         return _one_hot("level", level, n)
     if isinstance(level, (float, np.floating)):
@@ -37,6 +38,7 @@ def level_weights(cfg: EmoTalkConfig, level) -> np.ndarray:
 def person_weights(cfg: EmoTalkConfig, person) -> np.ndarray:
     """An index 0..23, a mix {index: weight} or a 24-vector of weights -> [num_persons]."""
     n = cfg.decoder.num_persons
+    _reject_scalar_types("person", person, f"an index 0..{n - 1}, a mix {{index: weight}} or {n} weights")
     if _is_int(person):
         return _one_hot("person", person, n)
     if isinstance(person, dict):
@@ -47,6 +49,12 @@ def person_weights(cfg: EmoTalkConfig, person) -> np.ndarray:
             w[int(k)] = _number("person mix weight", v)
         return _weight_vector("person", w, n)
     return _weight_vector("person", person, n)
+
+
+def _reject_scalar_types(name: str, value, accepted: str) -> None:
+    """True/False and strings would otherwise pass as numbers or arrays with a puzzling message."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be {accepted}; got {type(value).__name__} {value!r}")
 
 
 def _one_hot(name: str, index, n: int) -> np.ndarray:

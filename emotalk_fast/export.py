@@ -28,11 +28,13 @@ def write_csv(path: Path, blendshapes: np.ndarray, names, fps: float, **_) -> No
     Path(path).write_text(buf.getvalue())
 
 
-def write_json(path: Path, blendshapes: np.ndarray, names, fps: float, emotion=None, **_) -> None:
+def write_json(path: Path, blendshapes: np.ndarray, names, fps: float, emotion=None, metadata=None, **_) -> None:
     doc = {"fps": fps, "names": list(names), "num_frames": int(blendshapes.shape[0]),
            "frames": [[float(v) for v in row] for row in blendshapes]}
     if emotion is not None:
         doc["emotion"] = {k: float(v) for k, v in emotion.items()}
+    if metadata:
+        doc["metadata"] = dict(metadata)
     Path(path).write_text(json.dumps(doc))
 
 
@@ -54,7 +56,7 @@ def _named_writer(format: str, path: Path):
 
 
 def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: float, emotion=None,
-                     format: str | None = None) -> Path:
+                     format: str | None = None, metadata: dict | None = None) -> Path:
     """Write by extension (or a named `format`); atomically, so a crash never leaves half a file behind."""
     path = Path(path)
     writer = _WRITERS.get(path.suffix.lower()) if format is None else _named_writer(format, path)
@@ -62,4 +64,5 @@ def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fp
         raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; use one of {', '.join(FORMATS)}")
     if not path.parent.is_dir():
         raise ValueError(f"cannot save {path}: directory {path.parent} does not exist")
-    return atomic_write(path, lambda tmp: writer(Path(tmp), blendshapes, names=names, fps=fps, emotion=emotion))
+    return atomic_write(path, lambda tmp: writer(Path(tmp), blendshapes, names=names, fps=fps, emotion=emotion,
+                                                 metadata=metadata))

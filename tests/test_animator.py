@@ -80,15 +80,24 @@ def test_bad_audio_is_a_clear_error(animator, bad, match):
 def test_bad_inputs_are_clear_errors(animator, speech, tmp_path):
     with pytest.raises(ValueError, match="unsupported sample rate"):
         animator.animate(speech, sample_rate=100)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found"):
         animator.animate(tmp_path / "missing.wav")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        animator.animate(tmp_path)
+    with pytest.raises(TypeError, match="person must be an index 0..23, a mix"):
+        animator.animate(speech, person="3")
+    with pytest.raises(TypeError, match="level must be an index 0..1, a float"):
+        animator.animate(speech, level=True)
+    assert animator.animate(speech, sample_rate=16000.0).num_frames == animator.animate(speech).num_frames
+    with pytest.raises(ValueError, match="unsupported sample rate"):
+        animator.animate(speech, sample_rate=16000.5)
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"this is not audio")
     with pytest.raises(ValueError, match="cannot read audio"):
         animator.animate(junk)
     with pytest.raises(TypeError, match="audio must be"):
         animator.animate({"samples": 1})
-    for kwargs, match in (({"level": 2}, "level"), ({"level": -1}, "level"), ({"level": True}, "level"),
+    for kwargs, match in (({"level": 2}, "level"), ({"level": -1}, "level"),
                           ({"person": 24}, "person"), ({"person": 1.5}, "person")):
         with pytest.raises(ValueError, match=match):
             animator.animate(speech, **kwargs)

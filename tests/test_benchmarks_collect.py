@@ -19,7 +19,8 @@ def _pytest(*args: str) -> str:
 
 def test_benchmarks_collect_gpu_cases():
     ids = _pytest("--collect-only", "-q").splitlines()
-    for suite in ("test_offline", "test_decoder", "test_startup", "test_streaming", "test_engine"):
+    for suite in ("test_offline", "test_decoder", "test_startup", "test_streaming", "test_engine",
+                  "test_serve_load"):
         assert any(f"{suite}.py" in i and "[cuda-" in i for i in ids), f"{suite}: no GPU case collected"
         assert any(f"{suite}.py" in i and "[cpu-" in i for i in ids), f"{suite}: no CPU case collected"
 

@@ -142,7 +142,7 @@ def test_cli_stream_to_livelink_and_vmc(tmp_path):
     try:
         r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", "stream", str(tmp_path / "speech.wav"),
                             "--realtime", "--livelink", f"127.0.0.1:{ll_rx.port}", "--vmc", f"127.0.0.1:{vmc_rx.port}",
-                            "--vmc-names", "arkit", "--subject", "Face", "--preset", "tiny", "--device", "cpu"],
+                            "--vmc-names", "arkit", "--subject", "Face", "--random-weights", "tiny", "--device", "cpu"],
                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     finally:
         ll_rx.close()
@@ -159,6 +159,7 @@ def test_cli_rejects_bad_target(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", "stream", "x.wav", "--livelink", "host:port"],
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast.cli", "stream", "x.wav", "--livelink", "host:port",
+                        "--random-weights", "tiny"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "bad target" in r.stderr

@@ -395,3 +395,25 @@ def test_tls_and_mutual_tls(animator, speech, tmp_path, mutual):
             assert e.value.code == "UNAVAILABLE"
     finally:
         s.stop(grace=1)
+
+
+def test_an_engine_fault_ends_its_streams_not_the_server(animator, speech):
+    s = A2FServer(animator, ServeSettings(port=0, **STREAM)).start()
+    engine, real_step, calls = s.service.engine, s.service.engine.step, []
+
+    def failing_once():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated device fault")
+        return real_step()
+
+    engine.step = failing_once
+    audio = pcm_to_int16(pcm_at(speech, 16000))
+    try:
+        with pytest.raises(ServerError) as e:
+            send(audio, 16000, server=s.address)
+        assert e.value.code == "ERROR" and "RuntimeError: simulated device fault" in e.value.message
+        _wait_for(lambda: s.service.worker.live_streams == 0)
+        assert send(audio, 16000, server=s.address).num_frames > 0  # the next stream is served
+    finally:
+        s.stop(grace=1)

@@ -104,8 +104,12 @@ class EngineWorker:
             out = self.engine.step()
         except Exception as e:  # noqa: BLE001 - a fault in the batch ends the streams in it, not the server
             for sid in list(self._sinks):
-                self._sinks.pop(sid)(None, e, True)
+                sink = self._sinks.pop(sid)
                 self.engine.close(sid)
+                try:
+                    sink(None, e, True)
+                except Exception:  # noqa: BLE001 - its receiver is gone
+                    pass
             return False
         if not out:
             return False
@@ -113,6 +117,10 @@ class EngineWorker:
             self.on_step(time.perf_counter() - t0, len(out))
         for sid, frames in out.items():
             sink = self._sinks.get(sid)
-            if sink is not None:
+            if sink is None:
+                continue
+            try:
                 sink(frames, self.engine.emotion_logits(sid), self.engine.finished(sid))
+            except Exception:  # noqa: BLE001 - its receiver is gone (loop closed): drop the stream
+                self._close(sid)
         return True

@@ -1,0 +1,6 @@
+"""`python -m emotalk_fast ...` is `emotalk-fast ...`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
