@@ -1,8 +1,10 @@
 """Audio in: decode files, mix to mono, resample to 16 kHz, validate. Nothing model-specific."""
 from __future__ import annotations
 
+import io
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,9 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise IsADirectoryError(f"{path} is a directory, not an audio file")
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+    short = wav_truncation(path)
+    if short:
+        warnings.warn(short, stacklevel=2)
     try:
         import soundfile
     except ImportError:  # optional at run time: fall back to scipy's WAV reader
@@ -38,6 +43,41 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         return np.ascontiguousarray(data.reshape(len(data), -1).T), int(rate)
     except Exception as e:
         raise ValueError(f"cannot read audio file {path}: {e}") from None
+
+
+def read_audio_bytes(data: bytes, where: str = "stdin") -> tuple[np.ndarray, int]:
+    """An audio file's bytes (e.g. piped in) -> (float32 [channels, N], sample rate)."""
+    if not data:
+        raise ValueError(f"{where} is empty: no audio")
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise ValueError(f"cannot read audio from {where}: {e}") from None
+    return np.ascontiguousarray(samples.T), int(rate)
+
+
+def wav_truncation(path: str | os.PathLike) -> str | None:
+    """For a WAV file whose data chunk promises more bytes than the file holds (a cut-short
+    download or recording): a message saying so; else None. The samples present still read."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = f.read(4), int.from_bytes(f.read(4), "little")
+            if chunk == b"data":
+                held = size - pos - 8
+                if length > held and length != 0xFFFFFFFF:  # 0xFFFFFFFF: written while streaming
+                    return (f"{path} is shorter than its header says: {held} of {length} bytes of audio "
+                            f"({100 * held / length:.0f} %); animating what is there")
+                return None
+            pos += 8 + length + (length & 1)
+    return None
 
 
 def _to_float32(x: np.ndarray) -> np.ndarray:

@@ -280,6 +280,11 @@ def read_release_state_dict(path: str | os.PathLike, config: EmoTalkConfig | Non
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # a zip archive (torch.save) or a pickle
+        raise CheckpointError(f"{path} is not a checkpoint: a PyTorch .pth is a zip archive or a pickle, "
+                              f"this file starts with {head!r}")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # corrupt zip, truncated file, pickle with code in it ...
@@ -370,6 +375,21 @@ def _parse_config(raw, where: Path) -> EmoTalkConfig:
         return EmoTalkConfig.from_dict(raw)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where} is not a valid config: {e}") from None
+
+
+def read_config(path: str | os.PathLike) -> EmoTalkConfig:
+    """A checkpoint's config without building anything (a directory's config.json, or a .pth's
+    shapes read through a memory map): to check options before the model loads."""
+    path = Path(path)
+    if path.is_dir():
+        cfg_path = path / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{path} is not an emotalk_fast checkpoint: {CONFIG_NAME} is missing")
+        try:
+            return _parse_config(json.loads(cfg_path.read_text()), cfg_path)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{cfg_path} is not a valid config: {e}") from None
+    return read_release_state_dict(path)[0]
 
 
 def load_any(path: str | os.PathLike, config: EmoTalkConfig | None = None):

@@ -18,31 +18,188 @@ from .config import BACKENDS
 
 
 def _animate(args) -> None:
-    out = Path(args.output)
-    if out.suffix.lower() not in (".csv", ".npy", ".json"):
-        raise ValueError(f"output {out.name} must end in .csv, .npy or .json")
+    from .corpus import STDIO, parse_shard, plan_jobs, shard
+    from .export import TEXT_FORMATS, check_output
+
+    # --- everything is checked before the model loads ---
+    extension = f".{args.to}"
+    jobs = plan_jobs(args.inputs, args.output, extension)
+    many = len(jobs) > 1 or jobs[0].output != args.output  # a directory of outputs
+    if args.shard:
+        jobs = shard(jobs, *parse_shard(args.shard))
+    for job in jobs:
+        if job.output == STDIO:
+            if extension not in TEXT_FORMATS or args.format:
+                raise ValueError("-o - writes CSV or JSON text: use --to csv or --to json (no --format)")
+        else:
+            if Path(job.output).suffix.lower() not in (".csv", ".npy", ".json"):
+                raise ValueError(f"output {Path(job.output).name} must end in .csv, .npy or .json")
+            check_output(job.output, args.format, make_parents=many)
+    skipped = [] if args.overwrite or not many else [j for j in jobs if Path(j.output).exists()]
+    jobs = [j for j in jobs if j not in skipped]
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_frames is not None and many:
+        raise ValueError("--num-frames sets one clip's length; give one input")
+    schedule = _check_style_options(args)
+    stdin_audio = _read_stdin() if any(j.source == STDIO for j in jobs) else None
+    if args.num_frames is not None and jobs:
+        _check_num_frames(args.num_frames, jobs[0].source, stdin_audio)
+
+    if not jobs:
+        print(f"nothing to do: {len(skipped)} outputs exist (--overwrite to redo them)", file=sys.stderr)
+        return
     t0 = time.perf_counter()
     animator = _load_animator(args)
     t1 = time.perf_counter()
-    schedule = None
-    if args.schedule:
-        from .controls import Schedule
+    options = dict(level=1 if args.level is None else args.level, person=0 if args.person is None else args.person,
+                   postprocess=args.postprocess, seed=args.seed, emotion_reference=args.emotion_reference,
+                   schedule=schedule, num_frames=args.num_frames)
+    info = sys.stderr if any(j.output == STDIO for j in jobs) else sys.stdout  # stdout may be the data
+    if not many:
+        audio, rate = stdin_audio if jobs[0].source == STDIO else (jobs[0].source, None)
+        anim = animator.animate(audio, sample_rate=rate, progress=_progress_lines("animate", "window"), **options)
+        t2 = time.perf_counter()
+        _write(anim, jobs[0].output, args, extension)
+        top = max(anim.emotion.items(), key=lambda kv: kv[1])
+        print(f"{jobs[0].output if jobs[0].output != STDIO else 'stdout'}: {anim.num_frames} frames "
+              f"({anim.duration:.2f} s at {anim.fps} fps); load {t1 - t0:.2f} s, animate {t2 - t1:.2f} s; "
+              f"emotion {top[0]} ({top[1]:.2f})", file=info)
+        if args.print_emotion:
+            _print_emotion(anim, info)
+        return
+    failures = _animate_many(animator, jobs, args, options, extension)
+    done = len(jobs) - len(failures)
+    print(f"{done} animated, {len(skipped)} skipped (output exists; --overwrite to redo), {len(failures)} failed; "
+          f"load {t1 - t0:.1f} s, animate {time.perf_counter() - t1:.1f} s", file=info)
+    for source, message in failures:
+        print(f"  failed: {source}: {message}", file=sys.stderr)
+    if failures:
+        raise SystemExit(1)
 
+
+def _animate_many(animator, jobs, args, options, extension) -> list[tuple[str, str]]:
+    """Jobs in batches of similar length (little padding) through animate_batch; a batch that
+    fails is redone clip by clip so that one bad file costs only itself."""
+    import soundfile
+
+    def seconds(job):
+        try:
+            return soundfile.info(job.source).duration
+        except Exception:  # noqa: BLE001 - unreadable: it fails (alone) when animated
+            return 0.0
+
+    ordered = sorted(jobs, key=seconds)
+    batches = [ordered[i : i + args.batch_size] for i in range(0, len(ordered), args.batch_size)]
+    failures, done = [], 0
+    for batch in batches:
+        try:
+            anims = animator.animate_batch([j.source for j in batch], **options)
+            results = list(zip(batch, anims, [None] * len(batch)))
+        except (ValueError, TypeError, OSError, RuntimeError):
+            results = []
+            for job in batch:
+                try:
+                    results.append((job, animator.animate(job.source, **options), None))
+                except (ValueError, TypeError, OSError, RuntimeError) as e:
+                    results.append((job, None, str(e)))
+        for job, anim, error in results:
+            if error is None:
+                try:
+                    _write(anim, job.output, args, extension)
+                except OSError as e:
+                    error = str(e)
+            if error is not None:
+                failures.append((job.source, error))
+        done += len(batch)
+        print(f"[animate] {done}/{len(jobs)} files", file=sys.stderr, flush=True)
+    return failures
+
+
+def _write(anim, output: str, args, extension: str) -> None:
+    from .export import TEXT_FORMATS
+
+    if args.random_weights is not None:
+        anim.metadata["random_weights"] = args.random_weights
+    if output == "-":
+        curves = anim.blendshapes.clip(0.0, 1.0) if args.clamp else anim.blendshapes
+        sys.stdout.write(TEXT_FORMATS[extension](curves, anim.names, anim.fps, emotion=anim.emotion,
+                                                 metadata=anim.metadata))
+        sys.stdout.flush()
+    else:
+        anim.save(output, format=args.format, clamp=args.clamp)
+
+
+def _print_emotion(anim, out) -> None:
+    labels = anim.emotion_labels
+    print("time    " + " ".join(f"{label[:8]:>8}" for label in labels), file=out)
+    print("clip    " + " ".join(f"{anim.emotion[label]:8.3f}" for label in labels), file=out)
+    for start, probs in anim.emotion_timeline:
+        print(f"{start:6.1f}s " + " ".join(f"{probs[label]:8.3f}" for label in labels), file=out)
+
+
+def _check_style_options(args):
+    """Level, person and schedule against the model's config (read cheaply); warnings for options
+    that would be ignored. Returns the Schedule, if any."""
+    from .controls import Schedule, check_style
+
+    if args.crossfade and not args.schedule:
+        _warn("--crossfade only applies with --schedule; ignored")
+    if args.seed is not None and not args.postprocess:
+        _warn("--seed only applies with --postprocess (its blinks); ignored")
+    if args.schedule and (args.level is not None or args.person is not None):
+        _warn("--schedule sets level and person; --level/--person ignored")
+    cfg = _model_config(args)
+    if args.schedule:
         schedule = Schedule(parse_schedule(args.schedule), crossfade_s=args.crossfade)
-    anim = animator.animate(args.input, level=args.level, person=args.person, postprocess=args.postprocess,
-                            seed=args.seed, emotion_reference=args.emotion_reference, schedule=schedule,
-                            num_frames=args.num_frames, progress=_progress_lines("animate", "window"))
-    t2 = time.perf_counter()
-    anim.save(out, format=args.format)
-    top = max(anim.emotion.items(), key=lambda kv: kv[1])
-    print(f"{out}: {anim.num_frames} frames ({anim.duration:.2f} s at {anim.fps} fps); "
-          f"load {t1 - t0:.2f} s, animate {t2 - t1:.2f} s; emotion {top[0]} ({top[1]:.2f})")
-    if args.print_emotion:
-        labels = anim.emotion_labels
-        print("time    " + " ".join(f"{label[:8]:>8}" for label in labels))
-        print("clip    " + " ".join(f"{anim.emotion[label]:8.3f}" for label in labels))
-        for start, probs in anim.emotion_timeline:
-            print(f"{start:6.1f}s " + " ".join(f"{probs[label]:8.3f}" for label in labels))
+        schedule.weights(cfg, 1)  # checks every entry's level and person
+        return schedule
+    check_style(cfg, 1 if args.level is None else args.level, 0 if args.person is None else args.person)
+    return None
+
+
+def _model_config(args):
+    from . import checkpoint as ckpt
+    from .config import EmoTalkConfig
+
+    if args.random_weights is not None:
+        return EmoTalkConfig.from_name(args.random_weights)
+    return ckpt.read_config(args.checkpoint)
+
+
+MAX_FRAMES_FACTOR = 10  # --num-frames beyond this multiple of the audio's own count is a mistake
+
+
+def _check_num_frames(num_frames: int, source: str, stdin_audio) -> None:
+    import math
+
+    if num_frames < 1:
+        raise ValueError(f"--num-frames must be >= 1, got {num_frames}")
+    if stdin_audio is not None:
+        seconds = stdin_audio[0].shape[-1] / stdin_audio[1]
+    else:
+        import soundfile
+
+        try:
+            seconds = soundfile.info(source).duration
+        except Exception:  # noqa: BLE001 - unreadable: animate says why
+            return
+    own = max(1, math.ceil(seconds * 30))
+    if num_frames > MAX_FRAMES_FACTOR * own:
+        raise ValueError(f"--num-frames {num_frames} is more than {MAX_FRAMES_FACTOR}x the {own} frames of "
+                         f"{seconds:.2f} s of audio; leave it out to get the audio's own count")
+
+
+def _read_stdin():
+    from .audio import read_audio_bytes
+
+    return read_audio_bytes(sys.stdin.buffer.read(), "stdin")
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=2)
 
 
 def _progress_lines(command: str, unit: str):
@@ -113,13 +270,24 @@ def _info(args) -> None:
 def _convert(args) -> None:
     from . import checkpoint as ckpt
 
-    src = Path(args.checkpoint)
+    import torch
+
+    from .runtime import resolve_dtype
+
+    src, dst = Path(args.checkpoint), Path(args.output)
     if src.is_dir():
         raise ValueError(f"{src} is already an emotalk_fast directory; convert takes a release .pth file")
+    if not args.overwrite and (dst.is_file() or (dst.is_dir() and any(dst.iterdir()))):
+        raise ValueError(f"{dst} exists and is not empty; pass --overwrite to replace what is there")
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"{dst} is a file; convert writes a directory")
+    dtype = resolve_dtype(args.dtype)
     cfg, sd = ckpt.load_release_checkpoint(src)
-    out = ckpt.save_pretrained(sd, cfg, args.output)
+    if dtype != torch.float32:  # stored as it will run: no cast at every start-up
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    out = ckpt.save_pretrained(sd, cfg, dst)
     print(f"wrote {out / ckpt.CONFIG_NAME} and {out / ckpt.WEIGHTS_NAME} "
-          f"({sum(v.numel() for v in sd.values()) / 1e6:.1f} M parameters)")
+          f"({sum(v.numel() for v in sd.values()) / 1e6:.1f} M parameters, {str(dtype).replace('torch.', '')})")
 
 
 def _load_animator(args):
@@ -139,7 +307,15 @@ def _stream(args) -> None:
     from .live import describe, make_targets, stream_live
     from .streaming import play
 
+    from .controls import check_style
+    from .export import check_output
+
     targets = make_targets(args.livelink, args.vmc, args.subject, args.vmc_names)  # live targets, checked first
+    if args.output:
+        check_output(args.output)
+    check_style(_model_config(args), args.level, args.person)
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"audio file not found: {args.input}")
     animator = _load_animator(args)
     stream = animator.stream(level=args.level, person=args.person, hop_ms=args.hop_ms,
                              lookahead_ms=args.lookahead_ms, context_ms=args.context_ms)
@@ -172,7 +348,10 @@ def _stream(args) -> None:
     if args.output:
         from .animator import Animation
 
-        path = Animation(frames, stream.emotion_logits, animator.config.emotion_labels).save(args.output)
+        anim = Animation(frames, stream.emotion_logits, animator.config.emotion_labels)
+        if args.random_weights is not None:
+            anim.metadata["random_weights"] = args.random_weights
+        path = anim.save(args.output, clamp=args.clamp)
         print(f"wrote {path}")
 
 
@@ -180,10 +359,9 @@ def _stream_eval(args) -> None:
     from .measure import generated_speech
     from .stream_eval import evaluate, markdown_table
 
+    contexts, lookaheads = _ms_list("--contexts", args.contexts), _ms_list("--lookaheads", args.lookaheads)
     animator = _load_animator(args)
     speech = generated_speech(args.seconds)
-    contexts = [int(x) for x in args.contexts.split(",")]
-    lookaheads = [int(x) for x in args.lookaheads.split(",")]
 
     def report(done, total, setting):
         print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
@@ -192,6 +370,13 @@ def _stream_eval(args) -> None:
     print(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))
+
+
+def _ms_list(option: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} takes milliseconds separated by commas, e.g. 1000,2000; got {text!r}") from None
 
 
 def _bench(args) -> None:
@@ -308,12 +493,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_parser_with(_HelpFormatter))
 
-    a = sub.add_parser("animate", help="animate an audio file with a checkpoint")
-    a.add_argument("input", help="audio file (wav, flac, ogg, ...; any sample rate, mono or stereo)")
-    a.add_argument("-o", "--output", required=True, help="output .csv, .npy or .json")
-    a.add_argument("--level", type=parse_level, default=1,
+    a = sub.add_parser("animate", help="animate audio files with a checkpoint")
+    a.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="audio files (wav, flac, ogg, ...; any rate, mono or stereo), folders (searched "
+                        "recursively) or - for stdin")
+    a.add_argument("-o", "--output", required=True,
+                   help="output .csv, .npy or .json for one input; a directory (made if missing) for many, "
+                        "names mirroring the inputs; - for stdout (CSV or JSON, see --to)")
+    a.add_argument("--to", choices=("csv", "npy", "json"), default="csv",
+                   help="format of outputs named for you (a directory, or stdout)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="redo outputs that exist in a directory (one named output is always written)")
+    a.add_argument("--shard", metavar="K/N", help="animate only the K-th of N deterministic shares of the "
+                                                  "inputs (K from 1), to spread a corpus over machines")
+    a.add_argument("--batch-size", type=int, default=8, help="clips per batch when animating many (similar "
+                                                             "lengths are batched together)")
+    a.add_argument("--clamp", action="store_true", help="write weights clamped to [0, 1] (the model's raw "
+                                                        "output strays a little outside)")
+    a.add_argument("--level", type=parse_level, default=None,
                    help="emotion level 0 or 1, or a float in [0, 1] blending them (default 1)")
-    a.add_argument("--person", type=parse_person, default=0,
+    a.add_argument("--person", type=parse_person, default=None,
                    help="speaking style 0..23, or a mix like 3:0.7,12:0.3 (default 0)")
     a.add_argument("--emotion-reference", help="take the emotion from this audio file (emotion transfer)")
     a.add_argument("--schedule", help="style changes START:LEVEL:PERSON,... in seconds, e.g. 0:1:0,2.5:0:5 "
@@ -329,13 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_animate)
 
     i = sub.add_parser("info", help="describe a checkpoint")
-    i.add_argument("checkpoint")
+    i.add_argument("checkpoint", help="EmoTalk.pth or a converted directory")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=_info)
 
     c = sub.add_parser("convert", help="convert a released EmoTalk.pth to this library's format")
     c.add_argument("checkpoint", help="EmoTalk.pth")
     c.add_argument("output", help="output directory (config.json + model.safetensors)")
+    c.add_argument("--dtype", default="float32", help="store the weights as float32, bfloat16 or float16 "
+                                                      "(load with the same --dtype: no cast at start-up)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     c.set_defaults(func=_convert)
 
     def add_stream_options(p_):
@@ -346,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     s_ = sub.add_parser("stream", help="stream a file in hops as if from a microphone")
     s_.add_argument("input", help="audio file")
     s_.add_argument("-o", "--output", help="write the frames (.csv, .npy or .json)")
+    s_.add_argument("--clamp", action="store_true", help="write weights clamped to [0, 1]")
     s_.add_argument("--realtime", action="store_true", help="push each hop only when it would have been spoken")
     s_.add_argument("--level", type=parse_level, default=1, help="0, 1 or a float in [0, 1] (default 1)")
     s_.add_argument("--person", type=parse_person, default=0, help="0..23 or a mix like 3:0.7,12:0.3")
@@ -364,9 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("stream-eval", help="streaming vs offline: deviation, latency, compute per hop")
     e.add_argument("--seconds", type=float, default=8.0, help="length of the generated speech")
-    e.add_argument("--contexts", default="1000,2000,4000", help="context settings in ms")
-    e.add_argument("--lookaheads", default="100,200,400", help="lookahead settings in ms")
-    e.add_argument("--hop-ms", type=int, default=100)
+    e.add_argument("--contexts", default="1000,2000,4000",
+                   help="context settings to compare, in ms, comma-separated (multiples of 100)")
+    e.add_argument("--lookaheads", default="100,200,400",
+                   help="lookahead settings to compare, in ms, comma-separated (multiples of 100)")
+    e.add_argument("--hop-ms", type=int, default=100, help="hop of every setting, a multiple of 100 ms")
     e.add_argument("--json", help="also write the rows as JSON here")
     add_model_options(e)
     e.set_defaults(func=_stream_eval)
@@ -375,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=10.0, help="length of the generated speech")
     add_runtime_options(b)
     b.add_argument("--preset", default="emotalk", help="model size: emotalk (release), mini, tiny")
-    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--skip-startup", action="store_true", help="do not time start-up (it writes a checkpoint "
                                                               "of the model's size to a temporary directory)")
@@ -456,7 +661,14 @@ def is_library_error(e: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"emotalk-fast {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = one_line
     try:
         args.func(args)
     except Exception as e:

@@ -19,23 +19,35 @@ def write_npy(path: Path, blendshapes: np.ndarray, **_) -> None:
         np.save(f, blendshapes.astype(np.float32))
 
 
-def write_csv(path: Path, blendshapes: np.ndarray, names, fps: float, **_) -> None:
+def csv_text(blendshapes: np.ndarray, names, fps: float, **_) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["frame", "time", *names])
     for i, row in enumerate(blendshapes):
         w.writerow([i, f"{i / fps:.6f}", *(f"{v:.7g}" for v in row)])
-    Path(path).write_text(buf.getvalue())
+    return buf.getvalue()
 
 
-def write_json(path: Path, blendshapes: np.ndarray, names, fps: float, emotion=None, metadata=None, **_) -> None:
+def json_text(blendshapes: np.ndarray, names, fps: float, emotion=None, metadata=None, **_) -> str:
     doc = {"fps": fps, "names": list(names), "num_frames": int(blendshapes.shape[0]),
            "frames": [[float(v) for v in row] for row in blendshapes]}
     if emotion is not None:
         doc["emotion"] = {k: float(v) for k, v in emotion.items()}
     if metadata:
         doc["metadata"] = dict(metadata)
-    Path(path).write_text(json.dumps(doc))
+    return json.dumps(doc)
+
+
+def write_csv(path: Path, blendshapes: np.ndarray, names, fps: float, **_) -> None:
+    Path(path).write_text(csv_text(blendshapes, names, fps))
+
+
+def write_json(path: Path, blendshapes: np.ndarray, names, fps: float, **extra) -> None:
+    Path(path).write_text(json_text(blendshapes, names, fps, **extra))
+
+
+# what `-o -` can write to stdout
+TEXT_FORMATS = {".csv": csv_text, ".json": json_text}
 
 
 _WRITERS = {".npy": write_npy, ".csv": write_csv, ".json": write_json}
@@ -55,14 +67,24 @@ def _named_writer(format: str, path: Path):
     return write_livelink_csv
 
 
-def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: float, emotion=None,
-                     format: str | None = None, metadata: dict | None = None) -> Path:
-    """Write by extension (or a named `format`); atomically, so a crash never leaves half a file behind."""
+def check_output(path: str | os.PathLike, format: str | None = None, make_parents: bool = False):
+    """The writer for `path` (by extension, or a named `format`), or ValueError saying why it
+    cannot be written: called before any work, so a typo costs nothing."""
     path = Path(path)
     writer = _WRITERS.get(path.suffix.lower()) if format is None else _named_writer(format, path)
     if writer is None:
         raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if not path.parent.is_dir():
         raise ValueError(f"cannot save {path}: directory {path.parent} does not exist")
+    return writer
+
+
+def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: float, emotion=None,
+                     format: str | None = None, metadata: dict | None = None) -> Path:
+    """Write by extension (or a named `format`); atomically, so a crash never leaves half a file behind."""
+    path = Path(path)
+    writer = check_output(path, format)
     return atomic_write(path, lambda tmp: writer(Path(tmp), blendshapes, names=names, fps=fps, emotion=emotion,
                                                  metadata=metadata))

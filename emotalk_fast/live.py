@@ -57,18 +57,21 @@ class UDPSender:
         # connect() fixes the peer once (no lookup per packet) and lets the kernel report a
         # refused port (ICMP unreachable) as an error on a later send, which we count.
         self.sock.connect(addr)
-        self.frames = self.datagrams = self.errors = 0
+        self.attempted = self.frames = self.datagrams = self.errors = 0  # frames: every datagram went out
         self.last_error: str | None = None
 
     def _send(self, datagrams: list[bytes]) -> None:
-        self.frames += 1
+        self.attempted += 1
+        failed = False
         for d in datagrams:
             try:
                 self.sock.send(d)
                 self.datagrams += 1
             except OSError as e:
+                failed = True
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e.strerror or e}"
+        self.frames += not failed
 
     def send_frame(self, frame_number: int, values) -> None:
         raise NotImplementedError
@@ -76,7 +79,8 @@ class UDPSender:
     @property
     def stats(self) -> dict:
         return {"target": f"{self.kind} {self.host}:{self.port}", "frames": self.frames,
-                "datagrams": self.datagrams, "errors": self.errors, "last_error": self.last_error}
+                "attempted": self.attempted, "datagrams": self.datagrams, "errors": self.errors,
+                "last_error": self.last_error}
 
     def close(self) -> None:
         self.sock.close()
@@ -245,9 +249,10 @@ def make_targets(livelink_target: str | None = None, vmc_target: str | None = No
 
 def describe(stats: dict) -> str:
     """One line per target, and the pacing."""
-    lines = [f"sent {stats['frames']} frames at {FPS} fps, {stats['delay_ms']:.0f} ms after their audio; "
+    lines = [f"paced {stats['frames']} frames at {FPS} fps, {stats['delay_ms']:.0f} ms after their audio; "
              f"{stats['late']} late (max {stats['max_late_ms']:.0f} ms)"]
     for t in stats["targets"]:
         err = f"; last: {t['last_error']}" if t["errors"] else ""
-        lines.append(f"  {t['target']}: {t['frames']} frames, {t['datagrams']} datagrams, {t['errors']} send errors{err}")
+        lines.append(f"  {t['target']}: {t['frames']} of {t['attempted']} frames sent ({t['datagrams']} datagrams), "
+                     f"{t['errors']} send errors{err}")
     return "\n".join(lines)

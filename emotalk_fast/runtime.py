@@ -20,7 +20,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available (use device='cpu' or 'auto')")
+        raise ValueError("device cuda requested but CUDA is not available: use device cpu or auto")
     return device
 
 
@@ -63,5 +63,5 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
     if backend == "triton":
         problem = triton_unavailable(device, dtype)
         if problem:
-            raise ValueError(f"backend='triton' cannot run: {problem}; use backend='torch' or 'auto'")
+            raise ValueError(f"backend triton cannot run: {problem}; use backend torch or auto")
     return backend

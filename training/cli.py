@@ -45,12 +45,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e = subparsers.add_parser("eval", help="blendshape and vertex errors of a checkpoint on a dataset")
     e.add_argument("checkpoint", help="a training output directory or a release-layout EmoTalk.pth")
-    e.add_argument("data_dir")
+    e.add_argument("data_dir", help="clips to score: <stem>.wav (16 kHz) + <stem>.npy [T, 52] at 30 fps")
     e.add_argument("--basis", default=None,
                    help=".npz with neutral [V,3], deltas [52,V,3], lip_indices, eye_indices (LVE/EVE)")
     e.add_argument("--preset", default=None, help="model config for a bare .pth with non-release head counts")
     e.add_argument("--output", default=None, help="write the full report (per channel, per clip) as JSON")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     e.set_defaults(func=run_eval)
     return e
 
