@@ -78,6 +78,20 @@ class Animation:
         return save_blendshapes(path, curves, self.names, self.fps, self.emotion, format=format,
                                 metadata=self.metadata)
 
+    def plot(self, audio=None, sample_rate: int | None = None):
+        """A matplotlib Figure: the waveform (a path, or samples at `sample_rate`), the curves
+        that matter and the emotion timeline (needs the [preview] extra)."""
+        from .preview import _audio, plot
+
+        wave, rate = _audio(audio, sample_rate)
+        return plot(self.blendshapes, self.names, self.fps, wave, rate, self.emotion_timeline)
+
+    def save_preview(self, path: str | os.PathLike, audio=None, sample_rate: int | None = None) -> Path:
+        """.png (the plot), .mp4 (a 2D face beside the curves, with the audio) or .gif (see preview.py)."""
+        from .preview import save_preview
+
+        return save_preview(path, self.blendshapes, self.names, self.fps, audio, sample_rate, self.emotion_timeline)
+
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)

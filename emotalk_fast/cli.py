@@ -1,4 +1,4 @@
-"""`emotalk-fast`: animate, info, convert, stream, stream-eval, bench, serve, send, health, train, eval.
+"""`emotalk-fast`: animate, preview, info, convert, stream, stream-eval, bench, serve, send, health, train, eval.
 
 The library's own errors (bad input, a bad checkpoint, a missing file) print one line and exit
 1; anything else is a bug and shows its traceback (as does every error with --debug).
@@ -290,6 +290,25 @@ def _convert(args) -> None:
           f"({sum(v.numel() for v in sd.values()) / 1e6:.1f} M parameters, {str(dtype).replace('torch.', '')})")
 
 
+def _preview(args) -> None:
+    from .export import load_blendshapes
+    from .preview import save_preview
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".mp4", ".gif"):
+        raise ValueError(f"output {out.name} must end in .png, .mp4 or .gif")
+    if not out.parent.is_dir():
+        raise ValueError(f"output directory {out.parent} does not exist")
+    if args.audio is not None and not Path(args.audio).is_file():
+        raise FileNotFoundError(f"audio file not found: {args.audio}")
+    curves, names, fps, _ = load_blendshapes(args.animation)
+    try:
+        save_preview(out, curves, names, fps, audio=args.audio)
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    print(f"wrote {out} ({len(curves)} frames, {len(curves) / fps:.2f} s)")
+
+
 def _load_animator(args):
     from .animator import Animator
 
@@ -531,6 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", help="EmoTalk.pth or a converted directory")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=_info)
+
+    w = sub.add_parser("preview", help="a PNG of the curves, or an MP4/GIF of a 2D face driven by them")
+    w.add_argument("animation", help="an animation written by animate/stream/send (.csv, .npy or .json)")
+    w.add_argument("-o", "--output", required=True, help="preview .png, .mp4 (with --audio's sound) or .gif")
+    w.add_argument("--audio", help="the speech it animates: drawn as a waveform, and heard in the MP4")
+    w.set_defaults(func=_preview)
 
     c = sub.add_parser("convert", help="convert a released EmoTalk.pth to this library's format")
     c.add_argument("checkpoint", help="EmoTalk.pth")

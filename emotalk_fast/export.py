@@ -88,3 +88,41 @@ def save_blendshapes(path: str | os.PathLike, blendshapes: np.ndarray, names, fp
     writer = check_output(path, format)
     return atomic_write(path, lambda tmp: writer(Path(tmp), blendshapes, names=names, fps=fps, emotion=emotion,
                                                  metadata=metadata))
+
+
+def load_blendshapes(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...], float, dict | None]:
+    """Read what save_blendshapes wrote (or a Live Link Face CSV) -> (curves [T, C], names, fps,
+    emotion or None)."""
+    from .config import BLENDSHAPE_NAMES, FPS
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"animation file not found: {path}")
+    ext = path.suffix.lower()
+    try:
+        if ext == ".npy":
+            curves = np.load(path, allow_pickle=False)
+            if curves.ndim != 2 or curves.shape[1] != len(BLENDSHAPE_NAMES):
+                raise ValueError(f"expected [frames, {len(BLENDSHAPE_NAMES)}], got shape {list(curves.shape)}")
+            return curves.astype(np.float32), BLENDSHAPE_NAMES, float(FPS), None
+        if ext == ".json":
+            doc = json.loads(path.read_text())
+            return (np.asarray(doc["frames"], np.float32).reshape(-1, len(doc["names"])), tuple(doc["names"]),
+                    float(doc["fps"]), doc.get("emotion"))
+        if ext == ".csv":
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+            if rows and rows[0][:1] == ["Timecode"]:
+                from .livelink import read_livelink_csv
+
+                take = read_livelink_csv(path)
+                return take.blendshapes, BLENDSHAPE_NAMES, float(FPS), None
+            if not rows or rows[0][:2] != ["frame", "time"]:
+                raise ValueError("not an emotalk_fast CSV (its header starts frame,time)")
+            values = np.asarray(rows[1:], np.float64)
+            times = values[:, 1]
+            fps = round(1.0 / float(times[1] - times[0]), 6) if len(times) > 1 else float(FPS)
+            return values[:, 2:].astype(np.float32), tuple(rows[0][2:]), fps, None
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read animation {path}: {e}") from None
+    raise ValueError(f"cannot read {path.name}: expected .csv, .npy or .json")

@@ -50,7 +50,7 @@ def triton_unavailable(device: torch.device, dtype: torch.dtype | None = None) -
     try:
         import triton  # noqa: F401
     except ImportError as e:
-        return f"triton is not installed or does not import ({e})"
+        return f"triton is not installed or does not import ({e}); pip install 'emotalk-fast[triton]'"
     return None
 
 

@@ -75,3 +75,41 @@ def test_installed_package_imports_from_anywhere(tmp_path):
     assert info["training"].endswith(os.path.join("training", "__init__.py"))
     assert not info["top_kernels"] and not info["top_training"]
     assert not info["transformers_loaded"]
+
+
+LIGHT = r"""
+import sys
+
+class Absent:  # as if triton and transformers were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("triton", "transformers"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Absent())
+import numpy as np
+import emotalk_fast
+from emotalk_fast import Animator
+from emotalk_fast.cli import main
+
+animator = Animator.from_config("tiny", device="cpu")
+speech = (0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 220)).astype(np.float32)
+assert animator.animate(speech).num_frames == 30
+stream = animator.stream()
+assert len(stream.push(speech)) + len(stream.flush()) == 30
+try:
+    Animator.from_config("tiny", device="cpu", backend="triton")
+except ValueError as e:
+    assert "emotalk-fast[triton]" in str(e) or "Triton" in str(e), e
+else:
+    raise AssertionError("backend='triton' without triton")
+assert main(["train", "data", "out", "--preset", "tiny"]) == 1  # says to install the extra
+assert "triton" not in sys.modules and "transformers" not in sys.modules, [m for m in sys.modules if m.split(".")[0] in ("triton", "transformers")]
+print("light ok")
+"""
+
+
+def test_inference_needs_neither_triton_nor_transformers():
+    r = subprocess.run([sys.executable, "-c", LIGHT], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert r.returncode == 0 and "light ok" in r.stdout, r.stdout + r.stderr
+    assert "pip install 'emotalk-fast[training]'" in r.stderr

@@ -94,7 +94,16 @@ def _setup_logging() -> None:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
 
+def _require_transformers() -> None:
+    """Training and the reference model build on Hugging Face transformers (an extra)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"training needs transformers ({e}): pip install 'emotalk-fast[training]'") from None
+
+
 def run_train(args) -> None:
+    _require_transformers()
     from .train import train
 
     _setup_logging()
@@ -104,6 +113,7 @@ def run_train(args) -> None:
 
 
 def run_eval(args) -> None:
+    _require_transformers()
     from .evaluate import evaluate_checkpoint
 
     _setup_logging()
