@@ -98,7 +98,11 @@ path, seconds, device, dtype, threads = sys.argv[1], float(sys.argv[2]), sys.arg
 if threads != "None":
     torch.set_num_threads(int(threads))
 Animator.from_pretrained(path, device=device, dtype=dtype).animate(generated_speech(seconds))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+try:  # this process image's own high-water mark (ru_maxrss would carry the parent's over fork + exec)
+    status = open("/proc/self/status").read()
+    print(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024)
+except (OSError, StopIteration):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 

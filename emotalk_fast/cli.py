@@ -50,8 +50,11 @@ def _animate(args) -> None:
         print(f"nothing to do: {len(skipped)} outputs exist (--overwrite to redo them)", file=sys.stderr)
         return
     t0 = time.perf_counter()
+    print(f"[animate] loading {args.checkpoint or 'random weights'}", file=sys.stderr, flush=True)
     animator = _load_animator(args)
     t1 = time.perf_counter()
+    print(f"[animate] loaded in {t1 - t0:.1f} s; animating {len(jobs)} input{'s' if len(jobs) > 1 else ''}",
+          file=sys.stderr, flush=True)
     options = dict(level=1 if args.level is None else args.level, person=0 if args.person is None else args.person,
                    postprocess=args.postprocess, seed=args.seed, emotion_reference=args.emotion_reference,
                    schedule=schedule, num_frames=args.num_frames)

@@ -184,3 +184,27 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="config.json is missing"):
         Animator.from_pretrained(tmp_path / "empty")
+
+
+def test_animate_batch_takes_a_rate_per_clip(animator, speech):
+    from emotalk_fast.audio import resample
+
+    at44 = resample(speech, 16000, 44100)
+    a, b = animator.animate_batch([speech, at44], sample_rate=[16000, 44100])
+    np.testing.assert_allclose(a.blendshapes, animator.animate(speech).blendshapes, atol=1e-5)
+    np.testing.assert_allclose(b.blendshapes, animator.animate(at44, sample_rate=44100).blendshapes, atol=1e-5)
+    with pytest.raises(ValueError, match="sample_rate has 1 entries for 2 clips"):
+        animator.animate_batch([speech, at44], sample_rate=[16000])
+
+
+def test_short_reprs_and_clamped_saves(animator, speech, tmp_path):
+    anim = animator.animate(speech)
+    assert repr(anim).startswith(f"Animation({anim.num_frames} frames, {anim.duration:.2f} s at 30 fps, emotion ")
+    assert repr(animator) == "Animator(0.3 M parameters, device cpu, float32, decoder backend torch)"
+    stream = animator.stream(sample_rate=48000)
+    assert repr(stream).startswith("AnimationStream(48000 Hz, hop 100 ms, lookahead 200 ms, context 2000 ms, "
+                                   "latency ") and repr(stream).endswith("0 frames out)")
+    assert stream.latency_ms == round(stream.latency_ms, 1)
+    assert anim.blendshapes.min() < 0 or anim.blendshapes.max() > 1  # random weights stray outside
+    np.testing.assert_allclose(np.load(anim.save(tmp_path / "c.npy", clamp=True)), np.clip(anim.blendshapes, 0, 1))
+    np.testing.assert_array_equal(np.load(anim.save(tmp_path / "r.npy")), anim.blendshapes)
