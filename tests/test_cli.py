@@ -74,6 +74,8 @@ def test_bench_runs_on_a_small_preset():
     r = run_cli("bench", "--preset", "tiny", "--seconds", 2, "--repeats", 1, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "real-time factor" in r.stdout and "start-up" in r.stdout and "[bench]" in r.stderr
+    # the memory a user's own process needs, and this process's whole peak, both named
+    assert "peak memory of a user's process" in r.stdout and "this benchmark process's maximum resident set" in r.stdout
 
 
 def test_animate_livelinkface_csv(files):

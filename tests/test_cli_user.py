@@ -69,6 +69,14 @@ def test_bad_options_fail_before_the_model_loads(corpus, args, message):
     assert time.monotonic() - t0 < 60
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_errors_speak_cli(corpus):
+    r = cli("animate", "single.wav", "-o", "x.csv", "--random-weights", "tiny", "--device", "cuda", cwd=corpus)
+    assert r.returncode == 1 and b"device cuda requested but CUDA is not available: use device cpu or auto" in r.stderr
+    r = cli("stream-eval", "--random-weights", "tiny", "--contexts", "1000;2000")
+    assert r.returncode == 1 and b"--contexts takes milliseconds separated by commas" in r.stderr
+
+
 def test_a_folder_of_files_mirrored_batched_with_failures_reported(corpus, tmp_path):
     out = tmp_path / "anims"
     r = cli("animate", corpus / "lines", corpus / "single.wav", "-o", f"{out}/", "--checkpoint",
