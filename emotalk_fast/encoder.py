@@ -6,6 +6,8 @@ Attention goes through `F.scaled_dot_product_attention`, so no T x T map is ever
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,11 +15,21 @@ import torch.nn.functional as F
 from .config import EncoderConfig
 
 
+# Output frames per piece of the CNN front end (2 s at 50 Hz): its temporaries stay a few MB,
+# reused from piece to piece, instead of hundreds of MB that are page-faulted in on every call
+# (measured on a 2-core EPYC: 0.45 -> 0.32 s per encoder in bfloat16, 1.0 -> 0.65 s in float32
+# for 21.4 s of audio). Exact: every frame sees exactly the samples it saw before (only the GEMM's
+# blocking, hence float rounding, can differ with the row count: ~1e-6).
+FRONT_END_PIECE_FRAMES = 100
+
+
 class ConvFrontEnd(nn.Module):
     """7 x [Conv1d -> LayerNorm over channels -> GELU]: waveform [B, N] -> features [B, L, C]."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
+        self.cfg = cfg
+        self.hop = math.prod(cfg.conv_stride)  # samples between output frames (320)
         in_dims = (1,) + cfg.conv_dim[:-1]
         self.convs = nn.ModuleList(
             nn.Conv1d(i, o, k, stride=s, bias=cfg.conv_bias)
@@ -26,6 +38,17 @@ class ConvFrontEnd(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(o, eps=cfg.layer_norm_eps) for o in cfg.conv_dim)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        frames = self.cfg.num_cnn_frames(wave.shape[1])
+        if frames <= FRONT_END_PIECE_FRAMES:
+            return self._layers(wave)
+        # Output frame j reads samples [hop * j, hop * j + field): a piece of frames [j0, j1)
+        # is the front end of its own samples, since every layer's grid starts on j0's sample.
+        field = self.cfg.receptive_field
+        pieces = [self._layers(wave[:, self.hop * j0 : self.hop * (min(j0 + FRONT_END_PIECE_FRAMES, frames) - 1) + field])
+                  for j0 in range(0, frames, FRONT_END_PIECE_FRAMES)]
+        return torch.cat(pieces, dim=1)
+
+    def _layers(self, wave: torch.Tensor) -> torch.Tensor:
         # Channels-last throughout: each conv is one GEMM over its unfolded windows and the
         # LayerNorm needs no transposes (Conv1d's [B, C, L] layout cost ~4 copies per layer).
         x = wave[:, :, None]

@@ -157,3 +157,19 @@ def test_lean_wav2vec2_matches_transformers(enc_cfg):
     for i, t in enumerate(frames):
         assert_close(got[i, :t], want[i, :t], TOL, f"item {i}")
     assert_close(got[0], single[0], TOL, "unpadded item")
+
+
+@pytest.mark.parametrize("num_samples", [32001, 32400, 64321, 100000, 160123])
+def test_front_end_in_pieces_equals_one_pass(num_samples):
+    """The CNN front end runs in pieces of FRONT_END_PIECE_FRAMES output frames (small
+    temporaries): the same frames as one pass over the whole clip, up to GEMM rounding."""
+    from emotalk_fast import Animator
+    from emotalk_fast.encoder import FRONT_END_PIECE_FRAMES
+
+    front_end = Animator.from_config("mini", device="cpu").model.content_encoder.front_end
+    wave = torch.randn(2, num_samples, generator=torch.Generator().manual_seed(num_samples))
+    with torch.inference_mode():
+        pieces, whole = front_end(wave), front_end._layers(wave)
+    assert pieces.shape == whole.shape == (2, front_end.cfg.num_cnn_frames(num_samples), 64)
+    assert pieces.shape[1] > FRONT_END_PIECE_FRAMES or num_samples < 32400
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=0)
