@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from emotalk_fast.measure import device_name, generated_speech  # noqa: E402
 
 # the release loads its .pth; ours its converted directory in the dtype it runs (`convert --dtype`)
 SIDES = ("release", "fast-float32", "fast-bfloat16")
+PAUSE_S = 1.0  # between runs of different processes
 
 
 def encoder_flops(enc: EncoderConfig, num_samples: int, frames: int) -> float:
@@ -144,6 +146,9 @@ def main(argv=None) -> int:
                     w.ask(cmd="run")  # warm-up at this thread count
                 for r in range(args.rounds):
                     for side, w in workers.items():
+                        # the previous run's OpenMP threads spin on for a while after it ends (libgomp's
+                        # default wait policy) and would steal cores from this one: let them settle
+                        time.sleep(PAUSE_S)
                         times.setdefault((threads, side), []).append(w.ask(cmd="run")["seconds"])
                     print(f"threads {threads}, round {r + 1}/{args.rounds}: " + ", ".join(
                         f"{s} {times[(threads, s)][-1]:.2f} s" for s in SIDES), file=sys.stderr, flush=True)

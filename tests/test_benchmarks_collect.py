@@ -30,3 +30,17 @@ def test_gpu_cases_skip_without_cuda():
     out = _pytest("-q", "-rs", "-k", "cuda", "--benchmark-disable")
     assert "GPU case: CUDA is not available" in out
     assert " passed" not in out and "error" not in out.lower(), out[-2000:]
+
+
+def test_vs_release_skips_without_the_release_and_counts_flops():
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("EMOTALK_RELEASE")}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_release.py")], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("skipped: set EMOTALK_RELEASE_DIR"), r.stdout + r.stderr
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from vs_release import model_flops
+
+    from emotalk_fast import EmoTalkConfig
+
+    # two 24-layer encoders at 30 fps and two CNN front ends on 21.4 s: about 1.09 TFLOP
+    assert abs(model_flops(EmoTalkConfig.from_name("emotalk"), int(21.4 * 16000)) / 1e12 - 1.089) < 0.002
