@@ -1,0 +1,119 @@
+"""The service's commands, `serve`, `send` and `health`, registered on the main CLI.
+
+Only argparse is imported here; grpc and the model load when a command runs, so the CLI works
+(and says what to install) without the [serve] extra.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+
+def _import_serve(module: str):
+    """emotalk_fast.serve.* or emotalk_fast.client, with the install hint when grpc is missing."""
+    try:
+        return importlib.import_module(f"emotalk_fast.{module}")
+    except ImportError as e:
+        raise ValueError(f"the service needs the serve extra ({e.name} is missing): "
+                         "pip install 'emotalk-fast[serve]'") from None
+
+
+def _serve(args) -> None:
+    server_module = _import_serve("serve.server")
+    settings = server_module.ServeSettings(  # checked before the model loads
+        host=args.host, port=args.port, max_streams=args.max_streams, hop_ms=args.hop_ms,
+        lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, max_audio_s=args.max_audio_s,
+        idle_timeout_s=args.idle_timeout, shutdown_grace_s=args.shutdown_grace, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, client_ca=args.client_ca, metrics_port=args.metrics_port)
+    for path in (args.tls_cert, args.tls_key, args.client_ca):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"file not found: {path}")
+    t0 = time.perf_counter()
+    from ..cli import _load_animator
+
+    animator = _load_animator(args)
+    server = server_module.A2FServer(animator, settings).start()
+    tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
+    metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
+    print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
+          f"streams; hop {args.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms; "
+          f"loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
+    server.wait_for_signal()
+    print("stopped", flush=True)
+
+
+def _tls_args(args) -> dict:
+    return {"root_cert": args.root_cert, "client_cert": args.client_cert, "client_key": args.client_key}
+
+
+def _send(args) -> None:
+    client = _import_serve("client")
+    out = Path(args.output) if args.output else None
+    if out is not None and out.suffix.lower() not in (".csv", ".npy", ".json"):
+        raise ValueError(f"output {out.name} must end in .csv, .npy or .json")
+    if out is not None and not out.parent.is_dir():
+        raise ValueError(f"output directory {out.parent} does not exist")
+    try:
+        result = client.send(args.input, server=args.server, level=args.level, person=args.person,
+                             clamp=args.clamp or None, chunk_s=args.chunk_s, realtime=args.realtime,
+                             timeout=args.timeout, **_tls_args(args))
+    except client.ServerError as e:  # the server's own words, on one line
+        raise ValueError(f"{args.server}: {e}") from None
+    first = f", first reply after {1000 * result.first_reply_s:.0f} ms" if result.first_reply_s is not None else ""
+    print(f"{result.num_frames} frames in {result.messages} messages from {args.server}{first}")
+    if out is not None:
+        print(f"wrote {result.save(out)}")
+
+
+def _health(args) -> None:
+    client = _import_serve("client")
+    ok = client.health(args.server, timeout=args.timeout, **_tls_args(args))
+    print(f"{args.server} is {'SERVING' if ok else 'not serving'}")
+    if not ok:
+        raise SystemExit(1)
+
+
+def register(sub, add_model_options, add_stream_options) -> None:
+    """Add serve, send and health to the main CLI's subparsers."""
+    v = sub.add_parser("serve", help="serve the Audio2Face-3D gRPC API (ProcessAudioStream, health)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                       "machine only; 0.0.0.0 for every interface)")
+    v.add_argument("--port", type=int, default=52000, help="gRPC port (default 52000, as Audio2Face-3D)")
+    v.add_argument("--max-streams", type=int, default=16, help="concurrent streams; more get RESOURCE_EXHAUSTED "
+                                                               "(default 16)")
+    v.add_argument("--max-audio-s", type=float, default=600.0,
+                   help="longest stream in seconds of audio; longer ones get INVALID_ARGUMENT (default 600)")
+    v.add_argument("--idle-timeout", type=float, default=30.0,
+                   help="seconds a stream may send nothing before end_of_audio; then DEADLINE_EXCEEDED (default 30)")
+    v.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="on SIGTERM, seconds live streams get to finish (default 30)")
+    v.add_argument("--tls-cert", help="server certificate (PEM) for TLS")
+    v.add_argument("--tls-key", help="its private key (PEM)")
+    v.add_argument("--client-ca", help="CA (PEM) that client certificates must chain to: mutual TLS")
+    v.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (same host)")
+    add_model_options(v)
+    add_stream_options(v)
+    v.set_defaults(func=_serve)
+
+    def add_client_options(p_):
+        p_.add_argument("--server", default="127.0.0.1:52000", help="HOST:PORT (default 127.0.0.1:52000)")
+        p_.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+        p_.add_argument("--root-cert", help="CA (PEM) to trust: TLS")
+        p_.add_argument("--client-cert", help="client certificate (PEM): mutual TLS")
+        p_.add_argument("--client-key", help="client private key (PEM): mutual TLS")
+
+    n = sub.add_parser("send", help="animate an audio file on a running server (Audio2Face-3D protocol)")
+    n.add_argument("input", help="audio file (any rate; sent as 16-bit mono PCM)")
+    n.add_argument("-o", "--output", help="write the frames (.csv, .npy or .json)")
+    n.add_argument("--level", type=float, default=None, help="emotion level in [0, 1] (server default 1)")
+    n.add_argument("--person", type=int, default=None, help="speaking style 0..23 (server default 0)")
+    n.add_argument("--clamp", action="store_true", help="ask the server to clamp weights to [0, 1]")
+    n.add_argument("--chunk-s", type=float, default=1.0, help="seconds of audio per message (default 1)")
+    n.add_argument("--realtime", action="store_true", help="send audio no faster than it would be spoken")
+    add_client_options(n)
+    n.set_defaults(func=_send)
+
+    h = sub.add_parser("health", help="ask a server whether it is serving (exit 0) or not (exit 1)")
+    add_client_options(h)
+    h.set_defaults(func=_health)
