@@ -113,6 +113,18 @@ def prepare_audio(audio, sample_rate: int | None = None, min_samples: int = 1) -
     audio: a path, or an array/tensor [N] or [channels, N]; channels are averaged.
     sample_rate: rate of an array input (default 16 kHz); for a file, its own rate is used.
     """
+    samples, rate, where = load_mono(audio, sample_rate)
+    samples = resample(samples, rate, SAMPLE_RATE)
+    if samples.size < min_samples:
+        raise ValueError(
+            f"{where} is too short: {samples.size} samples at 16 kHz ({1000 * samples.size / SAMPLE_RATE:.1f} ms); "
+            f"need at least {min_samples} ({1000 * min_samples / SAMPLE_RATE:.1f} ms)")
+    return samples
+
+
+def load_mono(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int, str]:
+    """A path or an array/tensor [N] / [channels, N] -> (mono float32 [N] at its own rate, the
+    rate, how to name it in messages); channels averaged, empty or non-finite input refused."""
     if isinstance(audio, (str, os.PathLike)):
         samples, rate = read_audio_file(audio)
         if sample_rate is not None and sample_rate != rate:
@@ -135,12 +147,7 @@ def prepare_audio(audio, sample_rate: int | None = None, min_samples: int = 1) -
     if not np.isfinite(samples).all():
         bad = int((~np.isfinite(samples)).sum())
         raise ValueError(f"{where} has {bad} NaN or infinite samples")
-    samples = resample(samples, rate, SAMPLE_RATE)
-    if samples.size < min_samples:
-        raise ValueError(
-            f"{where} is too short: {samples.size} samples at 16 kHz ({1000 * samples.size / SAMPLE_RATE:.1f} ms); "
-            f"need at least {min_samples} ({1000 * min_samples / SAMPLE_RATE:.1f} ms)")
-    return samples
+    return samples, rate, where
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

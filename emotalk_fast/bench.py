@@ -5,7 +5,6 @@ times exactly what a real checkpoint would. The measuring pieces live in measure
 """
 from __future__ import annotations
 
-import resource
 import tempfile
 import time
 from typing import Callable
@@ -15,7 +14,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import EmoTalkConfig
-from .measure import PeakMemory, device_name, generated_speech, random_weights, sync, versions
+from .measure import PeakMemory, device_name, generated_speech, peak_rss_mb, random_weights, sync, versions
 
 
 def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str = "emotalk", repeats: int = 3,
@@ -85,24 +84,20 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
         # what a user's process needs (load the checkpoint, animate the clip), and this whole
         # benchmark process (which also built random weights and ran the start-up test)
         "user_process_peak_mb": user_peak_mb,
-        "bench_process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "bench_process_peak_mb": peak_rss_mb(),
         "torch_threads": torch.get_num_threads(), **versions(),
     }
 
 
 _USER_PROCESS = """
-import resource, sys, torch
+import sys, torch
 from emotalk_fast import Animator
-from emotalk_fast.measure import generated_speech
+from emotalk_fast.measure import generated_speech, peak_rss_mb
 path, seconds, device, dtype, threads = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 if threads != "None":
     torch.set_num_threads(int(threads))
 Animator.from_pretrained(path, device=device, dtype=dtype).animate(generated_speech(seconds))
-try:  # this process image's own high-water mark (ru_maxrss would carry the parent's over fork + exec)
-    status = open("/proc/self/status").read()
-    print(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024)
-except (OSError, StopIteration):
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(peak_rss_mb())
 """
 
 

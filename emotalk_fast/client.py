@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from .audio import check_rate, read_audio_file
+from .audio import check_rate, load_mono
 from .config import BLENDSHAPE_NAMES, FPS
 from .serve import protocol as pb
 
@@ -88,25 +88,15 @@ def health(server: str, timeout: float = 5.0, **tls) -> bool:
 
 def pcm16_audio(audio, sample_rate: int | None = None) -> tuple[bytes, int]:
     """A path or a mono/[channels, N] array -> (16-bit PCM bytes, rate). Arrays of int16 pass exactly."""
-    if isinstance(audio, (str, os.PathLike)):
-        samples, rate = read_audio_file(audio)
-        if sample_rate is not None and sample_rate != rate:
-            raise ValueError(f"sample_rate={sample_rate} given, but {audio} is recorded at {rate} Hz")
-    else:
+    if not isinstance(audio, (str, os.PathLike)):
         if sample_rate is None:
             raise ValueError("give the sample_rate of an array")
-        samples, rate = np.asarray(audio), sample_rate
+        samples = np.asarray(audio)
         if samples.dtype == np.int16 and samples.ndim == 1:
-            return samples.astype("<i2").tobytes(), check_rate(rate)
+            return samples.astype("<i2").tobytes(), check_rate(sample_rate)
         if samples.dtype.kind != "f":
             raise TypeError(f"audio arrays must be float in [-1, 1] or int16, got {samples.dtype}")
-    rate = check_rate(rate)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=0, dtype=np.float64)
-    if samples.ndim != 1 or samples.size == 0:
-        raise ValueError(f"audio must be non-empty [N] or [channels, N], got shape {list(samples.shape)}")
-    if not np.isfinite(samples).all():
-        raise ValueError("audio has NaN or infinite samples")
+    samples, rate, _ = load_mono(audio, sample_rate)
     return pb.float_to_pcm16(samples), rate
 
 

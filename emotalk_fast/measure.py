@@ -93,6 +93,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb() -> float:
+    """This process image's maximum resident set, MB: /proc's VmHWM (ru_maxrss would carry a
+    parent's peak over fork + exec); ru_maxrss where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 class PeakMemory:
     """Peak memory over a `with` block, in MB: `peak_mb` in all, `delta_mb` above what was in
     use on entry (what the block itself needed). CUDA: the allocator's peak. CPU: the
@@ -129,7 +139,7 @@ class PeakMemory:
             self._thread.join()
             self.peak_mb = max(self.peak_mb, _rss_mb())
         else:
-            self.peak_mb = self.start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+            self.peak_mb = self.start_mb = peak_rss_mb()
 
 
 def sync(device: torch.device) -> None:

@@ -51,6 +51,14 @@ def _channels(blendshapes: np.ndarray, names) -> dict[str, np.ndarray]:
     return {n: blendshapes[:, i] for i, n in enumerate(names)}
 
 
+def _plot_curves(ax, t: np.ndarray, channels: dict, curves, linewidth: float) -> None:
+    """One line per (label, channels) of `curves`: the mean of the channels the animation has."""
+    for label, keys in curves:
+        present = [channels[k] for k in keys if k in channels]
+        if present:
+            ax.plot(t, np.mean(present, axis=0), label=label, linewidth=linewidth)
+
+
 def plot(blendshapes: np.ndarray, names, fps: float = FPS, audio: np.ndarray | None = None,
          sample_rate: int | None = None, emotion_timeline=None, size=(10, 7)):
     """Waveform (when given), the curves that matter, and the emotion timeline -> Figure."""
@@ -69,11 +77,7 @@ def plot(blendshapes: np.ndarray, names, fps: float = FPS, audio: np.ndarray | N
             ax.plot(np.arange(len(wave)) / sample_rate, wave, color="0.4", linewidth=0.5)
             ax.set_ylabel("audio")
         elif row in ("mouth", "upper"):
-            picked = CURVES[:5] if row == "mouth" else CURVES[5:]
-            for label, keys in picked:
-                present = [ch[k] for k in keys if k in ch]
-                if present:
-                    ax.plot(t, np.mean(present, axis=0), label=label, linewidth=1.2)
+            _plot_curves(ax, t, ch, CURVES[:5] if row == "mouth" else CURVES[5:], linewidth=1.2)
             ax.set_ylabel("mouth, jaw" if row == "mouth" else "brows, eyes")
             ax.legend(loc="upper right", fontsize=7, ncol=3)
             ax.grid(alpha=0.3)
@@ -152,10 +156,7 @@ def _curves_image(blendshapes, names, fps, size=PLOT_SIZE):
     ch = _channels(blendshapes, names)
     t = np.arange(len(blendshapes)) / fps
     fig, ax = plt.subplots(figsize=(size[0] / 100, size[1] / 100), dpi=100)
-    for label, keys in CURVES:
-        present = [ch[k] for k in keys if k in ch]
-        if present:
-            ax.plot(t, np.mean(present, axis=0), label=label, linewidth=1)
+    _plot_curves(ax, t, ch, CURVES, linewidth=1)
     duration = max(t[-1] if len(t) else 0.0, 1 / fps)
     ax.set_xlim(0, duration)
     ax.set_xlabel("seconds")
@@ -242,14 +243,11 @@ def _write_mp4(path: Path, blendshapes, names, fps, wave, rate) -> None:
 
 
 def _audio(audio, sample_rate):
+    from .audio import load_mono
+
     if audio is None:
         return None, None
-    if isinstance(audio, (str, os.PathLike)):
-        from .audio import read_audio_file
-
-        samples, rate = read_audio_file(audio)
-        return samples.mean(axis=0), rate
-    if sample_rate is None:
+    if sample_rate is None and not isinstance(audio, (str, os.PathLike)):
         raise ValueError("give the sample_rate of audio samples")
-    samples = np.asarray(audio, np.float32)
-    return (samples.mean(axis=0) if samples.ndim == 2 else samples), sample_rate
+    samples, rate, _ = load_mono(audio, sample_rate)
+    return samples, rate

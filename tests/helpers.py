@@ -73,6 +73,25 @@ def espeak_speech(text: str, voice: str = "en", speed: int = 160, pitch: int = 5
     return speak(text, voice, speed, pitch, rate)
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, seconds: float, poll_s: float = 0.02) -> None:
+    """Poll `predicate` until it holds; fail the test after `seconds`."""
+    import time
+
+    end = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(poll_s)
+
+
 def _kernel_dtypes():
     import pytest
 

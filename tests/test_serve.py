@@ -18,7 +18,7 @@ from emotalk_fast.audio import resample
 from emotalk_fast.client import ServerError, send, stream_header
 from emotalk_fast.serve import protocol as pb
 from emotalk_fast.serve.server import A2FServer, ServeSettings
-from helpers import espeak_speech
+from helpers import espeak_speech, free_port, wait_until
 
 TOL = 1e-5
 STREAM = dict(hop_ms=100, lookahead_ms=200, context_ms=1000)  # the server's and the reference's
@@ -237,13 +237,6 @@ def _open_stream(address):
     return channel, responses, gate
 
 
-def _wait_for(predicate, seconds=10.0):
-    end = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.02)
-
-
 def test_limits_give_grpc_status_codes_and_disconnects_free_slots(strict, speech):
     channel, responses, gate = _open_stream(strict.address)
     with pytest.raises(grpc.RpcError) as e:  # max_streams=1 is taken
@@ -252,7 +245,7 @@ def test_limits_give_grpc_status_codes_and_disconnects_free_slots(strict, speech
     responses.cancel()  # the client goes away: its slot is free at once
     gate.set()
     channel.close()
-    _wait_for(lambda: strict.service.worker.live_streams == 0)
+    wait_until(lambda: strict.service.worker.live_streams == 0, 10.0)
     assert len(send(pcm_to_int16(pcm_at(speech, 16000)), 16000, server=strict.address).blendshapes) > 0
 
     long_pcm = pcm_at(np.tile(speech, 3), 16000)  # > max_audio_s
@@ -268,7 +261,7 @@ def test_limits_give_grpc_status_codes_and_disconnects_free_slots(strict, speech
     assert 0.9 < time.monotonic() - t0 < 10
     gate.set()
     channel.close()
-    _wait_for(lambda: strict.service.worker.live_streams == 0)
+    wait_until(lambda: strict.service.worker.live_streams == 0, 10.0)
 
 
 def test_concurrent_clients_each_equal_their_solo_run(server, animator):
@@ -318,7 +311,7 @@ def test_a_client_that_never_reads_stalls_no_one(server, animator, speech):
     finally:
         silent.cancel()
         channel.close()
-    _wait_for(lambda: server.service.worker.live_streams == 0)
+    wait_until(lambda: server.service.worker.live_streams == 0, 10.0)
 
 
 def test_health_check_watch_and_metrics(animator, speech):
@@ -326,7 +319,7 @@ def test_health_check_watch_and_metrics(animator, speech):
 
     from emotalk_fast.client import health
 
-    s = A2FServer(animator, ServeSettings(port=0, metrics_port=_free_port(), **STREAM)).start()
+    s = A2FServer(animator, ServeSettings(port=0, metrics_port=free_port(), **STREAM)).start()
     try:
         assert health(s.address)
         with grpc.insecure_channel(s.address) as ch:
@@ -345,14 +338,6 @@ def test_health_check_watch_and_metrics(animator, speech):
     finally:
         s.stop(grace=1)
     assert not health(s.address, timeout=2)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- TLS ---------------------------------------------------------------------------------------
@@ -413,7 +398,7 @@ def test_an_engine_fault_ends_its_streams_not_the_server(animator, speech):
         with pytest.raises(ServerError) as e:
             send(audio, 16000, server=s.address)
         assert e.value.code == "ERROR" and "RuntimeError: simulated device fault" in e.value.message
-        _wait_for(lambda: s.service.worker.live_streams == 0)
+        wait_until(lambda: s.service.worker.live_streams == 0, 10.0)
         assert send(audio, 16000, server=s.address).num_frames > 0  # the next stream is served
     finally:
         s.stop(grace=1)

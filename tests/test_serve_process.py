@@ -3,7 +3,6 @@ start-up checks, a clean SIGTERM, and two replicas behind nginx's gRPC load bala
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,15 +14,9 @@ import pytest
 
 from emotalk_fast.client import ServerError, health, send
 from emotalk_fast.serve import protocol as pb
-from helpers import espeak_speech
+from helpers import espeak_speech, free_port, wait_until
 
 SCRIPT = str(Path(sys.executable).with_name("emotalk-fast"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cli(*args, timeout=120):
@@ -183,7 +176,7 @@ def test_two_replicas_behind_nginx(speech_wav, tmp_path):
         for i in range(4):
             threads.append(threading.Thread(target=client, args=(i,)))
             threads[-1].start()
-        _wait(lambda: sum(r.streams_served() for r in replicas) >= sum(served) + 4)
+        wait_until(lambda: sum(r.streams_served() for r in replicas) >= sum(served) + 4, 60.0, poll_s=0.05)
         replicas[0].proc.kill()
         for t in threads:
             t.join(120)
@@ -202,10 +195,3 @@ def test_two_replicas_behind_nginx(speech_wav, tmp_path):
         proc.wait(30)
         for r in replicas:
             r.stop()
-
-
-def _wait(predicate, seconds=60.0):
-    end = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.05)

@@ -82,6 +82,9 @@ class _Style:
     clamp: bool
 
 
+_CHANNEL = {name: i for i, name in enumerate(pb.A2F_BLENDSHAPE_NAMES)}  # A2F name -> output column
+
+
 def parse_header(header, num_persons: int) -> _Style:
     """The AudioStreamHeader's audio format and parameters -> _Style, or StreamError."""
     audio = header.audio_header
@@ -122,8 +125,6 @@ def parse_header(header, num_persons: int) -> _Style:
     return _Style(audio.samples_per_second, level, person, multipliers, offsets,
                   bool(bs.enable_clamping_bs_weight))
 
-
-_CHANNEL = {name: i for i, name in enumerate(pb.A2F_BLENDSHAPE_NAMES)}
 
 
 class _Session:
