@@ -125,6 +125,10 @@ m.load_state_dict({k: v.clone() for k, v in load_file(root + '/converted/model.s
 Animator(m, device='cpu').animate(speech)""",
     "emotalk_fast: release .pth (mmap, remap)": "Animator.from_pretrained(root + '/EmoTalk.pth', device='cpu').animate(speech)",
     "emotalk_fast: converted (meta + mmap + assign)": "Animator.from_pretrained(root + '/converted', device='cpu').animate(speech)",
+    "emotalk_fast: float32 directory run in bfloat16 (cast at load)":
+        "Animator.from_pretrained(root + '/converted', device='cpu', dtype='bfloat16').animate(speech)",
+    "emotalk_fast: bfloat16 directory (convert --dtype bfloat16)":
+        "Animator.from_pretrained(root + '/converted-bf16', device='cpu', dtype='bfloat16').animate(speech)",
 }
 _PRELUDE = """
 import sys, time, torch
@@ -147,6 +151,7 @@ def startup(args) -> None:
         torch.save(EmoTalkReference(CONFIG).state_dict(), f"{root}/EmoTalk.pth")
         cfg, sd = load_release_checkpoint(f"{root}/EmoTalk.pth")
         save_pretrained(sd, cfg, f"{root}/converted")
+        save_pretrained({k: v.to(torch.bfloat16) for k, v in sd.items()}, cfg, f"{root}/converted-bf16")
         del sd
         times = {name: [] for name in _STARTUP}
         for _ in range(args.rounds):
