@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import DecoderConfig
-from .kernels.reference import periodic_alibi_bias, periodic_bias_of_distance, periodic_positional_encoding
+from .kernels.reference import (periodic_alibi_bias, periodic_bias_of_distance, periodic_positional_encoding,
+                                ring_positions)
 
 QUERY_BLOCK = 512  # query rows per attention call: bounds the bias to [H, 512, T]
 
@@ -40,7 +41,8 @@ class RingKVCache:
     Slot s holds the newest `capacity` frames of one sequence; absolute position p lives at
     ring index p % capacity, so a step writes only its new frames (nothing grows, nothing old
     is copied) and frames older than `capacity` are overwritten: a sliding window that bounds
-    memory for endless streams. `ends[s]` is the absolute position of slot s's next frame.
+    memory for endless streams. `ends[s]` (host) is the absolute position of slot s's next
+    frame; `write` and `read` take positions as tensors, so a captured step needs no host value.
     """
 
     def __init__(self, slots: int, num_heads: int, head_dim: int, capacity: int, device=None, dtype=None):
@@ -58,32 +60,35 @@ class RingKVCache:
 
     def append(self, slots: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v [B, H, t, Dh]: the next t frames of the sequence in each of `slots`."""
+        device = self.k.device
+        self.write(torch.tensor(slots, device=device), torch.tensor([self.ends[s] for s in slots], device=device),
+                   k, v)
+        self.advance(slots, k.shape[2])
+
+    def write(self, slots: torch.Tensor, starts: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, H, t, Dh] at positions starts[b].. of slots[b] (tensors [B]); `ends` unchanged."""
         t = k.shape[2]
         if t > self.capacity:
             raise ValueError(f"{t} new frames do not fit a cache of {self.capacity}")
-        rows = torch.tensor([[(self.ends[s] + i) % self.capacity for i in range(t)] for s in slots],
-                            device=self.k.device)
-        index = torch.tensor(slots, device=self.k.device)[:, None]
+        rows = torch.remainder(starts[:, None] + torch.arange(t, device=starts.device), self.capacity)
         # advanced indices on dims 0 and 2 around a slice: the selection is [B, t, H, Dh]
-        self.k[index, :, rows] = k.transpose(1, 2).to(self.k.dtype)
-        self.v[index, :, rows] = v.transpose(1, 2).to(self.v.dtype)
+        self.k[slots[:, None], :, rows] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[slots[:, None], :, rows] = v.transpose(1, 2).to(self.v.dtype)
+
+    def advance(self, slots: list[int], t: int) -> None:
         for s in slots:
             self.ends[s] += t
 
-    def read(self, slots: list[int]):
-        """-> keys, values [B, H, L, Dh] and each ring index's absolute position [B, L] (-1:
-        empty), L = the longest filled span among `slots`. A view for one run of slots."""
-        length = min(self.capacity, max(self.ends[s] for s in slots))
-        if slots == list(range(slots[0], slots[0] + len(slots))):
-            keys, values = self.k[slots[0] : slots[-1] + 1, :, :length], self.v[slots[0] : slots[-1] + 1, :, :length]
+    def read(self, slots, ends: torch.Tensor, span: int):
+        """-> keys, values [B, H, span, Dh] of `slots` (a list, or a tensor [B]) and the absolute
+        position each ring index holds [B, span] (-1: empty) for sequences ending at ends [B].
+        A view when `slots` is a list of consecutive slots."""
+        if isinstance(slots, list) and slots == list(range(slots[0], slots[0] + len(slots))):
+            keys, values = self.k[slots[0] : slots[-1] + 1, :, :span], self.v[slots[0] : slots[-1] + 1, :, :span]
         else:
-            index = torch.tensor(slots, device=self.k.device)
-            keys, values = self.k[index, :, :length], self.v[index, :, :length]
-        ends = torch.tensor([self.ends[s] for s in slots], device=self.k.device)[:, None]
-        ring = torch.arange(length, device=self.k.device)[None, :]
-        # the newest position p < end with p = ring index (mod capacity); negative: never written
-        positions = ends - 1 - torch.remainder(ends - 1 - ring, self.capacity)
-        return keys, values, positions
+            index = torch.as_tensor(slots, device=self.k.device)
+            keys, values = self.k[:, :, :span].index_select(0, index), self.v[:, :, :span].index_select(0, index)
+        return keys, values, ring_positions(ends, self.capacity, span)
 
 
 def ragged_attention(q, k, v, slopes, period: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -114,6 +119,13 @@ class TorchOps:
     attention = staticmethod(attention_with_periodic_bias)
 
     @staticmethod
+    def ring_attention(q, cache: RingKVCache, slots, starts: torch.Tensor, span: int, slopes, period: int):
+        """q [B, H, t, Dh] at positions starts[b].. against ring `slots` (their new keys written)."""
+        t = q.shape[2]
+        keys, values, k_pos = cache.read(slots, starts + t, span)
+        return ragged_attention(q, keys, values, slopes, period, positions(t, starts, q.device), k_pos)
+
+    @staticmethod
     def add_norm(y, residual, norm: nn.LayerNorm):
         return norm(residual + y)
 
@@ -129,6 +141,7 @@ class PeriodicCausalDecoder(nn.Module):
         super().__init__()
         d = cfg.feature_dim
         self.cfg = cfg
+        self._slopes = {}  # device -> the ALiBi slopes there
         self.set_backend(backend)
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
@@ -153,7 +166,11 @@ class PeriodicCausalDecoder(nn.Module):
         self.backend = backend
 
     def slopes(self, device) -> torch.Tensor:
-        return torch.tensor(self.cfg.alibi_slopes(), dtype=torch.float32, device=device)
+        """fp32 [H], made once per device (a host-to-device copy cannot run inside a CUDA graph)."""
+        device = torch.device(device)
+        if device not in self._slopes:
+            self._slopes[device] = torch.tensor(self.cfg.alibi_slopes(), dtype=torch.float32, device=device)
+        return self._slopes[device]
 
     def positional_table(self, x: torch.Tensor) -> torch.Tensor | None:
         """The PPE table [period, D] when the paper's encoding is on, else None."""
@@ -197,16 +214,17 @@ class PeriodicCausalDecoder(nn.Module):
         over each whole sequence, frame for frame (within the cache's window)."""
         t = x.shape[1]
         starts = [cache.ends[s] for s in slots]
-        per_row = torch.tensor(starts, device=x.device)
-        offset = starts[0] if len(set(starts)) == 1 else per_row
-        x, q, k, v = self.project_qkv(x, offset)
-        cache.append(slots, k, v)
-        keys, values, k_pos = cache.read(slots)
-        slopes = self.slopes(x.device)
-        if isinstance(offset, int) and offset + t <= cache.capacity:
-            # one position for all and nothing wrapped: keys in order, the backend's attention
-            # (on CUDA, the Triton split-K decode kernel)
-            attn = self.ops.attention(q, keys, values, slopes, self.cfg.period, offset=offset)
-        else:
-            attn = ragged_attention(q, keys, values, slopes, self.cfg.period, positions(t, per_row, x.device), k_pos)
-        return self.finish(x, attn, memory)
+        span = min(cache.capacity, max(starts) + t)  # only the filled part of the ring is read
+        out = self.step_at(x, memory, cache, slots, torch.tensor(starts, device=x.device), span)
+        cache.advance(slots, t)
+        return out
+
+    def step_at(self, x: torch.Tensor, memory: torch.Tensor, cache: RingKVCache, slots, starts: torch.Tensor,
+                span: int) -> torch.Tensor:
+        """`step` with every position a tensor: slots (a list or a tensor [B]) and starts [B] on
+        x's device, `span` >= every slot's filled length; cache.ends is not advanced. Nothing
+        here reads a value back to the host, so a CUDA graph can capture it."""
+        x, q, k, v = self.project_qkv(x, starts)
+        cache.write(torch.as_tensor(slots, device=x.device), starts, k, v)
+        return self.finish(x, self.ops.ring_attention(q, cache, slots, starts, span, self.slopes(x.device),
+                                                      self.cfg.period), memory)

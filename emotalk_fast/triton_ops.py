@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .decoder import TorchOps
 from .kernels.add_layer_norm import add_layer_norm
 from .kernels.linear_add_layer_norm import linear_add_layer_norm
 from .kernels.periodic_alibi_attention import periodic_alibi_attention
@@ -28,9 +29,15 @@ class TritonOps:
     @staticmethod
     def attention(q, k, v, slopes, period: int, offset: int = 0):
         """q [B, H, Tq, Dh] at positions offset.., k, v [B, H, offset + Tq, Dh] at 0.."""
-        if offset > 0 and q.shape[2] <= MAX_QUERIES:  # a streaming step: split-K over the cache
-            return periodic_alibi_decode(q, k, v, slopes, period, offset)
         return periodic_alibi_attention(q, k, v, slopes, period, offset=offset)
+
+    @staticmethod
+    def ring_attention(q, cache, slots, starts, span: int, slopes, period: int):
+        """A streaming step: split-K over each row's ring, positions read on the device."""
+        if q.shape[2] > MAX_QUERIES:
+            return TorchOps.ring_attention(q, cache, slots, starts, span, slopes, period)
+        return periodic_alibi_decode(q, cache.k, cache.v, slopes, period, starts,
+                                     slots=torch.as_tensor(slots, device=q.device), span=span)
 
     @staticmethod
     def add_norm(y, residual, norm: nn.LayerNorm):

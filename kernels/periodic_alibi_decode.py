@@ -1,17 +1,20 @@
-"""Periodic-ALiBi attention for a few new queries against a KV cache (split-K decode).
+"""Periodic-ALiBi attention for a few new queries against a ring KV cache (split-K decode).
 
-Same function as `periodic_alibi_attention` with keys = cache[:offset+Tq]:
+Row b's sequence lives in cache row slots[b]: absolute position p at ring index p % capacity,
+the newest `capacity` positions kept. Its Tq new queries sit at positions
+offsets[b]..offsets[b]+Tq-1, and their keys are already in the ring (causal among them):
 
-    out[b,h,r] = sum_j softmax_j(q_r . k_j * scale - slopes[h] * floor((offset + r - j) / period)) v_j
-    over j <= offset + r,   r = 0..Tq-1
+    out[b,h,r] = sum_j softmax_j(q_r . k_j * scale - slopes[h] * floor((offsets[b] + r - p_j) / period)) v_j
+    over ring entries j holding a position p_j <= offsets[b] + r
 
-The cache already holds the new queries' keys at positions offset..offset+Tq-1 (causal among
-them). The visible keys are cut into chunks of `chunk` keys; one program per (chunk, b, h)
-runs the same online-softmax block step as prefill and writes a normalised partial output
-and its log2-sum-exp; a second small kernel merges the chunks.
+The ring indices 0..span-1 are cut into chunks of `chunk`; one program per (chunk, b, h) runs
+the online-softmax over its chunk and writes a normalised partial output and its
+log2-sum-exp; a second small kernel merges the chunks. Positions come from device tensors and
+the grid from `span` alone, so one launch shape serves every step (a CUDA graph can hold it).
+With an int offset and identity slots this is plain in-order decode: keys at 0..offset+Tq-1.
 
-Shapes: q [B,H,Tq,D] with 1 <= Tq <= 16, k_cache/v_cache [B,H,S,D] with S >= offset+Tq
-(unit-stride last dim, other strides free), slopes fp32 [H].
+Shapes: q [B,H,Tq,D] with 1 <= Tq <= 16, k_ring/v_ring [slots,H,capacity,D] (unit-stride last
+dim, other strides free), slopes fp32 [H], offsets and slots int [B].
 Dtypes: fp32/fp16/bf16, fp32 accumulation; partials are fp32. Limits: D <= 256.
 """
 import math
@@ -21,59 +24,72 @@ import triton
 import triton.language as tl
 
 from ._common import LOG2E, dot_precision, unit_last
-from .periodic_alibi_attention import _check_qkv, _periodic_alibi_block
-from .reference import periodic_alibi_decode_ref  # noqa: F401  (the reference, re-exported)
+from .periodic_alibi_attention import _check_qkv
+from .reference import periodic_alibi_decode_ref, periodic_alibi_ring_decode_ref  # noqa: F401  (re-exported)
 
 MAX_QUERIES = 16
 
 
 @triton.jit
 def _periodic_alibi_decode_kernel(
-    Q, K, V, PartOut, PartLse, Slopes,
+    Q, K, V, PartOut, PartLse, Slopes, Slots, Offsets,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
-    H, Tq, D, offset, period, qk_scale, chunk, n_chunks,
+    H, Tq, D, capacity, period, qk_scale, chunk, n_chunks,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    kv_len = offset + Tq
+    slot = tl.load(Slots + b).to(tl.int64)
+    end = tl.load(Offsets + b) + Tq  # one past the newest position in the ring
+    length = tl.minimum(end, capacity)  # ring entries holding a position
     lo = split * chunk
-    hi = tl.minimum(lo + chunk, kv_len)
-    # keys < offset + 1 are visible to every new query: no mask there; C and floor division
-    # differ for a negative numerator, the clamp makes both give lo
-    full_hi = tl.maximum(lo, lo + ((tl.minimum(hi, offset + 1) - lo) // BLOCK_N) * BLOCK_N)
+    hi = tl.minimum(lo + chunk, length)
 
     offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    pos_m = offs_m + offset
-    io_mask = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
+    d_ok = offs_d < D  # head_dim 208 is padded to 256; padded lanes load 0 and add nothing
+    pos_m = end - Tq + offs_m
+    io_mask = (offs_m[:, None] < Tq) & d_ok[None, :]
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=io_mask, other=0.0)
-    slope2 = tl.load(Slopes + h) * 1.4426950408889634
+    slope2 = tl.load(Slopes + h) * 1.4426950408889634  # the bias in the exp2 domain
     # int64: long caches times wide strides overflow int32
-    k_blk = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + lo.to(tl.int64) * stride_kt
-    v_blk = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + lo.to(tl.int64) * stride_vt
+    k_blk = K + slot * stride_kb + h.to(tl.int64) * stride_kh + lo.to(tl.int64) * stride_kt
+    v_blk = V + slot * stride_vb + h.to(tl.int64) * stride_vh + lo.to(tl.int64) * stride_vt
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(lo, full_hi, BLOCK_N):
-        acc, l_i, m_i = _periodic_alibi_block(
-            acc, l_i, m_i, q, k_blk, v_blk, start_n, pos_m, kv_len, stride_kt, stride_vt,
-            qk_scale, slope2, period, D, False, BLOCK_N, BLOCK_D, PRECISION)
-        k_blk += BLOCK_N * stride_kt
-        v_blk += BLOCK_N * stride_vt
-    for start_n in range(full_hi, hi, BLOCK_N):
-        acc, l_i, m_i = _periodic_alibi_block(
-            acc, l_i, m_i, q, k_blk, v_blk, start_n, pos_m, kv_len, stride_kt, stride_vt,
-            qk_scale, slope2, period, D, True, BLOCK_N, BLOCK_D, PRECISION)
+    for start_n in range(lo, hi, BLOCK_N):
+        index = start_n + offs_n
+        n_ok = index < hi
+        kt = tl.load(k_blk + offs_n[None, :] * stride_kt + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None],
+                     other=0.0)
+        v = tl.load(v_blk + offs_n[:, None] * stride_vt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
+                    other=0.0)
+        # the newest position p < end with p = index (mod capacity); >= 0 for every index < length
+        back = tl.where(n_ok, end - 1 - index, 0) % capacity
+        dist = pos_m[:, None] - (end - 1 - back)[None, :]
+        visible = (dist >= 0) & n_ok[None, :]
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale - \
+            slope2 * (tl.where(visible, dist, 0) // period).to(tl.float32)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: no inf - inf
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
         k_blk += BLOCK_N * stride_kt
         v_blk += BLOCK_N * stride_vt
 
-    # a query may see no key of this chunk (the chunk holds only later new keys): lse = -inf
+    # a query may see no key of this chunk (the chunk is past the row's length, or holds only
+    # later new keys): lse = -inf
     seen = l_i > 0
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
     out = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
@@ -91,7 +107,7 @@ def _merge_chunks_kernel(PartOut, PartLse, Out, stride_ob, stride_oh, stride_ot,
     offs_d = tl.arange(0, BLOCK_D)
     rows = (bh.to(tl.int64) * n_chunks + offs_s) * BLOCK_M + r
     lse = tl.load(PartLse + rows, mask=offs_s < n_chunks, other=float("-inf"))
-    m = tl.max(lse, 0)  # chunk 0 holds key 0, visible to every query: m is finite
+    m = tl.max(lse, 0)  # the chunk holding the query's own key sees it: m is finite
     denom = tl.sum(tl.exp2(lse - m), 0)
     out = tl.zeros([BLOCK_D], tl.float32)
     for s in range(0, n_chunks):  # one D-row per chunk: no [chunks, D] tile in registers
@@ -120,27 +136,45 @@ def decode_config(block_d):
     return MAX_QUERIES, 64, 4 if block_d <= 128 else 8, 2
 
 
-def periodic_alibi_decode(q, k_cache, v_cache, slopes, period, offset, scale=None):
-    _check_qkv(q, k_cache, v_cache, slopes, period)
+def periodic_alibi_decode(q, k_ring, v_ring, slopes, period, offset, scale=None, *, slots=None, span=None):
+    """offset: an int (every row's keys in order at 0..offset+Tq-1, no wrap: the ring must hold
+    them all) or an int tensor [B] of per-row ring positions. slots: int tensor [B], the ring
+    row of each query row (default row b). span: ring indices to scan, >= every row's filled
+    length (default: all the int offset needs, or the whole ring for tensor offsets)."""
+    _check_ring(q, k_ring, v_ring, slopes, period)
     B, H, Tq, D = q.shape
+    capacity = k_ring.shape[2]
     if not 1 <= Tq <= MAX_QUERIES:
         raise ValueError(f"decode takes 1..{MAX_QUERIES} new queries, got {Tq}")
-    if offset < 0 or k_cache.shape[2] < offset + Tq:
-        raise ValueError(f"cache length {k_cache.shape[2]} < offset {offset} + {Tq} new queries")
-    q, k_cache, v_cache = unit_last(q), unit_last(k_cache), unit_last(v_cache)
+    if Tq > capacity:
+        raise ValueError(f"{Tq} new queries do not fit a ring of {capacity}")
+    if isinstance(offset, torch.Tensor):
+        if offset.shape != (B,) or offset.dtype.is_floating_point:
+            raise ValueError(f"offsets must be an int tensor [{B}], got {offset.dtype} {tuple(offset.shape)}")
+        offsets = offset.to(q.device, torch.int32)
+        span = capacity if span is None else span
+    else:
+        if offset < 0 or capacity < offset + Tq:
+            raise ValueError(f"cache length {capacity} < offset {offset} + {Tq} new queries")
+        offsets = torch.full((B,), int(offset), device=q.device, dtype=torch.int32)
+        span = offset + Tq if span is None else span
+    slots = torch.arange(B, device=q.device) if slots is None else slots
+    if slots.shape != (B,) or slots.dtype.is_floating_point:
+        raise ValueError(f"slots must be an int tensor [{B}], got {slots.dtype} {tuple(slots.shape)}")
+    span = min(int(span), capacity)
+    q, k_ring, v_ring = unit_last(q), unit_last(k_ring), unit_last(v_ring)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    kv_len = offset + Tq
     BLOCK_D = max(16, triton.next_power_of_2(D))
     BLOCK_M, BLOCK_N, num_warps, num_stages = decode_config(BLOCK_D)
-    chunk = decode_chunk(kv_len)
-    n_chunks = triton.cdiv(kv_len, chunk)
+    chunk = decode_chunk(span)
+    n_chunks = triton.cdiv(span, chunk)
     part_out = torch.empty(B * H, n_chunks, BLOCK_M, BLOCK_D, device=q.device, dtype=torch.float32)
     part_lse = torch.empty(B * H, n_chunks, BLOCK_M, device=q.device, dtype=torch.float32)
     out = torch.empty(B, H, Tq, D, device=q.device, dtype=q.dtype)
     _periodic_alibi_decode_kernel[(n_chunks, B * H)](
-        q, k_cache, v_cache, part_out, part_lse, slopes,
-        *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
-        H, Tq, D, int(offset), int(period), scale * LOG2E, chunk, n_chunks,
+        q, k_ring, v_ring, part_out, part_lse, slopes, slots.to(q.device, torch.int32), offsets,
+        *q.stride()[:3], *k_ring.stride()[:3], *v_ring.stride()[:3],
+        H, Tq, D, capacity, int(period), scale * LOG2E, chunk, n_chunks,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
         PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
@@ -150,3 +184,12 @@ def periodic_alibi_decode(q, k_cache, v_cache, slopes, period, offset, scale=Non
         BLOCK_M=BLOCK_M, BLOCK_S=triton.next_power_of_2(n_chunks), BLOCK_D=BLOCK_D, num_warps=4,
     )
     return out
+
+
+def _check_ring(q, k_ring, v_ring, slopes, period):
+    """attention's checks, except that the ring's row count is its own (slots pick the rows)."""
+    if k_ring.dim() != 4 or k_ring.shape != v_ring.shape:
+        raise ValueError(f"k and v rings must be [slots,H,capacity,D] alike, got {tuple(k_ring.shape)}, "
+                         f"{tuple(v_ring.shape)}")
+    _check_qkv(q, k_ring[:1].expand(q.shape[0], -1, -1, -1), v_ring[:1].expand(q.shape[0], -1, -1, -1),
+               slopes, period)

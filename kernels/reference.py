@@ -64,6 +64,29 @@ def periodic_alibi_decode_ref(q, k_cache, v_cache, slopes, period, offset, scale
                                         scale=scale, offset=offset, upcast=upcast)
 
 
+def ring_positions(ends, capacity, span):
+    """The absolute position each ring index 0..span-1 holds, [B, span], for sequences whose
+    next position is ends [B] (position p lives at index p % capacity; -1: never written)."""
+    ends = ends[:, None]
+    index = torch.arange(span, device=ends.device)[None, :]
+    # the newest position p < end with p = index (mod capacity)
+    return ends - 1 - torch.remainder(ends - 1 - index, capacity)
+
+
+def periodic_alibi_ring_decode_ref(q, k_ring, v_ring, slopes, period, offsets, slots, scale=None, upcast=True):
+    """Decode of Tq new queries at positions offsets[b].. against ring row slots[b]."""
+    dtype = torch.float64 if upcast else q.dtype
+    k, v = k_ring[slots].to(dtype), v_ring[slots].to(dtype)
+    q = q.to(dtype)
+    Tq, D = q.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    k_pos = ring_positions(offsets + Tq, k_ring.shape[2], k_ring.shape[2])
+    q_pos = offsets[:, None] + torch.arange(Tq, device=q.device)[None, :]
+    bias = periodic_bias_of_distance(slopes, period, q_pos[:, :, None] - k_pos[:, None, :], dtype)
+    bias = bias.masked_fill((k_pos < 0)[:, None, None, :], float("-inf"))
+    return torch.softmax((q @ k.transpose(-1, -2)) * scale + bias, dim=-1) @ v
+
+
 def add_layer_norm_ref(x, residual, weight, bias, eps=1e-5, upcast=True):
     dtype = torch.float64 if upcast else x.dtype
     h = x.to(dtype) + residual.to(dtype)

@@ -56,7 +56,8 @@ def _cases():
     bm, bn, nw, ns = dec.decode_config(256)
     sc = _contiguous_strides(1, H, 3000, D)[:3]
     args = dict(Q="*fp16", K="*fp16", V="*fp16", PartOut="*fp32", PartLse="*fp32", Slopes="*fp32",
-                H=H, Tq=3, D=D, offset=997, period=30, qk_scale=0.1, chunk=256, n_chunks=4)
+                Slots="*i32", Offsets="*i32", H=H, Tq=3, D=D, capacity=3000, period=30, qk_scale=0.1,
+                chunk=256, n_chunks=12)
     args.update(zip([f"stride_{t}{d}" for t in "qkv" for d in "bht"], _contiguous_strides(1, H, 3, D)[:3] + sc * 2))
     cases["decode_d256"] = (dec._periodic_alibi_decode_kernel, args,
                             dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=256, PRECISION="tf32"),

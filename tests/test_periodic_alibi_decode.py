@@ -6,7 +6,7 @@ from helpers import assert_close, assert_close_to_dtype, DEVICE, KERNEL_DTYPES a
 
 from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention
 from emotalk_fast.kernels.periodic_alibi_decode import decode_chunk, periodic_alibi_decode
-from emotalk_fast.kernels.reference import periodic_alibi_decode_ref
+from emotalk_fast.kernels.reference import periodic_alibi_decode_ref, periodic_alibi_ring_decode_ref
 
 SLOPES = torch.tensor([0.5, 0.25, 0.125, 0.0625], device=DEVICE)
 
@@ -60,6 +60,32 @@ def test_decode_strided_cache_and_scale():
     out = periodic_alibi_decode(q, k, v, SLOPES, 30, 290, scale=0.3)
     assert_close_to_dtype(out, periodic_alibi_decode_ref(q, k, v, SLOPES, 30, 290, scale=0.3, upcast=False),
                           periodic_alibi_decode_ref(q, k, v, SLOPES, 30, 290, scale=0.3), "strided")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("capacity, n_new", [(17, 3), (300, 1), (300, 16), (700, 12)])
+def test_ring_decode_ragged_rows_vs_reference(capacity, n_new, dtype):
+    """Each row at its own position in its own ring slot (some wrapped, some not, one shorter
+    than the chunk, two rows on one slot), the grid fixed by the whole ring."""
+    H, D = 4, 208
+    k, v = _cache(5, H, capacity, D, dtype, seed=capacity)
+    offsets = torch.tensor([0, capacity - n_new, capacity + 5, 3 * capacity + 1, 40 % capacity], device=DEVICE)
+    slots = torch.tensor([4, 0, 2, 1, 2], device=DEVICE)
+    q = torch.randn(5, H, n_new, D, generator=torch.Generator().manual_seed(9)).to(DEVICE, dtype)
+    out = periodic_alibi_decode(q, k, v, SLOPES, 7, offsets, slots=slots)
+    ref64 = periodic_alibi_ring_decode_ref(q, k, v, SLOPES, 7, offsets, slots)
+    ref_same = periodic_alibi_ring_decode_ref(q, k, v, SLOPES, 7, offsets, slots, upcast=False)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert_close_to_dtype(out, ref_same, ref64, f"capacity={capacity} n_new={n_new}")
+
+
+def test_ring_decode_in_order_equals_int_offset():
+    """Tensor offsets over an unwrapped ring are the int-offset (in-order) decode."""
+    k, v = _cache(2, 4, 400, 64, torch.float32, seed=4)
+    q = torch.randn(2, 4, 3, 64, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    want = periodic_alibi_decode(q, k, v, SLOPES, 30, 290)
+    got = periodic_alibi_decode(q, k, v, SLOPES, 30, torch.tensor([290, 290], device=DEVICE), span=293)
+    assert_close(got, want, 1e-6, "ring vs in order")
 
 
 def test_chunking_policy():

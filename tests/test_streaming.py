@@ -65,7 +65,7 @@ def test_kv_cache_window_bounds_memory():
         k = torch.full((1, 2, 3, 4), float(i))
         cache.append([1], k, k)
     assert cache.ends == [0, 120] and cache.k.shape == (2, 2, 50, 4) and cache.k.data_ptr() == storage
-    keys, _, positions = cache.read([1])
+    keys, _, positions = cache.read([1], torch.tensor([cache.ends[1]]), cache.capacity)
     order = positions[0].argsort()
     assert positions[0, order].tolist() == list(range(70, 120))
     assert keys[0, 0, order, 0].tolist() == [float(j // 3) for j in range(70, 120)]
