@@ -10,10 +10,18 @@ stream alone within 1e-5).
 Hops of different lengths (the last, shorter hop of a flushed stream) run as separate groups
 within the same step. Errors in one stream's input raise in that stream's call and leave every
 other stream, and the stream itself, unchanged.
+
+With `cuda_graphs`, every full hop has static shapes: each window padded to the engine's one
+longest window, the batch padded to a bucket (1, 2, 4, ... max_streams) whose padding rows
+decode into a scratch cache slot, and the decoder reading the whole ring. On CUDA each bucket's
+hop (both encoders and the decoder step) is captured once as a CUDA graph and replayed; on the
+CPU the same static path runs eagerly, which is how it is tested. The last, shorter hop of a
+flushed stream runs eagerly.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,7 +78,8 @@ class StreamEngine:
     """
 
     def __init__(self, model: EmoTalk, device, dtype, *, max_streams: int = 16, hop_ms: int = 100,
-                 lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0):
+                 lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0,
+                 cuda_graphs: bool = False):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise ValueError(f"max_streams must be a positive integer, got {max_streams!r}")
         if not max_cache_s > 0:
@@ -80,7 +89,12 @@ class StreamEngine:
         self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms
         self.max_streams = max_streams
         self.max_cache_frames = max(int(max_cache_s * FPS), self.encoder.hop)
-        self.cache = model.decoder.new_cache(max_streams, self.max_cache_frames, self.device, dtype)
+        self.cuda_graphs = bool(cuda_graphs)
+        self.buckets = batch_buckets(max_streams)
+        self._scratch_slot = max_streams  # padding rows of a static batch decode here
+        self.cache = model.decoder.new_cache(max_streams + self.cuda_graphs, self.max_cache_frames, self.device,
+                                             dtype)
+        self._static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
         self._streams: dict[int, _Stream] = {}
         self._free_slots = list(range(max_streams))
         self._next_id = 0
@@ -216,15 +230,31 @@ class StreamEngine:
     def _run(self, batch: list[tuple[int, Window]]) -> dict[int, np.ndarray]:
         streams = [self._streams[sid] for sid, _ in batch]
         windows = [w for _, w in batch]
-        samples = [torch.from_numpy(s.buffer[w.s0 - s.buffer_start : w.s1 - s.buffer_start]).to(self.device)
-                   for s, w in zip(streams, windows)]
+        samples = [torch.from_numpy(s.buffer[w.s0 - s.buffer_start : w.s1 - s.buffer_start]) for s, w in
+                   zip(streams, windows)]
+        slots = [s.slot for s in streams]
+        starts = [self.cache.ends[slot] for slot in slots]
+        hop = windows[0].h1 - windows[0].h0
+        static = self.cuda_graphs and hop == self.encoder.hop
+        level, person = self._style_rows(streams, windows, per_frame=static)
         with torch.inference_mode():
-            content, emotion = self.encoder.encode_batch(samples, windows)
-            level, person = self._style_rows(streams, windows)
-            blendshapes, _ = self.model.decode_step(content, emotion, level, person, self.cache,
-                                                    [s.slot for s in streams])
-            emotion_sums = emotion.sum(1, keepdim=True)
-        frames = blendshapes.float().cpu().numpy()
+            if static:
+                bucket = next(b for b in self.buckets if b >= len(batch))
+                pad = bucket - len(batch)
+                inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.encoder.longest))
+                inputs.update(level=_pad_rows(level, bucket), person=_pad_rows(person, bucket),
+                              slots=torch.tensor(slots + [self._scratch_slot] * pad),
+                              starts=torch.tensor(starts + [0] * pad))
+                blendshapes, emotion_sums = self._static_hop(bucket, inputs)(inputs)
+            else:
+                inputs = self.encoder.batch_inputs([x.to(self.device) for x in samples], windows)
+                blendshapes, emotion_sums = self._hop(**inputs, level=level, person=person, slots=slots,
+                                                      starts=torch.tensor(starts),
+                                                      span=min(self.cache.capacity, max(starts) + hop))
+            # copies: a graph's outputs are overwritten by its next replay
+            frames = blendshapes[: len(batch)].float().cpu().numpy()
+            emotion_sums = emotion_sums[: len(batch)].clone()
+        self.cache.advance(slots, hop)
         out = {}
         for b, ((sid, w), s) in enumerate(zip(batch, streams)):
             s.emotion_sum = emotion_sums[b] if s.emotion_sum is None else s.emotion_sum + emotion_sums[b]
@@ -234,16 +264,35 @@ class StreamEngine:
             out[sid] = np.ascontiguousarray(frames[b])
         return out
 
-    def _style_rows(self, streams: list[_Stream], windows: list[Window]):
-        """Level and person weights: [B, n] when every stream's style is constant over its hop,
-        else [B, t, n] per frame."""
-        fading = any(s.fade_frames and w.h0 < s.fade_start + s.fade_frames for s, w in zip(streams, windows))
+    def _hop(self, *, level, person, slots, starts, span: int, **windows):
+        """One batched hop: both encoders over the windows, one decoder step over the slots'
+        rings -> blendshapes [B, hop, 52], the hop's summed emotion states [B, 1, hidden]. Tensors
+        in, tensors out, nothing read back to the host: the function a CUDA graph captures."""
+        content, emotion = self.encoder.encode_inputs(**windows)
+        level, person = level.to(self.device), person.to(self.device)
+        x, memory = self.model.decoder_inputs(content, emotion, level, person)
+        out = self.model.decoder.step_at(x, memory, self.cache, slots, starts.to(self.device), span)
+        return self.model.blendshape_head(out), emotion.sum(1, keepdim=True)
+
+    def _static_hop(self, bucket: int, inputs: dict) -> StaticHop:
+        if bucket not in self._static_hops:
+            # captured on a batch of padding rows only: warm-up runs touch no stream's cache
+            example = dict(inputs, slots=torch.full_like(inputs["slots"], self._scratch_slot))
+            self._static_hops[bucket] = StaticHop(lambda x: self._hop(**x, span=self.cache.capacity), example,
+                                                  self.device)
+        return self._static_hops[bucket]
+
+    def _style_rows(self, streams: list[_Stream], windows: list[Window], per_frame: bool = False):
+        """Level and person weights: [B, n] when every stream's style is constant over its hop
+        (and not `per_frame`), else [B, t, n] per frame."""
+        fading = per_frame or any(s.fade_frames and w.h0 < s.fade_start + s.fade_frames
+                                  for s, w in zip(streams, windows))
         if not fading:
             rows = [np.stack([s.style_to[i] for s in streams]) for i in range(2)]
         else:
             rows = [np.stack([np.stack([s.style_at(f)[i] for f in range(w.h0, w.h1)])
                               for s, w in zip(streams, windows)]) for i in range(2)]
-        return tuple(torch.as_tensor(r).to(self.device, self.dtype) for r in rows)
+        return tuple(torch.as_tensor(r).to(self.dtype) for r in rows)
 
     def _trim(self, s: _Stream) -> None:
         """Drop samples no future window of the stream reads, so memory does not grow."""
@@ -251,6 +300,46 @@ class StreamEngine:
         if keep_from > s.buffer_start:
             s.buffer = s.buffer[keep_from - s.buffer_start :].copy()
             s.buffer_start = keep_from
+
+
+def batch_buckets(max_streams: int) -> list[int]:
+    """The static batch sizes: 1, 2, 4, ... below max_streams, then max_streams."""
+    sizes = [1 << i for i in range(max_streams.bit_length()) if 1 << i < max_streams]
+    return sizes + [max_streams]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x [B, ...] zero-padded to [rows, ...]."""
+    return torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
+
+
+class StaticHop:
+    """A hop function over static input buffers (fixed shapes, fixed addresses). On CUDA it is
+    captured once as a CUDA graph and each call replays it; elsewhere each call runs it eagerly
+    on the same buffers. `example`: inputs to warm up and capture with (they must be harmless)."""
+
+    def __init__(self, fn: Callable[[dict], tuple], example: dict, device: torch.device):
+        self.fn = fn
+        self.inputs = {k: v.to(device).clone() for k, v in example.items()}
+        self.graph = None
+        if device.type == "cuda":
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up off the default stream: kernels compiled, pools settled
+                for _ in range(2):
+                    fn(self.inputs)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = fn(self.inputs)
+
+    def __call__(self, inputs: dict) -> tuple:
+        for name, value in inputs.items():
+            self.inputs[name].copy_(value)
+        if self.graph is None:
+            return self.fn(self.inputs)
+        self.graph.replay()
+        return self.outputs
 
 
 def _append(s: _Stream, chunk: np.ndarray) -> None:

@@ -76,41 +76,64 @@ class WindowedEncoder:
         """Window samples [s1 - s0] (raw 16 kHz) -> content, emotion hidden [1, h1 - h0, hidden]."""
         return self.encode_batch([samples], [w])
 
+    @property
+    def longest(self) -> tuple[int, int]:
+        """(frames, samples) of the longest window: every window of this encoder fits in it."""
+        w = self.window(self.context // self.hop + 1)  # a steady-state window, t0 > 0
+        return w.t1 - w.t0, w.s1 - w.s0
+
     def encode_batch(self, samples: list[torch.Tensor], windows: list[Window]):
         """Several windows (each its samples [s1 - s0], raw 16 kHz, and the same hop length) in
         one batched forward of both encoders -> content, emotion hidden [B, hop frames, hidden].
 
         Shorter windows are zero-padded and masked, so each row equals its own `encode` (the
         padded batch of the offline model, tested within 1e-5)."""
+        return self.encode_inputs(**self.batch_inputs(samples, windows))
+
+    def batch_inputs(self, samples: list[torch.Tensor], windows: list[Window], pad_to: tuple | None = None):
+        """The tensors `encode_inputs` takes for these windows (one hop length). pad_to (rows,
+        frames, samples): pad to exactly that shape, whatever the windows (static shapes for a
+        CUDA graph); padding rows are silent windows that read nothing of the others."""
         hops = {w.h1 - w.h0 for w in windows}
         if len(hops) != 1:
             raise ValueError(f"a batch of windows needs one hop length, got {sorted(hops)}")
         hop = hops.pop()
-        device = samples[0].device
-        lengths = torch.tensor([len(s) for s in samples], device=device)
-        wave = torch.zeros(len(samples), int(lengths.max()), device=device)
-        for b, s in enumerate(samples):
+        frames = [w.t1 - w.t0 for w in windows]
+        rows, n_frames, n_samples = pad_to or (len(windows), max(frames), max(len(s) for s in samples))
+        wave = torch.zeros(rows, n_samples, device=samples[0].device)
+        lengths = torch.full((rows,), n_samples)  # padding rows: all samples (silence) valid
+        t = torch.zeros(rows, n_frames, dtype=torch.long)
+        c_lo, c_hi = torch.zeros(rows, 1, dtype=torch.long), torch.zeros(rows, 1, dtype=torch.long)
+        hop_rows = torch.arange(hop).repeat(rows, 1)
+        for b, (s, w) in enumerate(zip(samples, windows)):
             wave[b, : len(s)] = s
+            lengths[b] = len(s)
+            t[b] = w.t0 + torch.arange(n_frames).clamp(max=w.t1 - w.t0 - 1)  # padding repeats the last frame
+            c_lo[b], c_hi[b] = w.c_lo, w.c_hi
+            hop_rows[b] += w.h0 - w.t0
+        pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
+        valid = torch.full((rows,), n_frames)
+        valid[: len(frames)] = torch.tensor(frames)
+        return dict(wave=wave, lengths=lengths, i0=torch.minimum(pos0, c_hi) - c_lo,
+                    i1=torch.minimum(pos0 + 1, c_hi) - c_lo, frac=((_UP * t) % _DOWN / _DOWN)[..., None],  # thirds
+                    frames=None if pad_to is None and len(set(frames)) == 1 else valid, hop_rows=hop_rows)
+
+    def encode_inputs(self, wave, lengths, i0, i1, frac, frames, hop_rows):
+        """`batch_inputs`' tensors -> content, emotion hidden [B, hop, hidden]. Reads no value
+        back to the host (a CUDA graph can capture it)."""
+        device = self.model.content_map.weight.device
+        wave, lengths, i0, i1, frac, hop_rows = (x.to(device) for x in (wave, lengths, i0, i1, frac, hop_rows))
+        frames = None if frames is None else frames.to(device)
         # the offline normalisation over each window: statistics in float32 whatever the dtype
         wave = normalize_waveform(wave, lengths).to(self.model.content_map.weight.dtype)
-        frames = [w.t1 - w.t0 for w in windows]
-        t = torch.tensor([[w.t0 + min(j, w.t1 - w.t0 - 1) for j in range(max(frames))] for w in windows],
-                         device=device)  # padded rows repeat the last frame (masked later)
-        c_lo = torch.tensor([w.c_lo for w in windows], device=device)[:, None]
-        c_hi = torch.tensor([w.c_hi for w in windows], device=device)[:, None]
-        pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
-        frac = (((_UP * t) % _DOWN).to(wave.dtype) / _DOWN)[..., None]  # exact: thirds
-        rows = torch.arange(len(windows), device=device)[:, None]
-        i0 = torch.minimum(pos0, c_hi) - c_lo
-        i1 = torch.minimum(pos0 + 1, c_hi) - c_lo
-        lens = None if len(set(frames)) == 1 else torch.tensor(frames, device=device)
-        hop_rows = torch.tensor([[w.h0 - w.t0 + j for j in range(hop)] for w in windows], device=device)
+        frac = frac.to(wave.dtype)
+        rows = torch.arange(wave.shape[0], device=device)[:, None]
         hidden, feats = [], None
         for enc in (self.model.content_encoder, self.model.emotion_encoder):
             if feats is None or not self.model.shares_front_end:
                 feats = enc.front_end(wave)
             grid = feats[rows, i0] * (1 - frac) + feats[rows, i1] * frac
-            hidden.append(enc.transformer(grid, lens)[rows, hop_rows])
+            hidden.append(enc.transformer(grid, frames)[rows, hop_rows])
         return hidden[0], hidden[1]
 
     def hops(self, total_frames: int) -> int:

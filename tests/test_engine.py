@@ -57,9 +57,12 @@ def _solo(animator, plan, pushes):
     return np.concatenate(out)
 
 
-def test_streams_in_one_engine_equal_streams_alone(animator, voices):
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
+def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs):
+    """cuda_graphs on the CPU: the static-shape path (windows padded to one length, batches to
+    buckets, the whole ring read) runs eagerly; only the capture itself needs CUDA."""
     plans = _plans(voices)
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, **SETTINGS)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, cuda_graphs=cuda_graphs, **SETTINGS)
     audio = [_at_rate(p["speech"], p["rate"]) for p in plans]
     ids, pos, pushes = {}, [0] * 4, [[] for _ in plans]
     frames = [[] for _ in plans]
@@ -97,6 +100,9 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices):
         if all(i in ids and (ids[i] not in engine.live or engine.finished(ids[i])) for i in range(4)):
             break
     assert max(batch_sizes) >= 3, "streams never shared a batch"
+    if cuda_graphs:  # batches of 3 ran padded to the bucket of 4, single streams in the bucket of 1
+        assert engine.buckets == [1, 2, 4] and {1, 4} <= set(engine._static_hops)
+        assert all(h.graph is None for h in engine._static_hops.values())  # no capture on the CPU
     assert pos[2] < len(audio[2]) and ids[2] not in engine.live  # closed mid-way
     for i, p in enumerate(plans):
         got = np.concatenate(frames[i])
@@ -134,8 +140,9 @@ def test_bad_input_touches_only_its_stream(animator, voices):
         assert np.abs(np.concatenate(out[sid]) - want).max() <= TOL
 
 
-def test_slots_are_reused_and_the_cache_never_grows(animator, voices):
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, **SETTINGS)
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
+def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graphs):
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, cuda_graphs=cuda_graphs, **SETTINGS)
     storage, shape = engine.cache.k.data_ptr(), tuple(engine.cache.k.shape)
     a, b = engine.open(), engine.open()
     with pytest.raises(EngineFull):
