@@ -3,6 +3,7 @@ many streams it holds in real time.
 
     python benchmarks/engine_load.py --preset mini --dtype float32
     python benchmarks/engine_load.py --preset emotalk --dtype bfloat16 --batches 1,2,4,8,16
+    python benchmarks/engine_load.py --preset emotalk --dtype float16 --device cuda --batches 1,8,64,256 --cuda-graphs
 
 Streams held in real time: N streams are pushed one hop of audio every hop (on the wall clock,
 as microphones would), the engine steps until drained, and a hop's latency is the time from
@@ -32,10 +33,13 @@ def build(preset: str, device: str, dtype: str) -> Animator:
     return Animator.from_state_dict(cfg, random_weights(cfg), device=device, dtype=dtype)
 
 
-def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray) -> tuple[StreamEngine, list, int]:
-    """An engine with `streams` streams, each past its start-up windows (steady state)."""
+def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray,
+                cuda_graphs: bool = False) -> tuple[StreamEngine, list, int]:
+    """An engine with `streams` streams, each past its start-up windows (steady state; with
+    cuda_graphs, its bucket's graph captured)."""
     engine = StreamEngine(animator.model, animator.device, animator.dtype, max_streams=streams, hop_ms=hop_ms,
-                          lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0)
+                          lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0,
+                          cuda_graphs=cuda_graphs)
     ids = [engine.open(level=1, person=i % 24) for i in range(streams)]
     position = (CONTEXT_MS + LOOKAHEAD_MS + 2 * hop_ms) * 16
     for sid in ids:
@@ -45,9 +49,10 @@ def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarra
     return engine, ids, position
 
 
-def hop_cost(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, rounds: int = 3) -> float:
+def hop_cost(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, rounds: int = 3,
+             cuda_graphs: bool = False) -> float:
     """Median seconds of one `step()` that advances all `streams` by one hop."""
-    engine, ids, position = warm_engine(animator, streams, hop_ms, speech)
+    engine, ids, position = warm_engine(animator, streams, hop_ms, speech, cuda_graphs)
     hop = 16 * hop_ms
     times = []
     for _ in range(rounds):
@@ -63,9 +68,10 @@ def hop_cost(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, 
     return float(np.median(times))
 
 
-def realtime(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, seconds: float) -> dict:
+def realtime(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, seconds: float,
+             cuda_graphs: bool = False) -> dict:
     """Push one hop per stream every hop_ms on the wall clock for `seconds`; latency per hop."""
-    engine, ids, position = warm_engine(animator, streams, hop_ms, speech)
+    engine, ids, position = warm_engine(animator, streams, hop_ms, speech, cuda_graphs)
     hop, latencies = 16 * hop_ms, []
     start = time.perf_counter()
     for k in range(int(seconds * 1000 / hop_ms)):
@@ -82,11 +88,12 @@ def realtime(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, 
     return {"streams": streams, "p50_ms": 1000 * p50, "p99_ms": 1000 * p99, "held": bool(p99 < hop_ms / 1000)}
 
 
-def capacity(animator: Animator, hop_ms: int, speech: np.ndarray, seconds: float, most: int) -> dict:
+def capacity(animator: Animator, hop_ms: int, speech: np.ndarray, seconds: float, most: int,
+             cuda_graphs: bool = False) -> dict:
     """The largest N (doubling, then the best held) whose real-time run keeps up."""
     best, n = None, 1
     while n <= most:
-        r = realtime(animator, n, hop_ms, speech, seconds)
+        r = realtime(animator, n, hop_ms, speech, seconds, cuda_graphs)
         print(f"    {hop_ms} ms hops, {n} streams: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
               f"{'held' if r['held'] else 'falls behind'}", file=sys.stderr, flush=True)
         if not r["held"]:
@@ -104,22 +111,25 @@ def main() -> None:
     p.add_argument("--hops", default="100,200,400", help="hop sizes (ms) for streams held in real time")
     p.add_argument("--seconds", type=float, default=6.0, help="length of each real-time run")
     p.add_argument("--most", type=int, default=64, help="largest N tried in real time")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="static shapes, each batch bucket's hop a CUDA graph (on the CPU: static shapes, eager)")
     args = p.parse_args()
     animator = build(args.preset, args.device, args.dtype)
     speech = generated_speech(120.0)
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# {args.preset}, {args.dtype} on {device_name(animator.device)}; {versions()}")
-    print(f"# context {CONTEXT_MS} ms, lookahead {LOOKAHEAD_MS} ms, 100 ms hops")
+    print(f"# context {CONTEXT_MS} ms, lookahead {LOOKAHEAD_MS} ms, 100 ms hops"
+          f"{', CUDA graphs' if args.cuda_graphs else ''}")
     print("| streams in the batch | compute per hop | per stream | real-time streams by this cost |")
     print("| --- | --- | --- | --- |")
     for b in batches:
-        t = hop_cost(animator, b, 100, speech)
+        t = hop_cost(animator, b, 100, speech, cuda_graphs=args.cuda_graphs)
         print(f"| {b} | {1000 * t:.0f} ms | {1000 * t / b:.1f} ms | {int(b * 0.1 / t) if t else 0} |", flush=True)
     print()
     print("| hop | streams held in real time | p50 hop latency | p99 hop latency |")
     print("| --- | --- | --- | --- |")
     for hop_ms in (int(h) for h in args.hops.split(",")):
-        r = capacity(animator, hop_ms, speech, args.seconds, args.most)
+        r = capacity(animator, hop_ms, speech, args.seconds, args.most, args.cuda_graphs)
         print(f"| {hop_ms} ms | {r['streams']} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms |", flush=True)
 
 

@@ -1,7 +1,7 @@
 """The batched streaming engine: one `step()` advancing B warm streams by a 100 ms hop, for the
 release-size model (float32, bfloat16) and the mini model, B = 1..16 on CPU and up to 256 on a
-GPU. extra_info carries the per-stream cost. CUDA graphs for the hop are not built yet; the GPU
-cases time the eager engine and are skipped without CUDA."""
+GPU. extra_info carries the per-stream cost. The GPU cases time the eager engine and the one
+whose hops replay CUDA graphs (`cuda_graphs=True`), side by side; they skip without CUDA."""
 import functools
 
 import pytest
@@ -20,12 +20,14 @@ def _cases():
         for preset, dtypes in (("emotalk", ("float32", "bfloat16", "float16")), ("mini", ("float32",))):
             for dtype in dtypes:
                 for b in batches:
-                    marks = [pytest.mark.gpu] if device == "cuda" else []
-                    if device == "cuda" and not HAS_CUDA:
-                        marks.append(pytest.mark.skip(reason="GPU case: CUDA is not available"))
-                    elif device == "cpu" and dtype == "float16":
-                        marks.append(pytest.mark.skip(reason="float16 is a GPU dtype; use bfloat16 on CPU"))
-                    out.append(pytest.param(device, preset, dtype, b, marks=marks, id=f"{device}-{preset}-{dtype}-B{b}"))
+                    for graphs in ((False, True) if device == "cuda" else (False,)):
+                        marks = [pytest.mark.gpu] if device == "cuda" else []
+                        if device == "cuda" and not HAS_CUDA:
+                            marks.append(pytest.mark.skip(reason="GPU case: CUDA is not available"))
+                        elif device == "cpu" and dtype == "float16":
+                            marks.append(pytest.mark.skip(reason="float16 is a GPU dtype; use bfloat16 on CPU"))
+                        name = f"{device}-{preset}-{dtype}-B{b}{'-graphs' if graphs else ''}"
+                        out.append(pytest.param(device, preset, dtype, b, graphs, marks=marks, id=name))
     return out
 
 
@@ -34,13 +36,13 @@ def _animator(preset, device, dtype):
     return build(preset, device, dtype)
 
 
-@pytest.mark.parametrize("device,preset,dtype,batch", _cases())
-def test_engine_hop(benchmark, device, preset, dtype, batch):
+@pytest.mark.parametrize("device,preset,dtype,batch,cuda_graphs", _cases())
+def test_engine_hop(benchmark, device, preset, dtype, batch, cuda_graphs):
     if device == "cpu" and dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
     animator = _animator(preset, device, dtype)
     audio = speech(60)
-    engine, ids, position = warm_engine(animator, batch, 100, audio)
+    engine, ids, position = warm_engine(animator, batch, 100, audio, cuda_graphs)
     hop = 1600
 
     def run():
@@ -53,7 +55,7 @@ def test_engine_hop(benchmark, device, preset, dtype, batch):
         return out
 
     measure(benchmark, run, op=f"engine-{preset}", dtype=dtype, shape=f"B{batch}", device=device,
-            provider="emotalk_fast-engine", audio_seconds=0.1 * batch, rounds=3, warmup_rounds=1,
+            provider="emotalk_fast-engine" + ("-cuda-graphs" if cuda_graphs else ""), audio_seconds=0.1 * batch, rounds=3, warmup_rounds=1,
             streams=batch)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:

@@ -95,6 +95,7 @@ class StreamEngine:
         self.cache = model.decoder.new_cache(max_streams + self.cuda_graphs, self.max_cache_frames, self.device,
                                              dtype)
         self._static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
+        self._graph_pool = None
         self._streams: dict[int, _Stream] = {}
         self._free_slots = list(range(max_streams))
         self._next_id = 0
@@ -278,8 +279,10 @@ class StreamEngine:
         if bucket not in self._static_hops:
             # captured on a batch of padding rows only: warm-up runs touch no stream's cache
             example = dict(inputs, slots=torch.full_like(inputs["slots"], self._scratch_slot))
+            if self._graph_pool is None and self.device.type == "cuda":
+                self._graph_pool = torch.cuda.graph_pool_handle()
             self._static_hops[bucket] = StaticHop(lambda x: self._hop(**x, span=self.cache.capacity), example,
-                                                  self.device)
+                                                  self.device, self._graph_pool)
         return self._static_hops[bucket]
 
     def _style_rows(self, streams: list[_Stream], windows: list[Window], per_frame: bool = False):
@@ -318,7 +321,7 @@ class StaticHop:
     captured once as a CUDA graph and each call replays it; elsewhere each call runs it eagerly
     on the same buffers. `example`: inputs to warm up and capture with (they must be harmless)."""
 
-    def __init__(self, fn: Callable[[dict], tuple], example: dict, device: torch.device):
+    def __init__(self, fn: Callable[[dict], tuple], example: dict, device: torch.device, pool=None):
         self.fn = fn
         self.inputs = {k: v.to(device).clone() for k, v in example.items()}
         self.graph = None
@@ -330,7 +333,9 @@ class StaticHop:
                     fn(self.inputs)
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # one memory pool for all buckets' graphs: they replay one at a time on one stream,
+            # and each call's outputs are copied out before the next replay
+            with torch.cuda.graph(self.graph, pool=pool):
                 self.outputs = fn(self.inputs)
 
     def __call__(self, inputs: dict) -> tuple:
