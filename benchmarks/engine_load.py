@@ -3,7 +3,7 @@ many streams it holds in real time.
 
     python benchmarks/engine_load.py --preset mini --dtype float32
     python benchmarks/engine_load.py --preset emotalk --dtype bfloat16 --batches 1,2,4,8,16
-    python benchmarks/engine_load.py --preset emotalk --dtype float16 --device cuda --batches 1,8,64,256 --cuda-graphs
+    python benchmarks/engine_load.py --preset emotalk --dtype float16 --device cuda --batches 1,8,64,256 --cuda-graphs both
 
 Streams held in real time: N streams are pushed one hop of audio every hop (on the wall clock,
 as microphones would), the engine steps until drained, and a hop's latency is the time from
@@ -111,26 +111,37 @@ def main() -> None:
     p.add_argument("--hops", default="100,200,400", help="hop sizes (ms) for streams held in real time")
     p.add_argument("--seconds", type=float, default=6.0, help="length of each real-time run")
     p.add_argument("--most", type=int, default=64, help="largest N tried in real time")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="static shapes, each batch bucket's hop a CUDA graph (on the CPU: static shapes, eager)")
+    p.add_argument("--cuda-graphs", choices=("off", "on", "both"), default="off",
+                   help="on: static shapes, each batch bucket's hop a CUDA graph (on the CPU: static shapes, "
+                        "eager); both: the per-hop table for each, interleaved batch by batch")
     args = p.parse_args()
     animator = build(args.preset, args.device, args.dtype)
     speech = generated_speech(120.0)
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# {args.preset}, {args.dtype} on {device_name(animator.device)}; {versions()}")
-    print(f"# context {CONTEXT_MS} ms, lookahead {LOOKAHEAD_MS} ms, 100 ms hops"
-          f"{', CUDA graphs' if args.cuda_graphs else ''}")
-    print("| streams in the batch | compute per hop | per stream | real-time streams by this cost |")
-    print("| --- | --- | --- | --- |")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graphs]
+    print(f"# context {CONTEXT_MS} ms, lookahead {LOOKAHEAD_MS} ms, 100 ms hops")
+    print("| streams in the batch | engine | compute per hop | per stream | real-time streams by this cost |")
+    print("| --- | --- | --- | --- | --- |")
     for b in batches:
-        t = hop_cost(animator, b, 100, speech, cuda_graphs=args.cuda_graphs)
-        print(f"| {b} | {1000 * t:.0f} ms | {1000 * t / b:.1f} ms | {int(b * 0.1 / t) if t else 0} |", flush=True)
+        for graphs in modes:
+            t = hop_cost(animator, b, 100, speech, cuda_graphs=graphs)
+            print(f"| {b} | {_engine_name(graphs, args.device)} | {1000 * t:.0f} ms | {1000 * t / b:.1f} ms | "
+                  f"{int(b * 0.1 / t) if t else 0} |", flush=True)
     print()
-    print("| hop | streams held in real time | p50 hop latency | p99 hop latency |")
-    print("| --- | --- | --- | --- |")
+    print("| hop | engine | streams held in real time | p50 hop latency | p99 hop latency |")
+    print("| --- | --- | --- | --- | --- |")
     for hop_ms in (int(h) for h in args.hops.split(",")):
-        r = capacity(animator, hop_ms, speech, args.seconds, args.most, args.cuda_graphs)
-        print(f"| {hop_ms} ms | {r['streams']} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms |", flush=True)
+        for graphs in modes:
+            r = capacity(animator, hop_ms, speech, args.seconds, args.most, graphs)
+            print(f"| {hop_ms} ms | {_engine_name(graphs, args.device)} | {r['streams']} | {r['p50_ms']:.0f} ms | "
+                  f"{r['p99_ms']:.0f} ms |", flush=True)
+
+
+def _engine_name(cuda_graphs: bool, device: str) -> str:
+    if not cuda_graphs:
+        return "eager"
+    return "CUDA graphs" if device.startswith("cuda") else "static shapes"
 
 
 if __name__ == "__main__":
