@@ -4,14 +4,27 @@
     anim = Animator.from_pretrained("EmoTalk.pth").animate("speech.wav", level=1, person=0)
     anim.save("speech.csv")
 """
-from .animator import Animation, Animator
-from .checkpoint import CheckpointError
-from .config import BLENDSHAPE_NAMES, DEFAULT_EMOTION_LABELS, EmoTalkConfig
-from .controls import Schedule
-from .engine import EngineFull, StreamEngine
-from .model import EmoTalk
-from .streaming import AnimationStream
+import importlib
 
-__all__ = ["Animator", "Animation", "AnimationStream", "StreamEngine", "EngineFull", "EmoTalk", "EmoTalkConfig",
-           "CheckpointError", "Schedule", "BLENDSHAPE_NAMES", "DEFAULT_EMOTION_LABELS"]
+# Each public name and the module it lives in, imported on first use (PEP 562): the network
+# client and `emotalk-fast send` import parts of this package that need no torch, and should
+# not pay for importing it.
+_EXPORTS = {
+    "Animator": "animator", "Animation": "animator", "AnimationStream": "streaming", "StreamEngine": "engine",
+    "EngineFull": "engine", "EmoTalk": "model", "EmoTalkConfig": "config", "CheckpointError": "checkpoint",
+    "Schedule": "controls", "BLENDSHAPE_NAMES": "config", "DEFAULT_EMOTION_LABELS": "config",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

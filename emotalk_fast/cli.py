@@ -32,8 +32,6 @@ def _animate(args) -> None:
             if extension not in TEXT_FORMATS or args.format:
                 raise ValueError("-o - writes CSV or JSON text: use --to csv or --to json (no --format)")
         else:
-            if Path(job.output).suffix.lower() not in (".csv", ".npy", ".json"):
-                raise ValueError(f"output {Path(job.output).name} must end in .csv, .npy or .json")
             check_output(job.output, args.format, make_parents=many)
     skipped = [] if args.overwrite or not many else [j for j in jobs if Path(j.output).exists()]
     jobs = [j for j in jobs if j not in skipped]

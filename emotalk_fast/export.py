@@ -11,7 +11,7 @@ import numpy as np
 
 from .files import atomic_write
 
-FORMATS = (".npy", ".csv", ".json")
+FORMATS = (".csv", ".npy", ".json")
 
 
 def write_npy(path: Path, blendshapes: np.ndarray, **_) -> None:
@@ -73,7 +73,8 @@ def check_output(path: str | os.PathLike, format: str | None = None, make_parent
     path = Path(path)
     writer = _WRITERS.get(path.suffix.lower()) if format is None else _named_writer(format, path)
     if writer is None:
-        raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; use one of {', '.join(FORMATS)}")
+        raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; the output must end in "
+                         f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     if not path.parent.is_dir():

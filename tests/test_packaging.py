@@ -113,3 +113,15 @@ def test_inference_needs_neither_triton_nor_transformers():
                        env={**os.environ, "TRITON_INTERPRET": "0"})
     assert r.returncode == 0 and "light ok" in r.stdout, r.stdout + r.stderr
     assert "pip install 'emotalk-fast[training]'" in r.stderr
+
+
+def test_client_and_cli_import_without_torch():
+    """`emotalk-fast send` and `health` need no model: importing the client and the CLI leaves
+    torch unloaded (the package's names load on first use), and those names still resolve."""
+    code = ("import sys, emotalk_fast, emotalk_fast.client, emotalk_fast.cli\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "from emotalk_fast import Animator, StreamEngine, EmoTalkConfig, BLENDSHAPE_NAMES\n"
+            "assert 'torch' in sys.modules and Animator.__name__ == 'Animator' and len(BLENDSHAPE_NAMES) == 52\n"
+            "assert set(emotalk_fast.__all__) <= set(dir(emotalk_fast))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr

@@ -9,6 +9,8 @@ import importlib
 import time
 from pathlib import Path
 
+from ..export import check_output
+
 
 def _import_serve(module: str):
     """emotalk_fast.serve.* or emotalk_fast.client, with the install hint when grpc is missing."""
@@ -50,10 +52,8 @@ def _tls_args(args) -> dict:
 def _send(args) -> None:
     client = _import_serve("client")
     out = Path(args.output) if args.output else None
-    if out is not None and out.suffix.lower() not in (".csv", ".npy", ".json"):
-        raise ValueError(f"output {out.name} must end in .csv, .npy or .json")
-    if out is not None and not out.parent.is_dir():
-        raise ValueError(f"output directory {out.parent} does not exist")
+    if out is not None:
+        check_output(out)  # before any audio is sent
     try:
         result = client.send(args.input, server=args.server, level=args.level, person=args.person,
                              clamp=args.clamp or None, chunk_s=args.chunk_s, realtime=args.realtime,
