@@ -4,6 +4,7 @@ bad input never touches another; slots and the ring cache are reused, never grow
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from emotalk_fast import Animator
 from emotalk_fast.audio import resample
@@ -178,6 +179,43 @@ def test_engine_checks_its_arguments(animator):
     engine.push(sid, np.zeros(100, np.float32))
     with pytest.raises(ValueError, match="too short"):
         engine.flush(sid)
+
+
+class _NoHostValues(TorchFunctionMode):
+    """Fails on what a CUDA graph cannot capture: a tensor's value read back to the host (it
+    would sync and be frozen into the graph) or a tensor made from host data (a copy from
+    pageable memory)."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.__bool__,
+             torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            raise AssertionError(f"Tensor.{func.__name__} reads a device value on the host")
+        if func in (torch.tensor, torch.as_tensor) and not isinstance(args[0], torch.Tensor):
+            raise AssertionError(f"torch.{func.__name__} makes a tensor from host data {args[0]!r}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_static_hop_is_capturable(voices, backend):
+    """What each bucket's graph would capture, run eagerly on the CPU under a watch: no value
+    goes back to the host and no tensor is made from host data (the Triton backend's step
+    under the interpreter), and it equals the engine's own output."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    animator = Animator.from_config("tiny", seed=11, device="cpu", backend=backend)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, cuda_graphs=True, **SETTINGS)
+    sid = engine.open()
+    engine.push(sid, voices[0][:16000])
+    while engine.step():
+        pass
+    (hop,) = engine._static_hops.values()
+    with torch.inference_mode():
+        want = [x.clone() for x in hop.fn(hop.inputs)]
+        with _NoHostValues():
+            got = hop.fn(hop.inputs)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 @pytest.mark.gpu
