@@ -295,6 +295,30 @@ def test_concurrent_clients_each_equal_their_solo_run(server, animator):
         assert results[i].audio == clips[i]
 
 
+def test_static_shapes_server_equals_solo_runs(animator):
+    """serve --cuda-graphs on the CPU: the engine's static-shape path (eager here) behind the
+    service; concurrent clients still get exactly their solo frames."""
+    s = A2FServer(animator, ServeSettings(port=0, max_streams=4, max_audio_s=5.0, cuda_graphs=True, **STREAM)).start()
+    try:
+        clips = [pcm_at(espeak_speech(t, speed=200), r) for t, r in (("Static shapes.", 16000),
+                                                                      ("Padded to a bucket.", 48000),
+                                                                      ("Three at once.", 22050))]
+        rates = [16000, 48000, 22050]
+        results = [None] * 3
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+            i, send(pcm_to_int16(clips[i]), rates[i], server=s.address, person=i, chunk_s=0.1))) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert s.service.engine._static_hops  # the static path ran
+        for i in range(3):
+            ref = reference(animator, clips[i], rates[i], level=1, person=i)
+            np.testing.assert_allclose(results[i].blendshapes, ref, atol=TOL, rtol=0, err_msg=f"client {i}")
+    finally:
+        s.stop(grace=1)
+
+
 def test_a_client_that_never_reads_stalls_no_one(server, animator, speech):
     pcm = pcm_at(np.tile(speech, 4), 16000)
     channel = grpc.insecure_channel(server.address)

@@ -27,7 +27,8 @@ def _serve(args) -> None:
         host=args.host, port=args.port, max_streams=args.max_streams, hop_ms=args.hop_ms,
         lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, max_audio_s=args.max_audio_s,
         idle_timeout_s=args.idle_timeout, shutdown_grace_s=args.shutdown_grace, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, client_ca=args.client_ca, metrics_port=args.metrics_port)
+        tls_key=args.tls_key, client_ca=args.client_ca, metrics_port=args.metrics_port,
+        cuda_graphs=args.cuda_graphs)
     for path in (args.tls_cert, args.tls_key, args.client_ca):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"file not found: {path}")
@@ -92,6 +93,9 @@ def register(sub, add_model_options, add_stream_options) -> None:
     v.add_argument("--tls-key", help="its private key (PEM)")
     v.add_argument("--client-ca", help="CA (PEM) that client certificates must chain to: mutual TLS")
     v.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (same host)")
+    v.add_argument("--cuda-graphs", action="store_true",
+                   help="static shapes, each batch bucket's hop replayed as a CUDA graph (for CUDA; experimental: "
+                        "not yet measured on a GPU). The decoder then reads the whole --max-audio-s cache each hop")
     add_model_options(v)
     add_stream_options(v)
     v.set_defaults(func=_serve)

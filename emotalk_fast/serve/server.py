@@ -44,6 +44,7 @@ class ServeSettings:
     tls_key: str | None = None
     client_ca: str | None = None
     metrics_port: int | None = None
+    cuda_graphs: bool = False  # the engine's static shapes, each batch bucket's hop a CUDA graph
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -344,7 +345,8 @@ class A2FServer:
         self.metrics = ServeMetrics()
         engine = StreamEngine(animator.model, animator.device, animator.dtype, max_streams=settings.max_streams,
                               hop_ms=settings.hop_ms, lookahead_ms=settings.lookahead_ms,
-                              context_ms=settings.context_ms, max_cache_s=settings.max_audio_s)
+                              context_ms=settings.context_ms, max_cache_s=settings.max_audio_s,
+                              cuda_graphs=settings.cuda_graphs)
         self.service = A2FService(engine, settings, self.metrics)
         self.port: int | None = None
         self._loop = asyncio.new_event_loop()
