@@ -10,6 +10,9 @@ Groups (`benchmark.group`, providers side by side; release decoder: 4 heads of 2
 - decode-{dtype}-S{S}: 3 new frames (one 100 ms streaming hop) against a cache of S frames.
 - decoder-{dtype}-T{T} and decoder-step-{dtype}-S{S}: the whole decoder layer per backend,
   offline and one streaming step.
+- ring-decode-{dtype}-B{B}: the engine's step attention, B streams at their own positions (0 to
+  the full 600 s) in one ring of 18000 frames. Providers: triton (reads each row's filled
+  length), triton-whole-ring (the span a CUDA graph fixes), torch (the PyTorch path).
 extra_info holds the device name, triton.testing.do_bench's median (ms), milliseconds per second
 of audio (30 frames) and the peak memory the call adds (MiB).
 """
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU bench
 triton = pytest.importorskip("triton")
 
 from emotalk_fast.config import FPS, DecoderConfig  # noqa: E402
-from emotalk_fast.decoder import PeriodicCausalDecoder, attention_with_periodic_bias  # noqa: E402
+from emotalk_fast.decoder import PeriodicCausalDecoder, RingKVCache, TorchOps, attention_with_periodic_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention  # noqa: E402
 from emotalk_fast.kernels.reference import periodic_alibi_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_decode import periodic_alibi_decode  # noqa: E402
@@ -168,3 +171,28 @@ def test_decoder_step(benchmark, dtype, S, backend):
             return dec.step(x, memory, cache, [0])
 
     _measure(benchmark, fn, f"decoder-step-{dtype}-S{S}", backend, HOP, cache_frames=S, new_frames=HOP)
+
+
+@pytest.mark.parametrize("provider", ["triton", "triton-whole-ring", "torch"])
+@pytest.mark.parametrize("B", [8, 64, 256])
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_ring_decode(benchmark, dtype, B, provider):
+    capacity = CACHE_LENGTHS[2]
+    if provider == "torch" and B > 64:
+        pytest.skip("the PyTorch path copies every row's keys and values: tens of GB at this batch")
+    g = torch.Generator(device="cuda").manual_seed(4)
+    cache = RingKVCache(B, H, D, capacity, "cuda", DTYPES[dtype])
+    cache.k.normal_(generator=g)
+    cache.v.normal_(generator=g)
+    # positions spread from a fresh stream to one whose ring has wrapped
+    starts = torch.linspace(0, 1.5 * capacity, B, device="cuda").long()
+    slots = torch.arange(B, device="cuda")
+    q = torch.randn(B, H, HOP, D, device="cuda", dtype=DTYPES[dtype], generator=g)
+    slopes = _slopes()
+    filled = min(capacity, int(starts.max()) + HOP)
+    fn = {
+        "triton": lambda: periodic_alibi_decode(q, cache.k, cache.v, slopes, PERIOD, starts, slots=slots, span=filled),
+        "triton-whole-ring": lambda: periodic_alibi_decode(q, cache.k, cache.v, slopes, PERIOD, starts, slots=slots),
+        "torch": lambda: TorchOps.ring_attention(q, cache, slots, starts, filled, slopes, PERIOD),
+    }[provider]
+    _measure(benchmark, fn, f"ring-decode-{dtype}-B{B}", provider, HOP * B, streams=B, ring_frames=capacity)
