@@ -215,16 +215,18 @@ class Animator:
                                   long_audio_s=long_audio_s, progress=progress)[0]
 
     def stream(self, level=1, person=0, *, hop_ms: int = 100, lookahead_ms: int = 200,
-               context_ms: int = 2000, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE):
+               context_ms: int = 2000, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE,
+               cuda_graphs: bool = False):
         """A streaming animator: push chunks at `sample_rate`, get final frames back (see
         streaming.py). Latency is hop + lookahead + 5 ms of audio at 16 kHz (plus the
         resampling filter's delay at other rates; `stream.latency_ms`), plus compute time.
+        `cuda_graphs`: each hop a replayed CUDA graph (the engine's static shapes; engine.py).
         """
         from .streaming import AnimationStream
 
         return AnimationStream(self.model, self.device, self.dtype, level, person, hop_ms=hop_ms,
                                lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s,
-                               sample_rate=sample_rate)
+                               sample_rate=sample_rate, cuda_graphs=cuda_graphs)
 
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
                       postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,

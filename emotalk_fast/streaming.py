@@ -51,10 +51,10 @@ class AnimationStream:
 
     def __init__(self, model: EmoTalk, device, dtype, level: int, person: int, *, hop_ms: int = 100,
                  lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0,
-                 sample_rate: int = SAMPLE_RATE):
+                 sample_rate: int = SAMPLE_RATE, cuda_graphs: bool = False):
         self.sample_rate = check_rate(sample_rate)
         self.engine = StreamEngine(model, device, dtype, max_streams=1, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
-                                   context_ms=context_ms, max_cache_s=max_cache_s)
+                                   context_ms=context_ms, max_cache_s=max_cache_s, cuda_graphs=cuda_graphs)
         self.encoder = self.engine.encoder
         self.max_cache_frames = self.engine.max_cache_frames
         self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms

@@ -90,10 +90,14 @@ def test_total_frames_match_offline(animator, speech, n):
     assert stream.frames_emitted == num_frames(n)
 
 
-def test_stream_equals_windowed_offline(animator, speech):
-    """The stream and the long-audio path share windows, so they agree frame for frame."""
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
+def test_stream_equals_windowed_offline(animator, speech, cuda_graphs):
+    """The stream and the long-audio path share windows, so they agree frame for frame (also
+    through the engine's static-shape path, eager on the CPU)."""
     settings = {"hop_ms": 300, "lookahead_ms": 200, "context_ms": 1000}
-    streamed = _stream_all(animator.stream(level=0, person=7, **settings), speech, [4000], 0)
+    stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, **settings)
+    streamed = _stream_all(stream, speech, [4000], 0)
+    assert bool(stream.engine._static_hops) == cuda_graphs
     with torch.inference_mode():
         content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), **settings)
         offline, _ = animator.model.decode(content, emotion, *style_weights(animator.config, 0, 7, torch.float32, "cpu"))
