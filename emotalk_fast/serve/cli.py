@@ -41,6 +41,7 @@ def _serve(args) -> None:
     metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
     print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
           f"streams; hop {args.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms; "
+          f"{_graphs_note(animator) if args.cuda_graphs else ''}"
           f"loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
     server.wait_for_signal()
     print("stopped", flush=True)
@@ -73,6 +74,12 @@ def _health(args) -> None:
     print(f"{args.server} is {'SERVING' if ok else 'not serving'}")
     if not ok:
         raise SystemExit(1)
+
+
+def _graphs_note(animator) -> str:
+    if animator.device.type == "cuda":
+        return "static shapes and CUDA graphs; "
+    return "static shapes (eager: CUDA graphs need CUDA); "
 
 
 def register(sub, add_model_options, add_stream_options) -> None:
