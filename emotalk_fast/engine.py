@@ -240,13 +240,7 @@ class StreamEngine:
         level, person = self._style_rows(streams, windows, per_frame=static)
         with torch.inference_mode():
             if static:
-                bucket = next(b for b in self.buckets if b >= len(batch))
-                pad = bucket - len(batch)
-                inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.encoder.longest))
-                inputs.update(level=_pad_rows(level, bucket), person=_pad_rows(person, bucket),
-                              slots=torch.tensor(slots + [self._scratch_slot] * pad),
-                              starts=torch.tensor(starts + [0] * pad))
-                blendshapes, emotion_sums = self._static_hop(bucket, inputs)(inputs)
+                blendshapes, emotion_sums = self._run_static(samples, windows, level, person, slots, starts)
             else:
                 inputs = self.encoder.batch_inputs([x.to(self.device) for x in samples], windows)
                 blendshapes, emotion_sums = self._hop(**inputs, level=level, person=person, slots=slots,
@@ -265,6 +259,22 @@ class StreamEngine:
             out[sid] = np.ascontiguousarray(frames[b])
         return out
 
+    def _run_static(self, samples, windows, level, person, slots: list[int], starts: list[int]):
+        """The hop padded to its bucket's static shapes, through that bucket's StaticHop."""
+        bucket = next(b for b in self.buckets if b >= len(windows))
+        pad = bucket - len(windows)
+        inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.encoder.longest))
+        inputs.update(level=_pad_rows(level, bucket), person=_pad_rows(person, bucket),
+                      slots=torch.tensor(slots + [self._scratch_slot] * pad), starts=torch.tensor(starts + [0] * pad))
+        if bucket not in self._static_hops:
+            # captured on a batch of padding rows only: warm-up runs touch no stream's cache
+            example = dict(inputs, slots=torch.full_like(inputs["slots"], self._scratch_slot))
+            if self._graph_pool is None and self.device.type == "cuda":
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            self._static_hops[bucket] = StaticHop(lambda x: self._hop(**x, span=self.cache.capacity), example,
+                                                  self.device, self._graph_pool)
+        return self._static_hops[bucket](inputs)
+
     def _hop(self, *, level, person, slots, starts, span: int, **windows):
         """One batched hop: both encoders over the windows, one decoder step over the slots'
         rings -> blendshapes [B, hop, 52], the hop's summed emotion states [B, 1, hidden]. Tensors
@@ -274,16 +284,6 @@ class StreamEngine:
         x, memory = self.model.decoder_inputs(content, emotion, level, person)
         out = self.model.decoder.step_at(x, memory, self.cache, slots, starts.to(self.device), span)
         return self.model.blendshape_head(out), emotion.sum(1, keepdim=True)
-
-    def _static_hop(self, bucket: int, inputs: dict) -> StaticHop:
-        if bucket not in self._static_hops:
-            # captured on a batch of padding rows only: warm-up runs touch no stream's cache
-            example = dict(inputs, slots=torch.full_like(inputs["slots"], self._scratch_slot))
-            if self._graph_pool is None and self.device.type == "cuda":
-                self._graph_pool = torch.cuda.graph_pool_handle()
-            self._static_hops[bucket] = StaticHop(lambda x: self._hop(**x, span=self.cache.capacity), example,
-                                                  self.device, self._graph_pool)
-        return self._static_hops[bucket]
 
     def _style_rows(self, streams: list[_Stream], windows: list[Window], per_frame: bool = False):
         """Level and person weights: [B, n] when every stream's style is constant over its hop
