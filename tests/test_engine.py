@@ -8,7 +8,7 @@ from torch.overrides import TorchFunctionMode
 
 from emotalk_fast import Animator
 from emotalk_fast.audio import resample
-from emotalk_fast.engine import EngineFull, StreamEngine
+from emotalk_fast.engine import EngineFull, StreamEngine, batch_buckets
 from emotalk_fast.model import num_frames
 from helpers import espeak_speech
 
@@ -179,6 +179,11 @@ def test_engine_checks_its_arguments(animator):
     engine.push(sid, np.zeros(100, np.float32))
     with pytest.raises(ValueError, match="too short"):
         engine.flush(sid)
+
+
+def test_batch_buckets():
+    assert batch_buckets(1) == [1] and batch_buckets(2) == [1, 2] and batch_buckets(5) == [1, 2, 4, 5]
+    assert batch_buckets(8) == [1, 2, 4, 8] and batch_buckets(256) == [2**i for i in range(9)]
 
 
 class _NoHostValues(TorchFunctionMode):
