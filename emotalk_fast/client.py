@@ -69,9 +69,8 @@ def channel(server: str, *, root_cert: str | None = None, client_cert: str | Non
         return grpc.insecure_channel(server)
     if (client_cert is None) != (client_key is None):
         raise ValueError("client_cert and client_key go together")
-    read = lambda p: None if p is None else Path(p).read_bytes()
-    return grpc.secure_channel(server, grpc.ssl_channel_credentials(read(root_cert), read(client_key),
-                                                                    read(client_cert)))
+    return grpc.secure_channel(server, grpc.ssl_channel_credentials(pb.read_pem(root_cert), pb.read_pem(client_key),
+                                                                    pb.read_pem(client_cert)))
 
 
 def health(server: str, timeout: float = 5.0, **tls) -> bool:

@@ -104,3 +104,8 @@ def emotion_probabilities(labels, logits: np.ndarray) -> dict[str, float]:
     p = np.exp(z - z.max())
     p /= p.sum()
     return {A2F_EMOTION_NAMES[label]: float(v) for label, v in zip(labels, p) if label in A2F_EMOTION_NAMES}
+
+
+def read_pem(path: str | None) -> bytes | None:
+    """The bytes of an optional PEM certificate or key (the TLS credentials both ends load)."""
+    return None if path is None else Path(path).read_bytes()

@@ -325,13 +325,6 @@ class A2FService:
                 response_serializer=pb.AnimationDataStream.SerializeToString)})
 
 
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class A2FServer:
     """The service, health and metrics on one asyncio event loop in a background thread.
 
@@ -392,7 +385,7 @@ class A2FServer:
         address = f"{s.host}:{s.port}"
         if s.tls_cert:
             credentials = grpc.ssl_server_credentials(
-                [(_read(s.tls_key), _read(s.tls_cert))], root_certificates=_read(s.client_ca),
+                [(pb.read_pem(s.tls_key), pb.read_pem(s.tls_cert))], root_certificates=pb.read_pem(s.client_ca),
                 require_client_auth=s.client_ca is not None)
             self.port = server.add_secure_port(address, credentials)
         else:
