@@ -40,6 +40,8 @@ def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarra
     engine = StreamEngine(animator.model, animator.device, animator.dtype, max_streams=streams, hop_ms=hop_ms,
                           lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0,
                           cuda_graphs=cuda_graphs)
+    if cuda_graphs:
+        engine.prepare_static_hops()
     ids = [engine.open(level=1, person=i % 24) for i in range(streams)]
     position = (CONTEXT_MS + LOOKAHEAD_MS + 2 * hop_ms) * 16
     for sid in ids:

@@ -75,6 +75,9 @@ class StreamEngine:
     >>> frames = engine.step()                # {stream id: float32 [k, 52]} for streams that advanced
     >>> engine.flush(a)                       # the end of a's audio; later steps emit its last frames
     >>> engine.close(a)                       # frees its slot
+
+    cuda_graphs: static shapes for every full hop, on CUDA each batch bucket's hop a captured
+    graph (see the module's docstring); `prepare_static_hops()` builds them all up front.
     """
 
     def __init__(self, model: EmoTalk, device, dtype, *, max_streams: int = 16, hop_ms: int = 100,
@@ -259,13 +262,34 @@ class StreamEngine:
             out[sid] = np.ascontiguousarray(frames[b])
         return out
 
+    def prepare_static_hops(self) -> None:
+        """Build every batch bucket's static hop now (on CUDA: capture its graph, seconds for the
+        release-size model), so that no live stream waits on a capture later."""
+        if not self.cuda_graphs:
+            raise RuntimeError("prepare_static_hops() needs an engine made with cuda_graphs=True")
+        w = self.encoder.window(self.encoder.context // self.encoder.hop + 1)  # a steady window, in silence
+        dec = self.model.cfg.decoder
+        level, person = (torch.zeros(1, w.h1 - w.h0, n, dtype=self.dtype) for n in (dec.num_levels, dec.num_persons))
+        with torch.inference_mode():
+            for bucket in self.buckets:
+                self._static_hop(bucket, self._static_inputs(bucket, [torch.zeros(w.s1 - w.s0)], [w], level, person,
+                                                             [self._scratch_slot], [0]))
+
     def _run_static(self, samples, windows, level, person, slots: list[int], starts: list[int]):
         """The hop padded to its bucket's static shapes, through that bucket's StaticHop."""
         bucket = next(b for b in self.buckets if b >= len(windows))
+        inputs = self._static_inputs(bucket, samples, windows, level, person, slots, starts)
+        return self._static_hop(bucket, inputs)(inputs)
+
+    def _static_inputs(self, bucket: int, samples, windows, level, person, slots: list[int], starts: list[int]):
         pad = bucket - len(windows)
         inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.encoder.longest))
         inputs.update(level=_pad_rows(level, bucket), person=_pad_rows(person, bucket),
                       slots=torch.tensor(slots + [self._scratch_slot] * pad), starts=torch.tensor(starts + [0] * pad))
+        return inputs
+
+    def _static_hop(self, bucket: int, inputs: dict) -> StaticHop:
+        """The bucket's StaticHop, built on first use from these inputs' shapes."""
         if bucket not in self._static_hops:
             # captured on a batch of padding rows only: warm-up runs touch no stream's cache
             example = dict(inputs, slots=torch.full_like(inputs["slots"], self._scratch_slot))
@@ -273,7 +297,7 @@ class StreamEngine:
                 self._graph_pool = torch.cuda.graph_pool_handle()
             self._static_hops[bucket] = StaticHop(lambda x: self._hop(**x, span=self.cache.capacity), example,
                                                   self.device, self._graph_pool)
-        return self._static_hops[bucket](inputs)
+        return self._static_hops[bucket]
 
     def _hop(self, *, level, person, slots, starts, span: int, **windows):
         """One batched hop: both encoders over the windows, one decoder step over the slots'

@@ -64,6 +64,9 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs
     buckets, the whole ring read) runs eagerly; only the capture itself needs CUDA."""
     plans = _plans(voices)
     engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, cuda_graphs=cuda_graphs, **SETTINGS)
+    if cuda_graphs:  # built up front, in silence on the scratch slot: nothing any stream sees
+        engine.prepare_static_hops()
+        assert sorted(engine._static_hops) == [1, 2, 4] and engine.cache.ends == [0] * 5
     audio = [_at_rate(p["speech"], p["rate"]) for p in plans]
     ids, pos, pushes = {}, [0] * 4, [[] for _ in plans]
     frames = [[] for _ in plans]
@@ -232,6 +235,8 @@ def test_cuda_graph_replays_equal_eager_engine(voices, dtype, tol):
     outputs = []
     for graphs in (False, True):
         engine = StreamEngine(animator.model, "cuda", dtype, max_streams=4, cuda_graphs=graphs, **SETTINGS)
+        if graphs:
+            engine.prepare_static_hops()  # every bucket captured before any stream opens
         ids = [engine.open(level=i % 2, person=3 * i) for i in range(3)]
         frames = {sid: [] for sid in ids}
         for k in range(0, 16000 * 3, 1600):  # streams join and leave at different hops

@@ -340,6 +340,8 @@ class A2FServer:
                               hop_ms=settings.hop_ms, lookahead_ms=settings.lookahead_ms,
                               context_ms=settings.context_ms, max_cache_s=settings.max_audio_s,
                               cuda_graphs=settings.cuda_graphs)
+        if settings.cuda_graphs:
+            engine.prepare_static_hops()  # every bucket's graph before the first client, not during its stream
         self.service = A2FService(engine, settings, self.metrics)
         self.port: int | None = None
         self._loop = asyncio.new_event_loop()
