@@ -233,6 +233,18 @@ class TrainResult:
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) -> TrainResult:
     """Train for `cfg.steps` steps (from the saved state if `resume`). `stop_at` ends the run
     after that global step with a full checkpoint, as a planned interruption would."""
+    starts_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        return _train(cfg, resume, stop_at)
+    finally:
+        # The group this run started ends with it: one left to the interpreter's exit can abort
+        # the process as gloo's threads are torn down ("terminate called without an active
+        # exception", seen in CI after a finished run).
+        if starts_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
     d, device = init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     if cfg.batch_size % d.world:
