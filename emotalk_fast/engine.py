@@ -98,7 +98,8 @@ class StreamEngine:
         self.cache = model.decoder.new_cache(max_streams + self.cuda_graphs, self.max_cache_frames, self.device,
                                              dtype)
         self._static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
-        self._graph_pool = None
+        # one memory pool for every bucket's graph (they replay one at a time on one stream)
+        self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs and self.device.type == "cuda" else None
         self._streams: dict[int, _Stream] = {}
         self._free_slots = list(range(max_streams))
         self._next_id = 0
@@ -293,8 +294,6 @@ class StreamEngine:
         if bucket not in self._static_hops:
             # captured on a batch of padding rows only: warm-up runs touch no stream's cache
             example = dict(inputs, slots=torch.full_like(inputs["slots"], self._scratch_slot))
-            if self._graph_pool is None and self.device.type == "cuda":
-                self._graph_pool = torch.cuda.graph_pool_handle()
             self._static_hops[bucket] = StaticHop(lambda x: self._hop(**x, span=self.cache.capacity), example,
                                                   self.device, self._graph_pool)
         return self._static_hops[bucket]
@@ -357,8 +356,8 @@ class StaticHop:
                     fn(self.inputs)
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            # one memory pool for all buckets' graphs: they replay one at a time on one stream,
-            # and each call's outputs are copied out before the next replay
+            # a pool shared with other graphs is safe: each call's outputs are copied out before
+            # another graph replays
             with torch.cuda.graph(self.graph, pool=pool):
                 self.outputs = fn(self.inputs)
 
