@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU bench
 triton = pytest.importorskip("triton")
 
 from emotalk_fast.config import FPS, DecoderConfig  # noqa: E402
-from emotalk_fast.decoder import PeriodicCausalDecoder, RingKVCache, TorchOps, attention_with_periodic_bias  # noqa: E402
+from emotalk_fast.decoder import PeriodicCausalDecoder, RingKVCache  # noqa: E402
+from emotalk_fast.decoder_ops import TorchOps, attention_with_periodic_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention  # noqa: E402
 from emotalk_fast.kernels.reference import periodic_alibi_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_decode import periodic_alibi_decode  # noqa: E402
@@ -163,12 +164,12 @@ def test_decoder_step(benchmark, dtype, S, backend):
     x, memory = (torch.randn(1, HOP, CFG.feature_dim, device="cuda", dtype=DTYPES[dtype]) for _ in range(2))
     cache = dec.new_cache(1, S + HOP, "cuda", DTYPES[dtype])
     k, v, _ = _qkv(S, DTYPES[dtype], seed=3)
-    cache.append([0], k, v)  # S frames of history
+    slot, start = torch.tensor([0], device="cuda"), torch.tensor([S], device="cuda")
+    cache.write(slot, torch.tensor([0], device="cuda"), k, v)  # S frames of history
 
-    def fn():
-        cache.ends[0] = S  # every call decodes the same hop after the same S frames
+    def fn():  # every call decodes the same hop after the same S frames
         with torch.inference_mode():
-            return dec.step(x, memory, cache, [0])
+            return dec.step_at(x, memory, cache, slot, start, S + HOP)
 
     _measure(benchmark, fn, f"decoder-step-{dtype}-S{S}", backend, HOP, cache_frames=S, new_frames=HOP)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .audio import prepare_audio
+from .audio import load_waveform, prepare_audio
 from .config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE, EmoTalkConfig
 from .controls import Schedule, check_style
 from .export import save_blendshapes
@@ -81,9 +81,9 @@ class Animation:
     def plot(self, audio=None, sample_rate: int | None = None):
         """A matplotlib Figure: the waveform (a path, or samples at `sample_rate`), the curves
         that matter and the emotion timeline (needs the [preview] extra)."""
-        from .preview import _audio, plot
+        from .preview import plot
 
-        wave, rate = _audio(audio, sample_rate)
+        wave, rate = load_waveform(audio, sample_rate)
         return plot(self.blendshapes, self.names, self.fps, wave, rate, self.emotion_timeline)
 
     def save_preview(self, path: str | os.PathLike, audio=None, sample_rate: int | None = None) -> Path:

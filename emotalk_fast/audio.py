@@ -150,6 +150,17 @@ def load_mono(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int, s
     return samples, rate, where
 
 
+def load_waveform(audio, sample_rate: int | None) -> tuple[np.ndarray | None, int | None]:
+    """An optional waveform to draw or play beside an animation: a path (its own rate), samples
+    with their `sample_rate`, or None -> (mono float32 [N] or None, its rate or None)."""
+    if audio is None:
+        return None, None
+    if sample_rate is None and not isinstance(audio, (str, os.PathLike)):
+        raise ValueError("give the sample_rate of audio samples")
+    samples, rate, _ = load_mono(audio, sample_rate)
+    return samples, rate
+
+
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Polyphase resampling (scipy's Kaiser-windowed FIR); identity when the rates match."""
     if rate_in == rate_out:

@@ -7,8 +7,8 @@ is no length cap (the release precomputes a 5000 x 5000 table). The cross-attent
 mask lets frame i see only memory frame i, so its softmax is exactly 1 and the block reduces
 to one linear map, `cross` = out_proj(V(.)), folded at load time.
 
-The layer is written once over four fusable steps (`TorchOps` here; `TritonOps` in
-triton_ops.py runs them on emotalk_fast.kernels); `set_backend` picks the set once.
+The layer is written once over four fusable steps (decoder_ops.TorchOps, or
+triton_ops.TritonOps on emotalk_fast.kernels); `set_backend` picks the set once.
 """
 from __future__ import annotations
 
@@ -17,23 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import DecoderConfig
-from .kernels.reference import (periodic_alibi_bias, periodic_bias_of_distance, periodic_positional_encoding,
-                                ring_positions)
-
-QUERY_BLOCK = 512  # query rows per attention call: bounds the bias to [H, 512, T]
-
-
-def attention_with_periodic_bias(q, k, v, slopes, period, offset: int = 0) -> torch.Tensor:
-    """q [B, H, Tq, Dh] at positions offset..offset+Tq-1; k, v [B, H, Tk, Dh] at 0..Tk-1."""
-    out = torch.empty_like(q)
-    for start in range(0, q.shape[2], QUERY_BLOCK):
-        stop = min(start + QUERY_BLOCK, q.shape[2])
-        k_len = min(offset + stop, k.shape[2])  # keys past the block's last query are masked anyway
-        bias = periodic_alibi_bias(slopes, period, stop - start, k_len, offset + start, q.dtype)
-        out[:, :, start:stop] = F.scaled_dot_product_attention(
-            q[:, :, start:stop], k[:, :, :k_len], v[:, :, :k_len], attn_mask=bias)
-    return out
-
+from .decoder_ops import TorchOps
+from .kernels.reference import periodic_positional_encoding, ring_positions
 
 class RingKVCache:
     """Keys and values of many sequences, preallocated once: k, v [slots, H, capacity, Dh].
@@ -41,8 +26,9 @@ class RingKVCache:
     Slot s holds the newest `capacity` frames of one sequence; absolute position p lives at
     ring index p % capacity, so a step writes only its new frames (nothing grows, nothing old
     is copied) and frames older than `capacity` are overwritten: a sliding window that bounds
-    memory for endless streams. `ends[s]` (host) is the absolute position of slot s's next
-    frame; `write` and `read` take positions as tensors, so a captured step needs no host value.
+    memory for endless streams. The cache holds buffers only: each sequence's position is its
+    owner's, passed in as tensors (gpt-fast's `input_pos`), so a captured step needs no host
+    value, and a slot's stale frames are masked by position, never read.
     """
 
     def __init__(self, slots: int, num_heads: int, head_dim: int, capacity: int, device=None, dtype=None):
@@ -52,21 +38,9 @@ class RingKVCache:
         self.k = torch.zeros(slots, num_heads, capacity, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.capacity = capacity
-        self.ends = [0] * slots
-
-    def reset(self, slot: int) -> None:
-        """Forget slot's sequence (its stale frames are masked by position, never read)."""
-        self.ends[slot] = 0
-
-    def append(self, slots: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v [B, H, t, Dh]: the next t frames of the sequence in each of `slots`."""
-        device = self.k.device
-        self.write(torch.tensor(slots, device=device), torch.tensor([self.ends[s] for s in slots], device=device),
-                   k, v)
-        self.advance(slots, k.shape[2])
 
     def write(self, slots: torch.Tensor, starts: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v [B, H, t, Dh] at positions starts[b].. of slots[b] (tensors [B]); `ends` unchanged."""
+        """k, v [B, H, t, Dh] at positions starts[b].. of slots[b] (tensors [B])."""
         t = k.shape[2]
         if t > self.capacity:
             raise ValueError(f"{t} new frames do not fit a cache of {self.capacity}")
@@ -74,10 +48,6 @@ class RingKVCache:
         # advanced indices on dims 0 and 2 around a slice: the selection is [B, t, H, Dh]
         self.k[slots[:, None], :, rows] = k.transpose(1, 2).to(self.k.dtype)
         self.v[slots[:, None], :, rows] = v.transpose(1, 2).to(self.v.dtype)
-
-    def advance(self, slots: list[int], t: int) -> None:
-        for s in slots:
-            self.ends[s] += t
 
     def read(self, slots, ends: torch.Tensor, span: int):
         """-> keys, values [B, H, span, Dh] of `slots` (a list, or a tensor [B]) and the absolute
@@ -90,48 +60,6 @@ class RingKVCache:
             keys, values = self.k[:, :, :span].index_select(0, index), self.v[:, :, :span].index_select(0, index)
         return keys, values, ring_positions(ends, self.capacity, span)
 
-
-def ragged_attention(q, k, v, slopes, period: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    """q [B, H, t, Dh] at absolute positions q_pos [B, t]; k, v [B, H, L, Dh] at k_pos [B, L]
-    (-1: empty). Each sequence has its own positions; the bias depends on q_pos - k_pos only."""
-    bias = periodic_bias_of_distance(slopes, period, q_pos[:, :, None] - k_pos[:, None, :], q.dtype)
-    bias = bias.masked_fill((k_pos < 0)[:, None, None, :], float("-inf"))  # [B, H, t, L]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-
-
-def positions(t: int, offset, device) -> torch.Tensor:
-    """Absolute positions of t frames after `offset`: [t] for an int, [B, t] for a tensor [B]."""
-    steps = torch.arange(t, device=device)
-    return steps + offset if isinstance(offset, int) else offset.to(device)[:, None] + steps
-
-
-class TorchOps:
-    """The decoder's fusable steps in PyTorch: the reference numerics, and the CPU path."""
-
-    @staticmethod
-    def positional_qkv(x, qkv: nn.Linear, pe, offset):
-        """-> (x + pe[(t + offset) mod period], its packed q/k/v projection); pe None: no PPE.
-        offset: an int, or a tensor [B] of per-sequence offsets."""
-        if pe is not None:
-            x = x + pe[positions(x.shape[1], offset, x.device) % pe.shape[0]]
-        return x, qkv(x)
-
-    attention = staticmethod(attention_with_periodic_bias)
-
-    @staticmethod
-    def ring_attention(q, cache: RingKVCache, slots, starts: torch.Tensor, span: int, slopes, period: int):
-        """q [B, H, t, Dh] at positions starts[b].. against ring `slots` (their new keys written)."""
-        t = q.shape[2]
-        keys, values, k_pos = cache.read(slots, starts + t, span)
-        return ragged_attention(q, keys, values, slopes, period, positions(t, starts, q.device), k_pos)
-
-    @staticmethod
-    def add_norm(y, residual, norm: nn.LayerNorm):
-        return norm(residual + y)
-
-    @staticmethod
-    def linear_add_norm(x, linear: nn.Linear, residual, norm: nn.LayerNorm):
-        return norm(residual + linear(x))
 
 
 class PeriodicCausalDecoder(nn.Module):
@@ -182,9 +110,7 @@ class PeriodicCausalDecoder(nn.Module):
         """x [B, T, D] at positions offset.. (an int, or a tensor [B] per sequence) -> (x + PPE,
         the residual stream; q, k, v [B, H, T, Dh])."""
         B, T, D = x.shape
-        # the Triton QKV+PPE kernel takes one offset; per-sequence offsets take the PyTorch step
-        ops = self.ops if isinstance(offset, int) else TorchOps
-        x, qkv = ops.positional_qkv(x, self.qkv, self.positional_table(x), offset)
+        x, qkv = self.ops.positional_qkv(x, self.qkv, self.positional_table(x), offset)
         q, k, v = qkv.view(B, T, 3, self.cfg.num_heads, -1).permute(2, 0, 3, 1, 4)
         return x, q, k, v
 
@@ -208,22 +134,14 @@ class PeriodicCausalDecoder(nn.Module):
         return RingKVCache(slots, self.cfg.num_heads, self.cfg.feature_dim // self.cfg.num_heads, capacity,
                            device, dtype)
 
-    def step(self, x: torch.Tensor, memory: torch.Tensor, cache: RingKVCache, slots: list[int]) -> torch.Tensor:
-        """Decode the next t frames x, memory [B, t, D] of the sequences in cache `slots` (one
-        per row; each at its own position), extending them. The same function as `forward`
-        over each whole sequence, frame for frame (within the cache's window)."""
-        t = x.shape[1]
-        starts = [cache.ends[s] for s in slots]
-        span = min(cache.capacity, max(starts) + t)  # only the filled part of the ring is read
-        out = self.step_at(x, memory, cache, slots, torch.tensor(starts, device=x.device), span)
-        cache.advance(slots, t)
-        return out
-
     def step_at(self, x: torch.Tensor, memory: torch.Tensor, cache: RingKVCache, slots, starts: torch.Tensor,
                 span: int) -> torch.Tensor:
-        """`step` with every position a tensor: slots (a list or a tensor [B]) and starts [B] on
-        x's device, `span` >= every slot's filled length; cache.ends is not advanced. Nothing
-        here reads a value back to the host, so a CUDA graph can capture it."""
+        """Decode the next t frames x, memory [B, t, D] of the sequences in cache `slots` (a list
+        or a tensor [B]; one per row), each at its own position starts [B] (a tensor on x's
+        device), writing their keys and values. `span` >= every slot's filled length after the
+        step (only that part of the ring is read). The same function as `forward` over each
+        whole sequence, frame for frame (within the cache's window). Nothing here reads a value
+        back to the host, so a CUDA graph can capture it."""
         x, q, k, v = self.project_qkv(x, starts)
         cache.write(torch.as_tensor(slots, device=x.device), starts, k, v)
         return self.finish(x, self.ops.ring_attention(q, cache, slots, starts, span, self.slopes(x.device),

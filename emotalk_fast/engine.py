@@ -7,9 +7,13 @@ ragged KV caches (one preallocated ring, a slot per stream). A stream's frames d
 on what shares its batch: rows of a padded batch are computed independently (tested against a
 stream alone within 1e-5).
 
-Hops of different lengths (the last, shorter hop of a flushed stream) run as separate groups
-within the same step. Errors in one stream's input raise in that stream's call and leave every
-other stream, and the stream itself, unchanged.
+A step is plan -> run -> commit (vLLM's engine core: schedule, execute, update from output):
+the plan groups the ready streams by hop length (the last, shorter hop of a flushed stream runs
+in its own group); each group's forward reads stream state and changes none of it; only a group
+whose forward succeeded commits (positions, emotion sums, buffers). A group that raises fails
+its own streams only, unchanged, and `step()` raises StepFailed after every other group has
+committed, carrying their frames. Errors in one stream's input raise in that stream's call and
+leave every other stream, and the stream itself, unchanged.
 
 With `cuda_graphs`, every full hop has static shapes: each window padded to the engine's one
 longest window, the batch padded to a bucket (1, 2, 4, ... max_streams) whose padding rows
@@ -37,6 +41,17 @@ class EngineFull(RuntimeError):
     """open() while `max_streams` streams are live."""
 
 
+class StepFailed(RuntimeError):
+    """Some groups of a step raised. `frames`: what the groups that succeeded emitted (committed,
+    as step() would have returned it); `failed`: {stream id: the exception of its group}. A
+    failed stream's state is as before the step."""
+
+    def __init__(self, frames: dict[int, np.ndarray], failed: dict[int, BaseException]):
+        first = next(iter(failed.values()))
+        super().__init__(f"{len(failed)} stream(s) failed in a step: {type(first).__name__}: {first}")
+        self.frames, self.failed = frames, failed
+
+
 @dataclass
 class _Stream:
     """One live stream's state: everything the engine knows about it."""
@@ -54,6 +69,7 @@ class _Stream:
     buffer_start: int = 0  # absolute index of buffer[0]
     received: int = 0  # 16 kHz samples received in all
     next_hop: int = 0
+    position: int = 0  # frames decoded so far: where the next ones go in its KV slot
     ending: bool = False  # flush() was called: the clip's length is known
     total_frames: int = 0  # once ending: the frames the whole utterance gets
     emotion_sum: torch.Tensor | None = None  # sum of emitted frames' emotion states
@@ -115,7 +131,6 @@ class StreamEngine:
         resampler = None if rate == SAMPLE_RATE else StreamingResampler(rate, SAMPLE_RATE)
         sid, self._next_id = self._next_id, self._next_id + 1
         self._streams[sid] = _Stream(slot, rate, resampler, level, person, style, style)
-        self.cache.reset(slot)
         return sid
 
     def reset(self, sid: int, level=None, person=None) -> None:
@@ -127,7 +142,6 @@ class StreamEngine:
         if s.resampler is not None:
             s.resampler.reset()
         self._streams[sid] = _Stream(s.slot, s.sample_rate, s.resampler, level, person, style, style)
-        self.cache.reset(s.slot)
 
     def close(self, sid: int) -> None:
         """End a stream at once (its pending frames are dropped) and free its slot."""
@@ -187,6 +201,25 @@ class StreamEngine:
         s.fade_start, s.fade_frames = start, int(round(crossfade_ms / 1000 * FPS))
 
     # --- state readouts ---------------------------------------------------------------------
+    def style(self, sid: int) -> tuple:
+        """(level, person) as last set."""
+        s = self._get(sid)
+        return s.level, s.person
+
+    def latency_ms(self, sid: int) -> float:
+        """Algorithmic latency: audio time from a frame's instant until the sample that makes it
+        final arrives (the worst frame of a steady-state hop; compute time not included), at
+        the stream's own rate (its resampler's delay included)."""
+        k = self.encoder.context // self.encoder.hop + 2  # a hop past any start-up effect
+        w = self.encoder.window(k)
+        latency = w.s1 / SAMPLE_RATE - w.h0 / FPS
+        s = self._get(sid)
+        r = s.resampler
+        if r is not None:  # 16 kHz sample j needs input up to its filter's end
+            newest_input = ((w.s1 - 1 + r.first) * r.down) // r.up
+            latency += (newest_input + 1) / s.sample_rate - w.s1 / SAMPLE_RATE
+        return round(1000.0 * latency, 1)  # 0.1 ms: finer than any clock it is compared with
+
     def frames_emitted(self, sid: int) -> int:
         s = self._get(sid)
         return min(s.next_hop * self.encoder.hop, s.total_frames) if s.ending else s.next_hop * self.encoder.hop
@@ -212,16 +245,28 @@ class StreamEngine:
     # --- compute ----------------------------------------------------------------------------
     def step(self) -> dict[int, np.ndarray]:
         """Advance every ready stream by one hop in one batched forward per hop length ->
-        {stream id: its new frames, float32 [k, 52]} (streams that did not advance are absent)."""
+        {stream id: its new frames, float32 [k, 52]} (streams that did not advance are absent).
+        Raises StepFailed when a group's forward raised (see the module's docstring)."""
+        out, failed = {}, {}
+        for group in self._plan():
+            try:
+                result = self._run(group)
+            except Exception as e:  # noqa: BLE001 - this group's streams fail; the others go on
+                failed.update((sid, e) for sid, _ in group)
+                continue
+            out.update(self._commit(group, *result))
+        if failed:
+            raise StepFailed(out, failed)
+        return out
+
+    def _plan(self) -> list[list[tuple[int, Window]]]:
+        """Every ready stream's next window, grouped by hop length (one forward per group)."""
         groups: dict[int, list[tuple[int, Window]]] = {}
         for sid, s in self._streams.items():
             w = self._ready(s)
             if w is not None:
                 groups.setdefault(w.h1 - w.h0, []).append((sid, w))
-        out = {}
-        for batch in groups.values():
-            out.update(self._run(batch))
-        return out
+        return list(groups.values())
 
     def _ready(self, s: _Stream) -> Window | None:
         """The stream's next window if it can run now, else None."""
@@ -232,13 +277,16 @@ class StreamEngine:
         w = self.encoder.window(s.next_hop)
         return w if w.s1 <= s.received else None
 
-    def _run(self, batch: list[tuple[int, Window]]) -> dict[int, np.ndarray]:
+    def _run(self, batch: list[tuple[int, Window]]) -> tuple[np.ndarray, torch.Tensor]:
+        """One group's forward -> (frames [B, hop, 52], the hop's summed emotion states). Reads
+        the streams' state and changes none of it (it writes their KV rows at positions the
+        streams have not reached yet, which a retry would write again)."""
         streams = [self._streams[sid] for sid, _ in batch]
         windows = [w for _, w in batch]
         samples = [torch.from_numpy(s.buffer[w.s0 - s.buffer_start : w.s1 - s.buffer_start]) for s, w in
                    zip(streams, windows)]
         slots = [s.slot for s in streams]
-        starts = [self.cache.ends[slot] for slot in slots]
+        starts = [s.position for s in streams]
         hop = windows[0].h1 - windows[0].h0
         static = self.cuda_graphs and hop == self.encoder.hop
         level, person = self._style_rows(streams, windows, per_frame=static)
@@ -251,13 +299,16 @@ class StreamEngine:
                                                       starts=torch.tensor(starts),
                                                       span=min(self.cache.capacity, max(starts) + hop))
             # copies: a graph's outputs are overwritten by its next replay
-            frames = blendshapes[: len(batch)].float().cpu().numpy()
-            emotion_sums = emotion_sums[: len(batch)].clone()
-        self.cache.advance(slots, hop)
+            return blendshapes[: len(batch)].float().cpu().numpy(), emotion_sums[: len(batch)].clone()
+
+    def _commit(self, batch: list[tuple[int, Window]], frames: np.ndarray, emotion_sums: torch.Tensor):
+        """A group's forward succeeded: advance its streams -> {stream id: its new frames}."""
         out = {}
-        for b, ((sid, w), s) in enumerate(zip(batch, streams)):
+        for b, (sid, w) in enumerate(batch):
+            s = self._streams[sid]
             s.emotion_sum = emotion_sums[b] if s.emotion_sum is None else s.emotion_sum + emotion_sums[b]
             s.emotion_frames += w.h1 - w.h0
+            s.position += w.h1 - w.h0
             s.next_hop += 1
             self._trim(s)
             out[sid] = np.ascontiguousarray(frames[b])

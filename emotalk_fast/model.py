@@ -117,14 +117,6 @@ class EmoTalk(nn.Module):
         out = self.decoder(x, memory)
         return self.blendshape_head(out), out
 
-    def decode_step(self, content_hidden, emotion_hidden, level_weights, person_weights, cache, slots=None):
-        """The next frames of the sequences in the decoder's KV `cache` (`slots`, default one
-        per row from 0) -> (blendshapes, decoder_out)."""
-        x, memory = self.decoder_inputs(content_hidden, emotion_hidden, level_weights, person_weights)
-        slots = list(range(x.shape[0])) if slots is None else list(slots)
-        out = self.decoder.step(x, memory, cache, slots)
-        return self.blendshape_head(out), out
-
     def forward(self, wave: torch.Tensor, num_samples: torch.Tensor, level: torch.Tensor, person: torch.Tensor,
                 frames: list[int] | None = None, emotion_wave: torch.Tensor | None = None,
                 emotion_num_samples: torch.Tensor | None = None) -> EmoTalkOutput:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio import load_waveform
 from .config import FPS
 
 # The curves the plot shows: (label, channels averaged).
@@ -200,7 +201,7 @@ def save_preview(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: f
         raise ValueError(f"cannot save {path}: directory {path.parent} does not exist")
     if len(blendshapes) == 0:
         raise ValueError("the animation has no frames")
-    wave, rate = _audio(audio, sample_rate)
+    wave, rate = load_waveform(audio, sample_rate)
     if ext == ".png":
         plt = _matplotlib()
         fig = plot(blendshapes, names, fps, wave, rate, emotion_timeline)
@@ -240,14 +241,3 @@ def _write_mp4(path: Path, blendshapes, names, fps, wave, rate) -> None:
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
-
-
-def _audio(audio, sample_rate):
-    from .audio import load_mono
-
-    if audio is None:
-        return None, None
-    if sample_rate is None and not isinstance(audio, (str, os.PathLike)):
-        raise ValueError("give the sample_rate of audio samples")
-    samples, rate, _ = load_mono(audio, sample_rate)
-    return samples, rate

@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 from .audio import check_rate
-from .config import FPS, SAMPLE_RATE
-from .engine import StreamEngine
+from .config import SAMPLE_RATE
+from .engine import StepFailed, StreamEngine
 from .model import EmoTalk
 
 
@@ -67,11 +67,11 @@ class AnimationStream:
 
     @property
     def level(self):
-        return self.engine._get(self._id).level
+        return self.engine.style(self._id)[0]
 
     @property
     def person(self):
-        return self.engine._get(self._id).person
+        return self.engine.style(self._id)[1]
 
     def reset(self, level=None, person=None) -> None:
         """Start a new utterance, optionally with another level/person."""
@@ -87,14 +87,7 @@ class AnimationStream:
     def latency_ms(self) -> float:
         """Algorithmic latency: audio time from a frame's instant until the sample that makes it
         final arrives (the worst frame of a steady-state hop; compute time not included)."""
-        k = self.encoder.context // self.encoder.hop + 2  # a hop past any start-up effect
-        w = self.encoder.window(k)
-        latency = w.s1 / SAMPLE_RATE - w.h0 / FPS
-        r = self.engine._get(self._id).resampler
-        if r is not None:  # 16 kHz sample j needs input up to its filter's end
-            newest_input = ((w.s1 - 1 + r.first) * r.down) // r.up
-            latency += (newest_input + 1) / self.sample_rate - w.s1 / SAMPLE_RATE
-        return round(1000.0 * latency, 1)  # 0.1 ms: finer than any clock it is compared with
+        return self.engine.latency_ms(self._id)
 
     @property
     def frames_emitted(self) -> int:
@@ -124,7 +117,10 @@ class AnimationStream:
         """Every hop that can run now."""
         out = []
         while True:
-            frames = self.engine.step().get(self._id)
+            try:
+                frames = self.engine.step().get(self._id)
+            except StepFailed as e:  # an engine of one: its one stream's error
+                raise e.failed[self._id]
             if frames is None:
                 break
             out.append(frames)

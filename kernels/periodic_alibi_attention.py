@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, LOG2E, dot_precision, unit_last
+from ._common import LOG2E, check_qkv, dot_precision, unit_last
 from .reference import periodic_alibi_attention_ref, periodic_alibi_bias  # noqa: F401  (re-exported)
 
 
@@ -126,21 +126,6 @@ def _periodic_alibi_attention_kernel(
              out.to(Out.dtype.element_ty), mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D))
 
 
-def _check_qkv(q, k, v, slopes, period):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"expected q, k, v of rank 4 [B,H,T,D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
-        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.dtype not in FLOAT_DTYPES or not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one of fp32/fp16/bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[3] > 256:
-        raise ValueError(f"head_dim {q.shape[3]} > 256 is not supported")
-    if slopes.shape != (q.shape[1],) or slopes.dtype != torch.float32:
-        raise ValueError(f"slopes must be fp32 [{q.shape[1]}], got {slopes.dtype} {tuple(slopes.shape)}")
-    if int(period) < 1:
-        raise ValueError(f"period must be >= 1, got {period}")
-
-
 # Candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) to time on a GPU at head_dim 208
 # (padded to 256); attention_config picks the first that compiled without spills for fp16.
 CANDIDATE_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 3)]
@@ -155,7 +140,7 @@ def attention_config(block_d):
 
 
 def periodic_alibi_attention(q, k, v, slopes, period, scale=None, offset=0, seq_lens=None):
-    _check_qkv(q, k, v, slopes, period)
+    check_qkv(q, k, v, slopes, period)
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
     B, H, Tq, D = q.shape

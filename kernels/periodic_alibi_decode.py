@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, dot_precision, unit_last
-from .periodic_alibi_attention import _check_qkv
+from ._common import LOG2E, check_qkv, dot_precision, unit_last
 from .reference import periodic_alibi_decode_ref, periodic_alibi_ring_decode_ref  # noqa: F401  (re-exported)
 
 MAX_QUERIES = 16
@@ -191,5 +190,5 @@ def _check_ring(q, k_ring, v_ring, slopes, period):
     if k_ring.dim() != 4 or k_ring.shape != v_ring.shape:
         raise ValueError(f"k and v rings must be [slots,H,capacity,D] alike, got {tuple(k_ring.shape)}, "
                          f"{tuple(v_ring.shape)}")
-    _check_qkv(q, k_ring[:1].expand(q.shape[0], -1, -1, -1), v_ring[:1].expand(q.shape[0], -1, -1, -1),
+    check_qkv(q, k_ring[:1].expand(q.shape[0], -1, -1, -1), v_ring[:1].expand(q.shape[0], -1, -1, -1),
                slopes, period)

@@ -105,3 +105,17 @@ def _kernel_dtypes():
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # kernels run under the interpreter on CPU
 KERNEL_DTYPES = _kernel_dtypes()  # what every kernel test sweeps
+
+
+def decode_in_steps(decoder, x, memory, cache, sizes, slots=None):
+    """Decode x, memory [B, T, D] in steps of `sizes` frames through a RingKVCache whose
+    positions this caller keeps (as the engine does per stream) -> [B, T, D]."""
+    B = x.shape[0]
+    slots = list(range(B)) if slots is None else list(slots)
+    out, pos = [], 0
+    for n in sizes:
+        starts = torch.full((B,), pos, device=x.device)
+        out.append(decoder.step_at(x[:, pos : pos + n], memory[:, pos : pos + n], cache, slots, starts,
+                                   min(cache.capacity, pos + n)))
+        pos += n
+    return torch.cat(out, 1)

@@ -8,7 +8,7 @@ from torch.overrides import TorchFunctionMode
 
 from emotalk_fast import Animator
 from emotalk_fast.audio import resample
-from emotalk_fast.engine import EngineFull, StreamEngine, batch_buckets
+from emotalk_fast.engine import EngineFull, StepFailed, StreamEngine, batch_buckets
 from emotalk_fast.model import num_frames
 from helpers import espeak_speech
 
@@ -66,7 +66,7 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs
     engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, cuda_graphs=cuda_graphs, **SETTINGS)
     if cuda_graphs:  # built up front, in silence on the scratch slot: nothing any stream sees
         engine.prepare_static_hops()
-        assert sorted(engine._static_hops) == [1, 2, 4] and engine.cache.ends == [0] * 5
+        assert sorted(engine._static_hops) == [1, 2, 4] and engine.cache.k[:4].abs().sum() == 0  # only the scratch slot
     audio = [_at_rate(p["speech"], p["rate"]) for p in plans]
     ids, pos, pushes = {}, [0] * 4, [[] for _ in plans]
     frames = [[] for _ in plans]
@@ -144,6 +144,53 @@ def test_bad_input_touches_only_its_stream(animator, voices):
         assert np.abs(np.concatenate(out[sid]) - want).max() <= TOL
 
 
+class _FaultyEngine(StreamEngine):
+    """An engine whose forward raises for any group that holds a stream in `faulty`."""
+
+    faulty: set = set()
+
+    def _run(self, batch):
+        if any(sid in self.faulty for sid, _ in batch):
+            raise RuntimeError("injected fault")
+        return super()._run(batch)
+
+
+def test_a_failing_group_fails_only_its_streams(animator, voices):
+    """Two groups in one step (a flushed stream's short last hop, and full hops): the second
+    raises; the first commits and its frames come back in StepFailed; the failed streams are
+    unchanged, so a retry gives exactly the frames they would have had."""
+    engine = _FaultyEngine(animator.model, "cpu", torch.float32, max_streams=3, **SETTINGS)
+    short = voices[0][:16000 + 533]  # 32 frames: its last hop has 2, the others 3
+    long = np.concatenate([voices[0], voices[1]])
+    a, b, c = engine.open(1, 0), engine.open(0, 3), engine.open(1, 5)
+    out = {a: [], b: [], c: []}
+    engine.push(a, short)
+    engine.flush(a)
+    for sid in (b, c):
+        engine.push(sid, long[:24000])
+    while num_frames(len(short)) - engine.frames_emitted(a) >= engine.encoder.hop:
+        for sid, f in engine.step().items():
+            out[sid].append(f)
+    assert engine.pending() == [a, b, c]  # a's short hop (first group) and b, c's full hops (second)
+    engine.faulty = {b}
+    with pytest.raises(StepFailed) as failure:
+        engine.step()
+    assert set(failure.value.failed) == {b, c} and list(failure.value.frames) == [a]
+    out[a].append(failure.value.frames[a])
+    assert engine.finished(a)
+    engine.faulty = set()
+    for sid in (b, c):  # unchanged by their failed hop: they go on as if nothing happened
+        engine.push(sid, long[24000:])
+        engine.flush(sid)
+    while step := engine.step():
+        for sid, f in step.items():
+            out[sid].append(f)
+    for sid, (level, person), speech in ((a, (1, 0), short), (b, (0, 3), long), (c, (1, 5), long)):
+        alone = animator.stream(level=level, person=person, **SETTINGS)
+        want = np.concatenate([alone.push(speech), alone.flush()])
+        assert np.abs(np.concatenate(out[sid]) - want).max() <= TOL, sid
+
+
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
 def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graphs):
     engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, cuda_graphs=cuda_graphs, **SETTINGS)
@@ -166,7 +213,7 @@ def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graph
     want = np.concatenate([alone.push(speech), alone.flush()])
     assert np.abs(np.concatenate(got) - want).max() <= TOL
     assert engine.cache.k.data_ptr() == storage and tuple(engine.cache.k.shape) == shape
-    assert engine.cache.ends[engine._get(c).slot] > engine.max_cache_frames
+    assert engine._get(c).position > engine.max_cache_frames
 
 
 def test_engine_checks_its_arguments(animator):

@@ -9,7 +9,7 @@ from emotalk_fast.controls import style_weights
 from emotalk_fast.decoder import RingKVCache
 from emotalk_fast.model import num_frames
 from emotalk_fast.windows import encode_windowed
-from helpers import assert_close, espeak_speech
+from helpers import assert_close, decode_in_steps, espeak_speech
 from test_model_parity import CONFIGS
 
 
@@ -48,12 +48,13 @@ def test_kv_cached_decoder_equals_offline(name):
     with torch.inference_mode():
         offline, _ = model.decode(content, emotion, *weights)
         for _ in range(3):  # any chunking
-            cache, parts, i = model.decoder.new_cache(2, T), [], 0
+            sizes, i = [], 0
             while i < T:
-                n = int(rng.integers(1, 17))
-                parts.append(model.decode_step(content[:, i : i + n], emotion[:, i : i + n], *weights, cache)[0])
-                i += n
-            assert_close(torch.cat(parts, 1), offline, 1e-5, "streamed decoder")
+                sizes.append(min(int(rng.integers(1, 17)), T - i))
+                i += sizes[-1]
+            x, memory = model.decoder_inputs(content, emotion, *weights)
+            out = decode_in_steps(model.decoder, x, memory, model.decoder.new_cache(2, T), sizes)
+            assert_close(model.blendshape_head(out), offline, 1e-5, "streamed decoder")
 
 
 def test_kv_cache_window_bounds_memory():
@@ -63,9 +64,9 @@ def test_kv_cache_window_bounds_memory():
     storage = cache.k.data_ptr()
     for i in range(40):
         k = torch.full((1, 2, 3, 4), float(i))
-        cache.append([1], k, k)
-    assert cache.ends == [0, 120] and cache.k.shape == (2, 2, 50, 4) and cache.k.data_ptr() == storage
-    keys, _, positions = cache.read([1], torch.tensor([cache.ends[1]]), cache.capacity)
+        cache.write(torch.tensor([1]), torch.tensor([3 * i]), k, k)
+    assert cache.k.shape == (2, 2, 50, 4) and cache.k.data_ptr() == storage
+    keys, _, positions = cache.read([1], torch.tensor([120]), cache.capacity)
     order = positions[0].argsort()
     assert positions[0, order].tolist() == list(range(70, 120))
     assert keys[0, 0, order, 0].tolist() == [float(j // 3) for j in range(70, 120)]

@@ -15,7 +15,7 @@ from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
 from emotalk_fast.cli import main as cli_main
 from emotalk_fast.config import DecoderConfig
 from emotalk_fast.decoder import PeriodicCausalDecoder
-from helpers import FIXTURES, assert_close, assert_close_to_dtype, load_oracle
+from helpers import FIXTURES, assert_close, assert_close_to_dtype, decode_in_steps, load_oracle
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ORACLE_TOL = 1e-4  # as tests/test_oracle_parity.py
@@ -102,11 +102,7 @@ def _chunks(total, seed, most=20):
 
 
 def _run_steps(dec, x, memory, sizes, cache):
-    out, t = [], 0
-    for n in sizes:
-        out.append(dec.step(x[:, t : t + n], memory[:, t : t + n], cache, list(range(x.shape[0]))))
-        t += n
-    return torch.cat(out, 1)
+    return decode_in_steps(dec, x, memory, cache, sizes)
 
 
 def test_triton_step_equals_offline():
