@@ -14,6 +14,7 @@ from . import checkpoint as ckpt
 from .audio import load_waveform, prepare_audio
 from .config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE, EmoTalkConfig
 from .controls import Schedule, check_style
+from .errors import InvalidInput, InvalidType
 from .export import save_blendshapes
 from .model import EmoTalk, num_emotion_frames, resample_frames
 from .model import num_frames as model_num_frames
@@ -228,6 +229,21 @@ class Animator:
                                lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s,
                                sample_rate=sample_rate, cuda_graphs=cuda_graphs)
 
+    def engine(self, max_streams: int = 16, *, hop_ms: int = 100, lookahead_ms: int = 200,
+               context_ms: int = 2000, max_cache_s: float = 600.0, cuda_graphs: bool = False):
+        """A StreamEngine over this model: up to `max_streams` streams advanced together, each
+        giving the frames `stream()` gives with the same settings (see engine.py). With
+        `cuda_graphs`, every batch bucket's static hop is built (on CUDA: captured) now, so that
+        no live stream waits on it later."""
+        from .engine import StreamEngine
+
+        engine = StreamEngine(self.model, self.device, self.dtype, max_streams=max_streams, hop_ms=hop_ms,
+                              lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s,
+                              cuda_graphs=cuda_graphs)
+        if cuda_graphs:
+            engine.prepare_static_hops()
+        return engine
+
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
                       postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,
                       schedule=None, num_frames=None, long_audio_s: float | None = LONG_AUDIO_S,
@@ -237,10 +253,10 @@ class Animator:
         clips or a list with one per clip (so give weight vectors as tuples or arrays). Clips longer than `long_audio_s` are windowed one by
         one (see `animate`); an emotion reference or a frame count keeps a clip offline."""
         if isinstance(audios, (str, os.PathLike, np.ndarray, torch.Tensor)):
-            raise TypeError("animate_batch takes a list of clips; use animate() for one clip")
+            raise InvalidType("animate_batch takes a list of clips; use animate() for one clip")
         audios = list(audios)
         if not audios:
-            raise ValueError("animate_batch needs at least one clip")
+            raise InvalidInput("animate_batch needs at least one clip")
         n = len(audios)
         clips = [self._prepare(a, sr, lv, p, ref, sch, nf) for a, sr, lv, p, ref, sch, nf in zip(
             audios, self._per_clip("sample_rate", sample_rate, n),
@@ -271,7 +287,7 @@ class Animator:
         if frames is None:
             frames = model_num_frames(len(samples))
         elif isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
-            raise ValueError(f"num_frames must be a positive integer, got {frames!r}")
+            raise InvalidInput(f"num_frames must be a positive integer, got {frames!r}")
         if schedule is not None:
             if not isinstance(schedule, Schedule):
                 schedule = Schedule(tuple(schedule))
@@ -344,6 +360,6 @@ class Animator:
         """One value for every clip, or a list with one per clip."""
         if isinstance(value, list):
             if len(value) != n:
-                raise ValueError(f"{name} has {len(value)} entries for {n} clips")
+                raise InvalidInput(f"{name} has {len(value)} entries for {n} clips")
             return list(value)
         return [value] * n

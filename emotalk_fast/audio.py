@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import SAMPLE_RATE
+from .errors import InvalidInput, InvalidType
 
 MIN_RATE, MAX_RATE = 4_000, 384_000  # Hz; outside this a rate is almost surely a mistake
 MAX_CHANNELS = 16  # a 2-D array with more "channels" than this is probably [N, channels]
@@ -42,19 +43,19 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         data = _to_float32(np.asarray(data))
         return np.ascontiguousarray(data.reshape(len(data), -1).T), int(rate)
     except Exception as e:
-        raise ValueError(f"cannot read audio file {path}: {e}") from None
+        raise InvalidInput(f"cannot read audio file {path}: {e}") from None
 
 
 def read_audio_bytes(data: bytes, where: str = "stdin") -> tuple[np.ndarray, int]:
     """An audio file's bytes (e.g. piped in) -> (float32 [channels, N], sample rate)."""
     if not data:
-        raise ValueError(f"{where} is empty: no audio")
+        raise InvalidInput(f"{where} is empty: no audio")
     import soundfile
 
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
-        raise ValueError(f"cannot read audio from {where}: {e}") from None
+        raise InvalidInput(f"cannot read audio from {where}: {e}") from None
     return np.ascontiguousarray(samples.T), int(rate)
 
 
@@ -88,7 +89,7 @@ def _to_float32(x: np.ndarray) -> np.ndarray:
         return (x.astype(np.float32) - 128.0) / 128.0
     if x.dtype.kind == "i":
         return (x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))).astype(np.float32)
-    raise TypeError(f"audio samples must be floating point or integer PCM, got dtype {x.dtype}")
+    raise InvalidType(f"audio samples must be floating point or integer PCM, got dtype {x.dtype}")
 
 
 def _as_array(audio) -> np.ndarray:
@@ -103,7 +104,7 @@ def _as_array(audio) -> np.ndarray:
     if isinstance(audio, (list, tuple)):
         audio = np.asarray(audio, dtype=np.float32)
     if not isinstance(audio, np.ndarray):
-        raise TypeError(f"audio must be a path, numpy array or torch tensor, got {type(audio).__name__}")
+        raise InvalidType(f"audio must be a path, numpy array or torch tensor, got {type(audio).__name__}")
     return audio
 
 
@@ -116,7 +117,7 @@ def prepare_audio(audio, sample_rate: int | None = None, min_samples: int = 1) -
     samples, rate, where = load_mono(audio, sample_rate)
     samples = resample(samples, rate, SAMPLE_RATE)
     if samples.size < min_samples:
-        raise ValueError(
+        raise InvalidInput(
             f"{where} is too short: {samples.size} samples at 16 kHz ({1000 * samples.size / SAMPLE_RATE:.1f} ms); "
             f"need at least {min_samples} ({1000 * min_samples / SAMPLE_RATE:.1f} ms)")
     return samples
@@ -128,7 +129,7 @@ def load_mono(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int, s
     if isinstance(audio, (str, os.PathLike)):
         samples, rate = read_audio_file(audio)
         if sample_rate is not None and sample_rate != rate:
-            raise ValueError(f"sample_rate={sample_rate} given, but {audio} is recorded at {rate} Hz")
+            raise InvalidInput(f"sample_rate={sample_rate} given, but {audio} is recorded at {rate} Hz")
         where = str(audio)
     else:
         samples = _to_float32(_as_array(audio))
@@ -137,16 +138,16 @@ def load_mono(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int, s
     rate = check_rate(rate)
     if samples.ndim == 2:
         if samples.shape[0] > MAX_CHANNELS:
-            raise ValueError(f"{where} has shape {list(samples.shape)}: expected [N] or [channels, N] "
+            raise InvalidInput(f"{where} has shape {list(samples.shape)}: expected [N] or [channels, N] "
                              f"(at most {MAX_CHANNELS} channels); transpose a [N, channels] array")
         samples = samples.mean(axis=0, dtype=np.float64).astype(np.float32)
     elif samples.ndim != 1:
-        raise ValueError(f"{where} has shape {list(samples.shape)}: expected [N] or [channels, N]")
+        raise InvalidInput(f"{where} has shape {list(samples.shape)}: expected [N] or [channels, N]")
     if samples.size == 0:
-        raise ValueError(f"{where} is empty")
+        raise InvalidInput(f"{where} is empty")
     if not np.isfinite(samples).all():
         bad = int((~np.isfinite(samples)).sum())
-        raise ValueError(f"{where} has {bad} NaN or infinite samples")
+        raise InvalidInput(f"{where} has {bad} NaN or infinite samples")
     return samples, rate, where
 
 
@@ -156,7 +157,7 @@ def load_waveform(audio, sample_rate: int | None) -> tuple[np.ndarray | None, in
     if audio is None:
         return None, None
     if sample_rate is None and not isinstance(audio, (str, os.PathLike)):
-        raise ValueError("give the sample_rate of audio samples")
+        raise InvalidInput("give the sample_rate of audio samples")
     samples, rate, _ = load_mono(audio, sample_rate)
     return samples, rate
 
@@ -176,7 +177,7 @@ def check_rate(rate) -> int:
     if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
         rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_RATE <= rate <= MAX_RATE:
-        raise ValueError(f"unsupported sample rate {rate!r}: expected an integer in {MIN_RATE}..{MAX_RATE} Hz")
+        raise InvalidInput(f"unsupported sample rate {rate!r}: expected an integer in {MIN_RATE}..{MAX_RATE} Hz")
     return int(rate)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import EmoTalkConfig
+from .errors import InvalidInput
 from .measure import PeakMemory, device_name, generated_speech, peak_rss_mb, random_weights, sync, versions
 
 
@@ -26,10 +27,10 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
     from .runtime import resolve_device, resolve_dtype
 
     if not seconds > 0 or repeats < 1:
-        raise ValueError(f"seconds must be > 0 and repeats >= 1, got {seconds!r}, {repeats!r}")
+        raise InvalidInput(f"seconds must be > 0 and repeats >= 1, got {seconds!r}, {repeats!r}")
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise InvalidInput(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     report = progress or (lambda message: None)
     device, dtype = resolve_device(device), resolve_dtype(dtype)

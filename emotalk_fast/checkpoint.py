@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_EMOTION_LABELS, PRESETS, DecoderConfig, EmoTalkConfig, EncoderConfig
+from .errors import InvalidInput
 from .files import atomic_write
 
 FORMAT_VERSION = 1
@@ -26,7 +27,7 @@ _NEW_WN = ("parametrizations.weight.original0", "parametrizations.weight.origina
 _OLD_WN = ("weight_g", "weight_v")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InvalidInput):
     """A checkpoint is missing, unreadable, or does not match the expected layout."""
 
 

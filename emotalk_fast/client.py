@@ -21,6 +21,8 @@ import numpy as np
 
 from .audio import check_rate, load_mono
 from .config import BLENDSHAPE_NAMES, FPS
+from .errors import InvalidInput, InvalidType
+from .files import read_pem
 from .serve import protocol as pb
 
 _ARKIT_NAME = dict(zip(pb.A2F_BLENDSHAPE_NAMES, BLENDSHAPE_NAMES))
@@ -65,12 +67,12 @@ def channel(server: str, *, root_cert: str | None = None, client_cert: str | Non
     """An insecure channel, TLS with `root_cert`, or mutual TLS adding `client_cert`/`client_key`."""
     if root_cert is None:
         if client_cert or client_key:
-            raise ValueError("a client certificate needs --root-cert (TLS) as well")
+            raise InvalidInput("a client certificate needs --root-cert (TLS) as well")
         return grpc.insecure_channel(server)
     if (client_cert is None) != (client_key is None):
-        raise ValueError("client_cert and client_key go together")
-    return grpc.secure_channel(server, grpc.ssl_channel_credentials(pb.read_pem(root_cert), pb.read_pem(client_key),
-                                                                    pb.read_pem(client_cert)))
+        raise InvalidInput("client_cert and client_key go together")
+    return grpc.secure_channel(server, grpc.ssl_channel_credentials(read_pem(root_cert), read_pem(client_key),
+                                                                    read_pem(client_cert)))
 
 
 def health(server: str, timeout: float = 5.0, **tls) -> bool:
@@ -89,12 +91,12 @@ def pcm16_audio(audio, sample_rate: int | None = None) -> tuple[bytes, int]:
     """A path or a mono/[channels, N] array -> (16-bit PCM bytes, rate). Arrays of int16 pass exactly."""
     if not isinstance(audio, (str, os.PathLike)):
         if sample_rate is None:
-            raise ValueError("give the sample_rate of an array")
+            raise InvalidInput("give the sample_rate of an array")
         samples = np.asarray(audio)
         if samples.dtype == np.int16 and samples.ndim == 1:
             return samples.astype("<i2").tobytes(), check_rate(sample_rate)
         if samples.dtype.kind != "f":
-            raise TypeError(f"audio arrays must be float in [-1, 1] or int16, got {samples.dtype}")
+            raise InvalidType(f"audio arrays must be float in [-1, 1] or int16, got {samples.dtype}")
     samples, rate, _ = load_mono(audio, sample_rate)
     return pb.float_to_pcm16(samples), rate
 
@@ -131,7 +133,7 @@ def send(audio, sample_rate: int | None = None, *, server: str = f"127.0.0.1:{pb
     sent with the first chunk (the server echoes them as input_emotions)."""
     pcm, rate = pcm16_audio(audio, sample_rate)
     if not chunk_s > 0:
-        raise ValueError(f"chunk_s must be > 0, got {chunk_s!r}")
+        raise InvalidInput(f"chunk_s must be > 0, got {chunk_s!r}")
     header = stream_header(rate, level=level, person=person, person_weights=person_weights,
                            multipliers=multipliers, offsets=offsets, clamp=clamp)
     chunk_bytes = 2 * max(1, round(chunk_s * rate))

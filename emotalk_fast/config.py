@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InvalidInput
+
 SAMPLE_RATE = 16_000  # Hz; both wav2vec2 encoders were trained on 16 kHz audio
 FPS = 30  # output frame rate of the blendshape curves
 ENCODER_FPS = 50  # wav2vec2's CNN front end emits one frame per 20 ms
@@ -55,11 +57,11 @@ class EncoderConfig:
         object.__setattr__(self, "conv_kernel", tuple(self.conv_kernel))
         object.__setattr__(self, "conv_stride", tuple(self.conv_stride))
         if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
-            raise ValueError("conv_dim, conv_kernel and conv_stride must have the same length")
+            raise InvalidInput("conv_dim, conv_kernel and conv_stride must have the same length")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+            raise InvalidInput(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         if self.hidden_size % self.num_pos_conv_groups:
-            raise ValueError("hidden_size must be divisible by num_pos_conv_groups")
+            raise InvalidInput("hidden_size must be divisible by num_pos_conv_groups")
 
     @property
     def head_dim(self) -> int:
@@ -102,7 +104,7 @@ class EncoderConfig:
     def from_hf_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
         """Read Hugging Face Wav2Vec2Config field names (as in the oracle and release configs)."""
         if d.get("feat_extract_norm", "layer") != "layer" or not d.get("do_stable_layer_norm", True):
-            raise ValueError("only the wav2vec2-large 'stable layer norm' encoder variant is supported")
+            raise InvalidInput("only the wav2vec2-large 'stable layer norm' encoder variant is supported")
         return cls(
             hidden_size=d["hidden_size"], num_layers=d["num_hidden_layers"],
             num_heads=d["num_attention_heads"], intermediate_size=d["intermediate_size"],
@@ -133,9 +135,9 @@ class DecoderConfig:
 
     def __post_init__(self):
         if self.feature_dim % self.num_heads:
-            raise ValueError(f"feature_dim {self.feature_dim} not divisible by num_heads {self.num_heads}")
+            raise InvalidInput(f"feature_dim {self.feature_dim} not divisible by num_heads {self.num_heads}")
         if self.period < 1:
-            raise ValueError("period must be >= 1")
+            raise InvalidInput("period must be >= 1")
 
     @property
     def feature_dim(self) -> int:
@@ -150,7 +152,7 @@ class DecoderConfig:
         """ALiBi head slopes for a power-of-two head count (1/4, 1/16, 1/64, 1/256 for 4 heads)."""
         n = self.num_heads
         if n & (n - 1):
-            raise ValueError("ALiBi slopes are defined here for power-of-two head counts only")
+            raise InvalidInput("ALiBi slopes are defined here for power-of-two head counts only")
         start = 2 ** (-(2 ** -(n.bit_length() - 1 - 3)))
         return [start * start**i for i in range(n)]
 
@@ -165,17 +167,17 @@ class EmoTalkConfig:
     def __post_init__(self):
         object.__setattr__(self, "emotion_labels", tuple(self.emotion_labels))
         if self.emotion.num_labels != len(self.emotion_labels):
-            raise ValueError(
+            raise InvalidInput(
                 f"emotion encoder has {self.emotion.num_labels} labels but "
                 f"{len(self.emotion_labels)} label names were given"
             )
         if self.content.num_labels:
-            raise ValueError("the content encoder has no classifier (num_labels must be 0)")
+            raise InvalidInput("the content encoder has no classifier (num_labels must be 0)")
 
     @classmethod
     def from_name(cls, name: str) -> "EmoTalkConfig":
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise InvalidInput(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[name]
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,12 +192,12 @@ class EmoTalkConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EmoTalkConfig":
         if d.get("model_type", "emotalk") != "emotalk":
-            raise ValueError(f"not an EmoTalk config (model_type {d.get('model_type')!r})")
+            raise InvalidInput(f"not an EmoTalk config (model_type {d.get('model_type')!r})")
         dec = d.get("decoder", {})
         known = {f.name for f in dataclasses.fields(DecoderConfig)}
         unknown = set(dec) - known
         if unknown:
-            raise ValueError(f"unknown decoder config fields: {sorted(unknown)}")
+            raise InvalidInput(f"unknown decoder config fields: {sorted(unknown)}")
         emotion = EncoderConfig.from_hf_dict(d["emotion_encoder"])
         return cls(
             content=EncoderConfig.from_hf_dict(d["content_encoder"]),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import FPS, EmoTalkConfig
+from .errors import InvalidInput, InvalidType
 
 MIX_TOLERANCE = 1e-4  # how far a mix's weights may sum from 1
 
@@ -30,7 +31,7 @@ def level_weights(cfg: EmoTalkConfig, level) -> np.ndarray:
         return _one_hot("level", level, n)
     if isinstance(level, (float, np.floating)):
         if n != 2 or not 0.0 <= level <= 1.0 or math.isnan(level):
-            raise ValueError(f"a float level must be in [0, 1], got {level}")
+            raise InvalidInput(f"a float level must be in [0, 1], got {level}")
         return np.array([1.0 - level, level])
     return _weight_vector("level", level, n)
 
@@ -45,7 +46,7 @@ def person_weights(cfg: EmoTalkConfig, person) -> np.ndarray:
         w = np.zeros(n)
         for k, v in person.items():
             if not _is_int(k) or not 0 <= k < n:
-                raise ValueError(f"person mix keys must be integers in 0..{n - 1}, got {k!r}")
+                raise InvalidInput(f"person mix keys must be integers in 0..{n - 1}, got {k!r}")
             w[int(k)] = _number("person mix weight", v)
         return _weight_vector("person", w, n)
     return _weight_vector("person", person, n)
@@ -54,19 +55,19 @@ def person_weights(cfg: EmoTalkConfig, person) -> np.ndarray:
 def _reject_scalar_types(name: str, value, accepted: str) -> None:
     """True/False and strings would otherwise pass as numbers or arrays with a puzzling message."""
     if isinstance(value, (bool, np.bool_, str, bytes)):
-        raise TypeError(f"{name} must be {accepted}; got {type(value).__name__} {value!r}")
+        raise InvalidType(f"{name} must be {accepted}; got {type(value).__name__} {value!r}")
 
 
 def _one_hot(name: str, index, n: int) -> np.ndarray:
     """The release's input: exactly 0s and one 1, so integer controls stay bit-identical."""
     if not 0 <= index < n:
-        raise ValueError(f"{name} must be in 0..{n - 1}, got {index}")
+        raise InvalidInput(f"{name} must be in 0..{n - 1}, got {index}")
     return np.eye(n, dtype=np.float64)[int(index)]
 
 
 def _number(name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {v!r}")
+        raise InvalidInput(f"{name} must be a number, got {v!r}")
     return float(v)
 
 
@@ -74,13 +75,13 @@ def _weight_vector(name: str, value, n: int) -> np.ndarray:
     try:
         w = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an index, a float or {n} weights, got {value!r}") from None
+        raise InvalidInput(f"{name} must be an index, a float or {n} weights, got {value!r}") from None
     if w.shape != (n,):
-        raise ValueError(f"{name} weights must have {n} entries, got shape {list(w.shape)}")
+        raise InvalidInput(f"{name} weights must have {n} entries, got shape {list(w.shape)}")
     if not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"{name} weights must be finite and non-negative, got {w.tolist()}")
+        raise InvalidInput(f"{name} weights must be finite and non-negative, got {w.tolist()}")
     if abs(w.sum() - 1.0) > MIX_TOLERANCE:
-        raise ValueError(f"{name} weights must sum to 1, got {w.sum():.6g}")
+        raise InvalidInput(f"{name} weights must sum to 1, got {w.sum():.6g}")
     return w
 
 
@@ -111,11 +112,11 @@ class Schedule:
     def __post_init__(self):
         changes = tuple((float(t), lv, p) for t, lv, p in self.changes)
         if not changes or changes[0][0] != 0.0:
-            raise ValueError("a schedule starts with an entry at time 0")
+            raise InvalidInput("a schedule starts with an entry at time 0")
         if any(b[0] <= a[0] for a, b in zip(changes, changes[1:])):
-            raise ValueError("schedule times must increase strictly")
+            raise InvalidInput("schedule times must increase strictly")
         if not self.crossfade_s >= 0:
-            raise ValueError(f"crossfade_s must be >= 0, got {self.crossfade_s}")
+            raise InvalidInput(f"crossfade_s must be >= 0, got {self.crossfade_s}")
         object.__setattr__(self, "changes", changes)
 
     def weights(self, cfg: EmoTalkConfig, num_frames: int, fps: int = FPS) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .config import DecoderConfig
 from .decoder_ops import TorchOps
+from .errors import InvalidInput
 from .kernels.reference import periodic_positional_encoding, ring_positions
 
 class RingKVCache:
@@ -33,7 +34,7 @@ class RingKVCache:
 
     def __init__(self, slots: int, num_heads: int, head_dim: int, capacity: int, device=None, dtype=None):
         if slots < 1 or capacity < 1:
-            raise ValueError(f"a KV cache needs >= 1 slot and >= 1 frame, got {slots}, {capacity}")
+            raise InvalidInput(f"a KV cache needs >= 1 slot and >= 1 frame, got {slots}, {capacity}")
         # zeros: untouched pages cost no memory on the CPU until a stream reaches them
         self.k = torch.zeros(slots, num_heads, capacity, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
@@ -43,7 +44,7 @@ class RingKVCache:
         """k, v [B, H, t, Dh] at positions starts[b].. of slots[b] (tensors [B])."""
         t = k.shape[2]
         if t > self.capacity:
-            raise ValueError(f"{t} new frames do not fit a cache of {self.capacity}")
+            raise InvalidInput(f"{t} new frames do not fit a cache of {self.capacity}")
         rows = torch.remainder(starts[:, None] + torch.arange(t, device=starts.device), self.capacity)
         # advanced indices on dims 0 and 2 around a slice: the selection is [B, t, H, Dh]
         self.k[slots[:, None], :, rows] = k.transpose(1, 2).to(self.k.dtype)
@@ -90,7 +91,7 @@ class PeriodicCausalDecoder(nn.Module):
 
             self.ops = TritonOps
         else:
-            raise ValueError(f"unknown decoder backend {backend!r}: choose 'torch' or 'triton'")
+            raise InvalidInput(f"unknown decoder backend {backend!r}: choose 'torch' or 'triton'")
         self.backend = backend
 
     def slopes(self, device) -> torch.Tensor:

@@ -33,6 +33,7 @@ import torch
 from .audio import StreamingResampler, check_rate
 from .config import FPS, SAMPLE_RATE
 from .controls import check_style
+from .errors import InvalidInput, InvalidType
 from .model import EmoTalk, num_frames
 from .windows import Window, WindowedEncoder
 
@@ -100,9 +101,9 @@ class StreamEngine:
                  lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0,
                  cuda_graphs: bool = False):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
-            raise ValueError(f"max_streams must be a positive integer, got {max_streams!r}")
+            raise InvalidInput(f"max_streams must be a positive integer, got {max_streams!r}")
         if not max_cache_s > 0:
-            raise ValueError(f"max_cache_s must be > 0, got {max_cache_s!r}")
+            raise InvalidInput(f"max_cache_s must be > 0, got {max_cache_s!r}")
         self.model, self.device, self.dtype = model, torch.device(device), dtype
         self.encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms)
         self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms
@@ -155,6 +156,19 @@ class StreamEngine:
     def live(self) -> list[int]:
         return list(self._streams)
 
+    @property
+    def num_live(self) -> int:
+        """Streams open (a single read: safe from another thread)."""
+        return len(self._streams)
+
+    @property
+    def emotion_labels(self) -> tuple[str, ...]:
+        return self.model.cfg.emotion_labels
+
+    @property
+    def num_persons(self) -> int:
+        return self.model.cfg.decoder.num_persons
+
     def _get(self, sid: int) -> _Stream:
         try:
             return self._streams[sid]
@@ -182,7 +196,7 @@ class StreamEngine:
             _append(s, s.resampler.flush())
         n = s.received
         if n and n < self.encoder.field:
-            raise ValueError(f"the utterance is too short to animate: {n} samples "
+            raise InvalidInput(f"the utterance is too short to animate: {n} samples "
                              f"({1000 * n / SAMPLE_RATE:.1f} ms); call reset() and push more audio")
         s.ending, s.total_frames = True, num_frames(n) if n else 0
 
@@ -191,7 +205,7 @@ class StreamEngine:
         linearly over `crossfade_ms`."""
         s = self._get(sid)
         if not crossfade_ms >= 0:
-            raise ValueError(f"crossfade_ms must be >= 0, got {crossfade_ms!r}")
+            raise InvalidInput(f"crossfade_ms must be >= 0, got {crossfade_ms!r}")
         level = s.level if level is None else level
         person = s.person if person is None else person
         new = check_style(self.model.cfg, level, person)
@@ -431,18 +445,18 @@ def validate_chunk(samples) -> np.ndarray:
     """A pushed chunk -> float32 [n], or TypeError/ValueError saying what was wrong."""
     if isinstance(samples, torch.Tensor):
         if not samples.is_floating_point():
-            raise TypeError(f"stream samples must be floating point, got {samples.dtype}")
+            raise InvalidType(f"stream samples must be floating point, got {samples.dtype}")
         samples = samples.detach().cpu().float().numpy()
     if not isinstance(samples, np.ndarray):
         if isinstance(samples, (list, tuple)):
             samples = np.asarray(samples, dtype=np.float32)
         else:
-            raise TypeError(f"stream samples must be a numpy array or torch tensor, got {type(samples).__name__}")
+            raise InvalidType(f"stream samples must be a numpy array or torch tensor, got {type(samples).__name__}")
     if samples.dtype.kind != "f":
-        raise TypeError(f"stream samples must be floating point in [-1, 1], got dtype {samples.dtype}")
+        raise InvalidType(f"stream samples must be floating point in [-1, 1], got dtype {samples.dtype}")
     if samples.ndim != 1:
-        raise ValueError(f"stream samples must be mono [n], got shape {list(samples.shape)}")
+        raise InvalidInput(f"stream samples must be mono [n], got shape {list(samples.shape)}")
     if not np.isfinite(samples).all():
-        raise ValueError(f"chunk has {int((~np.isfinite(samples)).sum())} NaN or infinite samples; "
+        raise InvalidInput(f"chunk has {int((~np.isfinite(samples)).sum())} NaN or infinite samples; "
                          "it was not added (the stream is unchanged)")
     return samples.astype(np.float32, copy=False)

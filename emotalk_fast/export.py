@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InvalidInput
 from .files import atomic_write
 
 FORMATS = (".csv", ".npy", ".json")
@@ -59,10 +60,10 @@ NAMED_FORMATS = ("livelinkface",)
 
 def _named_writer(format: str, path: Path):
     if format not in NAMED_FORMATS:
-        raise ValueError(f"unknown format {format!r}: use one of {', '.join(NAMED_FORMATS)} or None")
+        raise InvalidInput(f"unknown format {format!r}: use one of {', '.join(NAMED_FORMATS)} or None")
     if path.suffix.lower() != ".csv":
-        raise ValueError(f"format {format!r} writes a .csv file, got {path.name}")
-    from .livelink import write_livelink_csv
+        raise InvalidInput(f"format {format!r} writes a .csv file, got {path.name}")
+    from .bridges.livelink import write_livelink_csv
 
     return write_livelink_csv
 
@@ -73,12 +74,12 @@ def check_output(path: str | os.PathLike, format: str | None = None, make_parent
     path = Path(path)
     writer = _WRITERS.get(path.suffix.lower()) if format is None else _named_writer(format, path)
     if writer is None:
-        raise ValueError(f"cannot save {path.name}: unknown extension {path.suffix!r}; the output must end in "
+        raise InvalidInput(f"cannot save {path.name}: unknown extension {path.suffix!r}; the output must end in "
                          f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     if not path.parent.is_dir():
-        raise ValueError(f"cannot save {path}: directory {path.parent} does not exist")
+        raise InvalidInput(f"cannot save {path}: directory {path.parent} does not exist")
     return writer
 
 
@@ -104,7 +105,7 @@ def load_blendshapes(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ..
         if ext == ".npy":
             curves = np.load(path, allow_pickle=False)
             if curves.ndim != 2 or curves.shape[1] != len(BLENDSHAPE_NAMES):
-                raise ValueError(f"expected [frames, {len(BLENDSHAPE_NAMES)}], got shape {list(curves.shape)}")
+                raise InvalidInput(f"expected [frames, {len(BLENDSHAPE_NAMES)}], got shape {list(curves.shape)}")
             return curves.astype(np.float32), BLENDSHAPE_NAMES, float(FPS), None
         if ext == ".json":
             doc = json.loads(path.read_text())
@@ -114,16 +115,16 @@ def load_blendshapes(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ..
             with open(path, newline="") as f:
                 rows = list(csv.reader(f))
             if rows and rows[0][:1] == ["Timecode"]:
-                from .livelink import read_livelink_csv
+                from .bridges.livelink import read_livelink_csv
 
                 take = read_livelink_csv(path)
                 return take.blendshapes, BLENDSHAPE_NAMES, float(FPS), None
             if not rows or rows[0][:2] != ["frame", "time"]:
-                raise ValueError("not an emotalk_fast CSV (its header starts frame,time)")
+                raise InvalidInput("not an emotalk_fast CSV (its header starts frame,time)")
             values = np.asarray(rows[1:], np.float64)
             times = values[:, 1]
             fps = round(1.0 / float(times[1] - times[0]), 6) if len(times) > 1 else float(FPS)
             return values[:, 2:].astype(np.float32), tuple(rows[0][2:]), fps, None
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read animation {path}: {e}") from None
-    raise ValueError(f"cannot read {path.name}: expected .csv, .npy or .json")
+        raise InvalidInput(f"cannot read animation {path}: {e}") from None
+    raise InvalidInput(f"cannot read {path.name}: expected .csv, .npy or .json")

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader, or a crash, sees the old file or the new one, never half of one."""
+"""Small file helpers: atomic writes (a reader, or a crash, sees the old file or the new one, never
+half of one) and optional PEM files (the TLS credentials the service and its client load)."""
 from __future__ import annotations
 
 import os
@@ -22,3 +23,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def read_pem(path: str | os.PathLike | None) -> bytes | None:
+    """The bytes of an optional PEM certificate or key."""
+    return None if path is None else Path(path).read_bytes()

@@ -20,6 +20,7 @@ import numpy as np
 
 from .audio import load_waveform
 from .config import FPS
+from .errors import InvalidInput
 
 # The curves the plot shows: (label, channels averaged).
 CURVES = (
@@ -196,11 +197,11 @@ def save_preview(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: f
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in (".png", ".mp4", ".gif"):
-        raise ValueError(f"preview {path.name} must end in .png, .mp4 or .gif")
+        raise InvalidInput(f"preview {path.name} must end in .png, .mp4 or .gif")
     if not path.parent.is_dir():
-        raise ValueError(f"cannot save {path}: directory {path.parent} does not exist")
+        raise InvalidInput(f"cannot save {path}: directory {path.parent} does not exist")
     if len(blendshapes) == 0:
-        raise ValueError("the animation has no frames")
+        raise InvalidInput("the animation has no frames")
     wave, rate = load_waveform(audio, sample_rate)
     if ext == ".png":
         plt = _matplotlib()

@@ -7,6 +7,7 @@ import os
 import torch
 
 from .config import BACKENDS
+from .errors import InvalidInput
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -20,7 +21,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available: use device cpu or auto")
+        raise InvalidInput("device cuda requested but CUDA is not available: use device cpu or auto")
     return device
 
 
@@ -29,11 +30,11 @@ def resolve_dtype(dtype) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype}: use float32, bfloat16 or float16")
+            raise InvalidInput(f"unsupported dtype {dtype}: use float32, bfloat16 or float16")
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
-    raise ValueError(f"unsupported dtype {dtype!r}: use one of {sorted(_DTYPES)} or a torch dtype")
+    raise InvalidInput(f"unsupported dtype {dtype!r}: use one of {sorted(_DTYPES)} or a torch dtype")
 
 
 def triton_unavailable(device: torch.device, dtype: torch.dtype | None = None) -> str | None:
@@ -57,11 +58,11 @@ def triton_unavailable(device: torch.device, dtype: torch.dtype | None = None) -
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
     """auto: Triton on CUDA when triton imports, else PyTorch. triton: raises if it cannot run."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
+        raise InvalidInput(f"unknown backend {backend!r}: choose one of {BACKENDS}")
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_unavailable(device, dtype) is None else "torch"
     if backend == "triton":
         problem = triton_unavailable(device, dtype)
         if problem:
-            raise ValueError(f"backend triton cannot run: {problem}; use backend torch or auto")
+            raise InvalidInput(f"backend triton cannot run: {problem}; use backend torch or auto")
     return backend

@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from .audio import check_rate
-from .config import SAMPLE_RATE
+from .config import FPS, SAMPLE_RATE
 from .engine import StepFailed, StreamEngine
 from .model import EmoTalk
 
@@ -127,6 +127,14 @@ class AnimationStream:
         if not out:
             return np.zeros((0, self.engine.model.cfg.decoder.num_blendshapes), np.float32)
         return np.concatenate(out)
+
+
+def first_frame_latency_s(first_frame: int, compute_s: float, wall_s: float, algorithmic_s: float,
+                          realtime: bool) -> float:
+    """How old a hop's first frame is when it comes out: on the wall clock in real time (the frame's
+    instant is first_frame / FPS after the start), else the algorithmic latency plus the hop's
+    compute."""
+    return wall_s - first_frame / FPS if realtime else algorithmic_s + compute_s
 
 
 def play(stream, samples: np.ndarray, hop_samples: int, realtime: bool = False, on_hop=None) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .config import ENCODER_FPS, FPS, SAMPLE_RATE
+from .errors import InvalidInput
 from .model import EmoTalk, normalize_waveform, num_frames
 
 GRID_MS = 100  # the grids of 50 Hz CNN frames and 30 fps output frames coincide every 100 ms
@@ -22,7 +23,7 @@ _UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t
 def _frames_of(ms: int, name: str, allow_zero: bool) -> int:
     if isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms % GRID_MS or ms < 0 or \
             (ms == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} multiple of "
+        raise InvalidInput(f"{name} must be a {'non-negative' if allow_zero else 'positive'} multiple of "
                          f"{GRID_MS} ms (it keeps the 50 Hz and 30 fps grids aligned), got {ms!r}")
     return ms // GRID_MS * (FPS * GRID_MS // 1000)
 
@@ -51,11 +52,11 @@ class WindowedEncoder:
         self.context = _frames_of(context_ms, "context_ms", allow_zero=True)
         enc = model.cfg.content
         if (enc.conv_stride, enc.conv_kernel) != (model.cfg.emotion.conv_stride, model.cfg.emotion.conv_kernel):
-            raise ValueError("streaming needs both encoders to share one CNN frame grid")
+            raise InvalidInput("streaming needs both encoders to share one CNN frame grid")
         self.stride = int(np.prod(enc.conv_stride))  # samples per CNN frame (320)
         self.field = enc.receptive_field  # samples under one CNN frame (400)
         if self.stride * ENCODER_FPS != SAMPLE_RATE:
-            raise ValueError("streaming assumes a 50 Hz CNN front end")
+            raise InvalidInput("streaming assumes a 50 Hz CNN front end")
 
     def window(self, k: int, total_frames: int | None = None, total_samples: int | None = None) -> Window:
         """Hop k's window; with the clip's totals (at the end of a stream) it is clipped to them."""
@@ -96,7 +97,7 @@ class WindowedEncoder:
         CUDA graph); padding rows are silent windows that read nothing of the others."""
         hops = {w.h1 - w.h0 for w in windows}
         if len(hops) != 1:
-            raise ValueError(f"a batch of windows needs one hop length, got {sorted(hops)}")
+            raise InvalidInput(f"a batch of windows needs one hop length, got {sorted(hops)}")
         hop = hops.pop()
         frames = [w.t1 - w.t0 for w in windows]
         rows, n_frames, n_samples = pad_to or (len(windows), max(frames), max(len(s) for s in samples))

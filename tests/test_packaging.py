@@ -48,7 +48,7 @@ def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "emotalk_fast/kernels/__init__.py" in names
     assert "emotalk_fast/training/reference.py" in names
-    assert "emotalk_fast/cli.py" in names
+    assert "emotalk_fast/cli/__init__.py" in names
     tops = {n.split("/")[0] for n in names}
     assert not tops & {"kernels", "training", "tests", "benchmarks"}, tops
     entry = [n for n in names if n.endswith("entry_points.txt")]

@@ -12,6 +12,8 @@ import dataclasses
 import json
 import sys
 
+from emotalk_fast.errors import InvalidInput
+
 from .config import DEFAULT_EMOTION_MAP, LossWeights, TrainConfig
 
 
@@ -65,7 +67,7 @@ def _emotion_map(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
-            raise ValueError(f"--emotion-map takes EMOTION=LABEL, got {pair!r}")
+            raise InvalidInput(f"--emotion-map takes EMOTION=LABEL, got {pair!r}")
         table[key.strip()] = value.strip()
     return table
 
@@ -76,7 +78,7 @@ def train_config_from_args(args) -> TrainConfig:
     except ValueError:
         weights = []
     if len(weights) != 4:
-        raise ValueError(f"--loss-weights takes four numbers cross,self,velocity,cls, got {args.loss_weights!r}")
+        raise InvalidInput(f"--loss-weights takes four numbers cross,self,velocity,cls, got {args.loss_weights!r}")
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if "help" in f.metadata}
     return TrainConfig(
         data_dir=args.data_dir, output_dir=args.output_dir, preset=args.preset,
@@ -99,7 +101,7 @@ def _require_transformers() -> None:
     try:
         import transformers  # noqa: F401
     except ImportError as e:
-        raise ValueError(f"training needs transformers ({e}): pip install 'emotalk-fast[training]'") from None
+        raise InvalidInput(f"training needs transformers ({e}): pip install 'emotalk-fast[training]'") from None
 
 
 def run_train(args) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from emotalk_fast.config import EmoTalkConfig
+from emotalk_fast.errors import InvalidInput
 
 # RAVDESS emotion names -> the release classifier's labels (override rows with --emotion-map).
 DEFAULT_EMOTION_MAP: dict[str, str] = {
@@ -71,11 +72,11 @@ class TrainConfig:
             object.__setattr__(self, "loss", LossWeights(**self.loss))
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+            raise InvalidInput(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+            raise InvalidInput(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.layerdrop < 1.0:
-            raise ValueError("dropout and layerdrop must be in [0, 1)")
+            raise InvalidInput("dropout and layerdrop must be in [0, 1)")
         if self.init_checkpoint is None:
             EmoTalkConfig.from_name(self.preset)  # raises with the list of presets
 

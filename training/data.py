@@ -33,6 +33,7 @@ import torch
 
 from emotalk_fast.audio import prepare_audio
 from emotalk_fast.config import DEFAULT_EMOTION_LABELS, FPS, SAMPLE_RATE
+from emotalk_fast.errors import InvalidInput
 from emotalk_fast.model import num_frames
 
 from .config import DEFAULT_EMOTION_MAP
@@ -68,7 +69,7 @@ def parse_ravdess_name(stem: str) -> ClipLabels | None:
     _, _, emotion, intensity, statement, _, actor = (int(g) for g in m.groups())
     if emotion not in RAVDESS_EMOTIONS or intensity not in (1, 2) or statement not in (1, 2) \
             or not 1 <= actor <= 24:
-        raise ValueError(f"{stem!r} looks like a RAVDESS name but has out-of-range fields "
+        raise InvalidInput(f"{stem!r} looks like a RAVDESS name but has out-of-range fields "
                          f"(emotion 01..08, intensity 01..02, statement 01..02, actor 01..24)")
     return ClipLabels(RAVDESS_EMOTIONS[emotion], intensity - 1, statement - 1, actor - 1)
 
@@ -79,7 +80,7 @@ def emotion_classes(emotion_map: Mapping[str, str] | None = None,
     emotion_map = DEFAULT_EMOTION_MAP if emotion_map is None else emotion_map
     bad = {k: v for k, v in emotion_map.items() if v not in labels}
     if bad:
-        raise ValueError(f"emotion map targets {bad} are not classifier labels {list(labels)}")
+        raise InvalidInput(f"emotion map targets {bad} are not classifier labels {list(labels)}")
     return {k: labels.index(v) for k, v in emotion_map.items()}
 
 
@@ -128,10 +129,10 @@ def scan_clips(root: str | Path, emotion_map: Mapping[str, str] | None = None,
     silently.
     """
     if on_mismatch not in ("error", "skip"):
-        raise ValueError(f"on_mismatch must be 'error' or 'skip', got {on_mismatch!r}")
+        raise InvalidInput(f"on_mismatch must be 'error' or 'skip', got {on_mismatch!r}")
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"data directory not found: {root}")
+        raise InvalidInput(f"data directory not found: {root}")
     classes = emotion_classes(emotion_map, labels)
     wavs = sorted(root.rglob("*.wav"))
     npys = {p.with_suffix("") for p in root.rglob("*.npy")}
@@ -147,7 +148,7 @@ def scan_clips(root: str | Path, emotion_map: Mapping[str, str] | None = None,
         npy = wav.with_suffix(".npy")
         shape = np.load(npy, mmap_mode="r").shape
         if len(shape) != 2 or shape[1] != NUM_BLENDSHAPES:
-            raise ValueError(f"{npy}: targets must be [T, {NUM_BLENDSHAPES}], got {list(shape)}")
+            raise InvalidInput(f"{npy}: targets must be [T, {NUM_BLENDSHAPES}], got {list(shape)}")
         n = _audio_length(wav)
         t_audio, t_target = num_frames(n), shape[0]
         if t_audio != t_target:
@@ -170,10 +171,10 @@ def scan_clips(root: str | Path, emotion_map: Mapping[str, str] | None = None,
                f"frame(s) apart or are shorter than 2 frames: " + ", ".join(too_long[:5])
                + (" ..." if len(too_long) > 5 else ""))
         if on_mismatch == "error":
-            raise ValueError(msg + " (on_mismatch='skip' drops them)")
+            raise InvalidInput(msg + " (on_mismatch='skip' drops them)")
         log.warning("skipped %s", msg)
     if not clips:
-        raise ValueError(f"no usable .wav + .npy clips under {root}")
+        raise InvalidInput(f"no usable .wav + .npy clips under {root}")
     unlabelled = sum(c.labels is None for c in clips)
     log.info("%s: %d clips (%d labelled, %d self-reconstruction only)", root, len(clips),
              len(clips) - unlabelled, unlabelled)

@@ -23,6 +23,7 @@ import torch
 
 from emotalk_fast import checkpoint as ckpt
 from emotalk_fast.config import BLENDSHAPE_NAMES, EmoTalkConfig
+from emotalk_fast.errors import InvalidInput
 
 from .data import Clip, load_audio, scan_clips
 
@@ -33,7 +34,7 @@ def blendshape_errors(pred: np.ndarray, target: np.ndarray) -> dict:
     """[T, 52] x 2 -> overall and per-channel MSE and MAE (channels by ARKit name)."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     if pred.shape != target.shape or pred.ndim != 2:
-        raise ValueError(f"prediction {pred.shape} and target {target.shape} must be equal [T, C] arrays")
+        raise InvalidInput(f"prediction {pred.shape} and target {target.shape} must be equal [T, C] arrays")
     err = pred - target
     names = BLENDSHAPE_NAMES if pred.shape[1] == len(BLENDSHAPE_NAMES) else [str(i) for i in range(pred.shape[1])]
     mse_c, mae_c = (err**2).mean(0), np.abs(err).mean(0)
@@ -51,19 +52,19 @@ class BlendshapeBasis:
     def __post_init__(self):
         V = self.neutral.shape[0]
         if self.neutral.shape != (V, 3) or self.deltas.ndim != 3 or self.deltas.shape[1:] != (V, 3):
-            raise ValueError(f"basis needs neutral [V, 3] and deltas [K, V, 3], got {self.neutral.shape} "
+            raise InvalidInput(f"basis needs neutral [V, 3] and deltas [K, V, 3], got {self.neutral.shape} "
                              f"and {self.deltas.shape}")
         for name in ("lip_indices", "eye_indices"):
             idx = getattr(self, name)
             if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= V:
-                raise ValueError(f"{name} must be a non-empty list of vertex indices in 0..{V - 1}")
+                raise InvalidInput(f"{name} must be a non-empty list of vertex indices in 0..{V - 1}")
 
     @classmethod
     def from_npz(cls, path: str | Path) -> "BlendshapeBasis":
         with np.load(path) as z:
             missing = {"neutral", "deltas", "lip_indices", "eye_indices"} - set(z.files)
             if missing:
-                raise ValueError(f"{path}: basis .npz lacks {sorted(missing)} (has {z.files})")
+                raise InvalidInput(f"{path}: basis .npz lacks {sorted(missing)} (has {z.files})")
             return cls(z["neutral"].astype(np.float64), z["deltas"].astype(np.float64),
                        z["lip_indices"].astype(np.int64), z["eye_indices"].astype(np.int64))
 
@@ -71,7 +72,7 @@ class BlendshapeBasis:
         """[T, K] blendshape weights -> [T, V, 3] meshes."""
         weights = np.asarray(weights, np.float64)
         if weights.shape[-1] != self.deltas.shape[0]:
-            raise ValueError(f"{weights.shape[-1]} weights for a basis of {self.deltas.shape[0]} blendshapes")
+            raise InvalidInput(f"{weights.shape[-1]} weights for a basis of {self.deltas.shape[0]} blendshapes")
         return self.neutral + np.einsum("tk,kvc->tvc", weights, self.deltas)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from emotalk_fast.audio import espeak_speech
 from emotalk_fast.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
+from emotalk_fast.errors import InvalidInput
 from emotalk_fast.model import num_frames
 
 SENTENCES = ("Kids are talking by the door", "Dogs are sitting by the door")
@@ -82,7 +83,7 @@ def generate(out_dir: str | Path, persons: int = 2, emotions: tuple[int, ...] = 
     import soundfile as sf
 
     if not 1 <= persons <= len(VOICES) or not 1 <= sentences <= len(SENTENCES):
-        raise ValueError(f"persons must be 1..{len(VOICES)} and sentences 1..{len(SENTENCES)}")
+        raise InvalidInput(f"persons must be 1..{len(VOICES)} and sentences 1..{len(SENTENCES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = []

@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from emotalk_fast import checkpoint as ckpt
 from emotalk_fast.config import EmoTalkConfig
+from emotalk_fast.errors import InvalidInput
 from emotalk_fast.files import atomic_write
 
 from .config import TrainConfig
@@ -248,19 +249,19 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
     d, device = init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     if cfg.batch_size % d.world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {d.world}")
+        raise InvalidInput(f"batch_size {cfg.batch_size} is not divisible by the world size {d.world}")
     per_rank = cfg.batch_size // d.world
 
     state = None
     if not resume and (out / STATE_NAME).is_file():
-        raise ValueError(f"{out} already holds a training run ({STATE_NAME}); resume it or choose another "
+        raise InvalidInput(f"{out} already holds a training run ({STATE_NAME}); resume it or choose another "
                          "output directory")
     if not resume and d.main and (out / METRICS_NAME).is_file():
         (out / METRICS_NAME).unlink()  # left by a run that died before its first checkpoint
     if resume:
         path = out / STATE_NAME
         if not path.is_file():
-            raise ValueError(f"cannot resume: {path} not found")
+            raise InvalidInput(f"cannot resume: {path} not found")
         state = torch.load(path, map_location="cpu", weights_only=True)
         changed = {k: (v, cfg.to_dict()[k]) for k, v in state["train_config"].items()
                    if k not in ("log_every", "checkpoint_every", "num_workers", "device")
@@ -279,7 +280,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
                                                   seed=cfg.seed, drop_last=True)
     steps_per_epoch = sampler.num_samples // per_rank
     if steps_per_epoch < 1:
-        raise ValueError(f"{len(dataset)} clips cannot fill one global batch of {cfg.batch_size}")
+        raise InvalidInput(f"{len(dataset)} clips cannot fill one global batch of {cfg.batch_size}")
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -1,22 +1,24 @@
-"""The Audio2Face-3D 2.x gRPC protocol: message classes, names, and the mapping to EmoTalk.
+"""The Audio2Face-3D 2.x gRPC protocol, pure: message classes, names, header parsing, the
+mapping of EmoTalk's frames and emotions to reply messages. No I/O, no engine, no tensors.
 
-The message classes are built at import from this package's own .proto files (protos/), which
-use the service's package names and field numbers, compiled with grpcio-tools' protoc into a
-private descriptor pool: no generated code to keep in step with the protobuf runtime, and no
-clash with NVIDIA's own stubs should a process import both.
+The message classes come from protos/a2f.desc, the compiled descriptor set of this package's
+own .proto files (protos/*.proto: the service's package names and field numbers), loaded into a
+private descriptor pool on first use: no protoc at run time, no generated code to keep in step
+with the protobuf runtime, and no clash with NVIDIA's own stubs in the same process.
+tests/serve/test_protocol.py recompiles the .proto files and checks a2f.desc is current.
 """
 from __future__ import annotations
 
-import importlib.resources
-import tempfile
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from ..config import BLENDSHAPE_NAMES
+from ..config import BLENDSHAPE_NAMES, FPS
 
 PROTO_DIR = Path(__file__).parent / "protos"
+DESCRIPTOR_SET = PROTO_DIR / "a2f.desc"  # protoc --include_imports --descriptor_set_out of PROTO_DIR
 SERVICE_NAME = "nvidia_ace.services.a2f_controller.v1.A2FControllerService"
 PROCESS_AUDIO_STREAM = f"/{SERVICE_NAME}/ProcessAudioStream"
 DEFAULT_PORT = 52000  # the port Audio2Face-3D listens on
@@ -29,51 +31,162 @@ A2F_EMOTION_NAMES = {"angry": "anger", "disgust": "disgust", "fear": "fear", "ha
 EMOTION_AGGREGATE_KEY = "emotion_aggregate"
 PCM_BITS = 16
 
-
-def _compile_protos() -> descriptor_pb2.FileDescriptorSet:
-    from grpc_tools import protoc
-
-    well_known = importlib.resources.files("grpc_tools") / "_proto"
-    files = sorted(p.name for p in PROTO_DIR.glob("*.proto"))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "protocol.desc"
-        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{well_known}", "--include_imports",
-                          f"--descriptor_set_out={out}", *files])
-        if rc != 0:
-            raise RuntimeError(f"protoc could not compile {PROTO_DIR} (exit {rc})")
-        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
-
-
-_FILES = _compile_protos().file
-_POOL = descriptor_pool.DescriptorPool()
-for _file in _FILES:
-    _POOL.Add(_file)
-_CLASSES = message_factory.GetMessages(list(_FILES), pool=_POOL)
-
-AudioHeader = _CLASSES["nvidia_ace.audio.v1.AudioHeader"]
-Status = _CLASSES["nvidia_ace.status.v1.Status"]
-EmotionWithTimeCode = _CLASSES["nvidia_ace.emotion_with_timecode.v1.EmotionWithTimeCode"]
-EmotionAggregate = _CLASSES["nvidia_ace.emotion_aggregate.v1.EmotionAggregate"]
-FloatArray = _CLASSES["nvidia_ace.a2f.v1.FloatArray"]
-FaceParameters = _CLASSES["nvidia_ace.a2f.v1.FaceParameters"]
-BlendShapeParameters = _CLASSES["nvidia_ace.a2f.v1.BlendShapeParameters"]
-EmotionParameters = _CLASSES["nvidia_ace.a2f.v1.EmotionParameters"]
-EmotionPostProcessingParameters = _CLASSES["nvidia_ace.a2f.v1.EmotionPostProcessingParameters"]
-AudioWithEmotion = _CLASSES["nvidia_ace.a2f.v1.AudioWithEmotion"]
-SkelAnimationHeader = _CLASSES["nvidia_ace.animation_data.v1.SkelAnimationHeader"]
-FloatArrayWithTimeCode = _CLASSES["nvidia_ace.animation_data.v1.FloatArrayWithTimeCode"]
-SkelAnimation = _CLASSES["nvidia_ace.animation_data.v1.SkelAnimation"]
-AudioWithTimeCode = _CLASSES["nvidia_ace.animation_data.v1.AudioWithTimeCode"]
-AnimationData = _CLASSES["nvidia_ace.animation_data.v1.AnimationData"]
-AudioStream = _CLASSES["nvidia_ace.controller.v1.AudioStream"]
-AudioStreamHeader = _CLASSES["nvidia_ace.controller.v1.AudioStreamHeader"]
-Event = _CLASSES["nvidia_ace.controller.v1.Event"]
-AnimationDataStreamHeader = _CLASSES["nvidia_ace.controller.v1.AnimationDataStreamHeader"]
-AnimationDataStream = _CLASSES["nvidia_ace.controller.v1.AnimationDataStream"]
-END_OF_A2F_AUDIO_PROCESSING = _POOL.FindEnumTypeByName("nvidia_ace.controller.v1.EventType") \
-    .values_by_name["END_OF_A2F_AUDIO_PROCESSING"].number
+# Each message class's short name -> its full protobuf name (loaded on first use).
+_MESSAGES = {
+    "AudioHeader": "nvidia_ace.audio.v1.AudioHeader",
+    "Status": "nvidia_ace.status.v1.Status",
+    "EmotionWithTimeCode": "nvidia_ace.emotion_with_timecode.v1.EmotionWithTimeCode",
+    "EmotionAggregate": "nvidia_ace.emotion_aggregate.v1.EmotionAggregate",
+    "FloatArray": "nvidia_ace.a2f.v1.FloatArray",
+    "FaceParameters": "nvidia_ace.a2f.v1.FaceParameters",
+    "BlendShapeParameters": "nvidia_ace.a2f.v1.BlendShapeParameters",
+    "EmotionParameters": "nvidia_ace.a2f.v1.EmotionParameters",
+    "EmotionPostProcessingParameters": "nvidia_ace.a2f.v1.EmotionPostProcessingParameters",
+    "AudioWithEmotion": "nvidia_ace.a2f.v1.AudioWithEmotion",
+    "SkelAnimationHeader": "nvidia_ace.animation_data.v1.SkelAnimationHeader",
+    "FloatArrayWithTimeCode": "nvidia_ace.animation_data.v1.FloatArrayWithTimeCode",
+    "SkelAnimation": "nvidia_ace.animation_data.v1.SkelAnimation",
+    "AudioWithTimeCode": "nvidia_ace.animation_data.v1.AudioWithTimeCode",
+    "AnimationData": "nvidia_ace.animation_data.v1.AnimationData",
+    "AudioStream": "nvidia_ace.controller.v1.AudioStream",
+    "AudioStreamHeader": "nvidia_ace.controller.v1.AudioStreamHeader",
+    "Event": "nvidia_ace.controller.v1.Event",
+    "AnimationDataStreamHeader": "nvidia_ace.controller.v1.AnimationDataStreamHeader",
+    "AnimationDataStream": "nvidia_ace.controller.v1.AnimationDataStream",
+}
+_loaded: dict = {}
 
 
+def _load() -> dict:
+    """The message classes and enum values, from the committed descriptor set (once)."""
+    if not _loaded:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+        files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes()).file
+        pool = descriptor_pool.DescriptorPool()
+        for file in files:
+            pool.Add(file)
+        classes = message_factory.GetMessages(list(files), pool=pool)
+        _loaded.update({short: classes[full] for short, full in _MESSAGES.items()})
+        _loaded["END_OF_A2F_AUDIO_PROCESSING"] = pool.FindEnumTypeByName("nvidia_ace.controller.v1.EventType") \
+            .values_by_name["END_OF_A2F_AUDIO_PROCESSING"].number
+    return _loaded
+
+
+def __getattr__(name: str):  # PEP 562: pb.AudioStream etc. load the descriptors on first use
+    if name in _MESSAGES or name == "END_OF_A2F_AUDIO_PROCESSING":
+        return _load()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class StreamError(Exception):
+    """What was wrong with a client's stream: it ends that stream with a Status ERROR message."""
+
+
+# --- the client's header --------------------------------------------------------------------
+@dataclass(frozen=True)
+class StreamStyle:
+    """What a client's AudioStreamHeader asks of the animation."""
+
+    sample_rate: int
+    level: object  # 1.0 unless emotion_strength is given
+    person: object  # an index, or weights over the persons
+    multipliers: np.ndarray  # [52] A2F's bs_weight_multipliers by output column
+    offsets: np.ndarray  # [52] bs_weight_offsets
+    clamp: bool  # enable_clamping_bs_weight
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        """EmoTalk's frames [k, 52] -> what the client asked for: scaled, offset, clamped."""
+        values = frames * self.multipliers + self.offsets
+        return np.clip(values, 0.0, 1.0) if self.clamp else values
+
+
+_CHANNEL = {name: i for i, name in enumerate(A2F_BLENDSHAPE_NAMES)}  # A2F name -> output column
+
+
+def parse_header(header, num_persons: int) -> StreamStyle:
+    """An AudioStreamHeader -> StreamStyle, or StreamError saying what is not supported."""
+    audio = header.audio_header
+    if audio.audio_format != _load()["AudioHeader"].AUDIO_FORMAT_PCM:
+        raise StreamError(f"audio_format {audio.audio_format} is not supported: only PCM (AUDIO_FORMAT_PCM)")
+    if audio.bits_per_sample != PCM_BITS:
+        raise StreamError(f"bits_per_sample {audio.bits_per_sample} is not supported: only 16-bit PCM")
+    if audio.channel_count != 1:
+        raise StreamError(f"channel_count {audio.channel_count} is not supported: only mono (1)")
+    post = header.emotion_post_processing_params
+    level = 1.0
+    if post.HasField("emotion_strength"):
+        level = float(post.emotion_strength)
+        if not 0.0 <= level <= 1.0:
+            raise StreamError(f"emotion_strength must be in [0, 1], got {level}")
+    face = header.face_params
+    person: object = 0
+    if "person" in face.integer_params and "person_weights" in face.float_array_params:
+        raise StreamError("give face_params person or person_weights, not both")
+    if "person" in face.integer_params:
+        person = int(face.integer_params["person"])
+        if not 0 <= person < num_persons:
+            raise StreamError(f"person must be in 0..{num_persons - 1}, got {person}")
+    elif "person_weights" in face.float_array_params:
+        weights = np.asarray(face.float_array_params["person_weights"].values, np.float64)
+        if weights.shape != (num_persons,):
+            raise StreamError(f"person_weights needs {num_persons} values, got {weights.size}")
+        person = weights
+    bs = header.blendshape_params
+    multipliers, offsets = np.ones(len(A2F_BLENDSHAPE_NAMES)), np.zeros(len(A2F_BLENDSHAPE_NAMES))
+    for values, target, kind in ((bs.bs_weight_multipliers, multipliers, "bs_weight_multipliers"),
+                                 (bs.bs_weight_offsets, offsets, "bs_weight_offsets")):
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise StreamError(f"{kind}[{name!r}] is {value}")
+            if name in _CHANNEL:  # A2F names we do not output (its tongue shapes, say) are ignored
+                target[_CHANNEL[name]] = value
+    return StreamStyle(audio.samples_per_second, level, person, multipliers, offsets,
+                       bool(bs.enable_clamping_bs_weight))
+
+
+# --- replies --------------------------------------------------------------------------------
+def header_reply(audio_header, start_time: float):
+    """The first reply: the animation's header, echoing the client's audio format."""
+    m = _load()
+    return m["AnimationDataStream"](animation_data_stream_header=m["AnimationDataStreamHeader"](
+        audio_header=audio_header,
+        skel_animation_header=m["SkelAnimationHeader"](blend_shapes=A2F_BLENDSHAPE_NAMES),
+        start_time_code_since_epoch=start_time))
+
+
+def animation_reply(first_frame: int, values: np.ndarray, audio: bytes, audio_time: float, input_emotions,
+                    emotion: dict[str, float]):
+    """Frames first_frame.. (values [k, 52], as the client asked for them), the client's audio for
+    their span (echoed from audio_time s), the input emotions not yet echoed, and EmoTalk's
+    emotion (A2F names) at the first frame."""
+    m = _load()
+    data = m["AnimationData"](
+        skel_animation=m["SkelAnimation"](blend_shape_weights=[
+            m["FloatArrayWithTimeCode"](time_code=f / FPS, values=row)
+            for f, row in zip(range(first_frame, first_frame + len(values)), values)]),
+        audio=m["AudioWithTimeCode"](time_code=audio_time, audio_buffer=audio))
+    aggregate = m["EmotionAggregate"](
+        input_emotions=input_emotions,
+        a2f_smoothed_output=[m["EmotionWithTimeCode"](time_code=first_frame / FPS, emotion=emotion)])
+    pack_any(data.metadata[EMOTION_AGGREGATE_KEY], aggregate)
+    return m["AnimationDataStream"](animation_data=data)
+
+
+def end_replies() -> list:
+    """The last replies of a stream that succeeded: the end-of-processing event, SUCCESS."""
+    m = _load()
+    return [m["AnimationDataStream"](event=m["Event"](event_type=m["END_OF_A2F_AUDIO_PROCESSING"])),
+            m["AnimationDataStream"](status=m["Status"](code=m["Status"].SUCCESS, message="done"))]
+
+
+def error_reply(message: str):
+    """The last reply of a stream that failed (the protocol's way: a Status ERROR message)."""
+    m = _load()
+    return m["AnimationDataStream"](status=m["Status"](code=m["Status"].ERROR, message=message))
+
+
+# --- encodings ------------------------------------------------------------------------------
 def pack_any(target, message) -> None:
     """Fill a google.protobuf.Any with `message` (type URL as Any.Pack writes it)."""
     target.type_url = f"type.googleapis.com/{message.DESCRIPTOR.full_name}"
@@ -104,8 +217,3 @@ def emotion_probabilities(labels, logits: np.ndarray) -> dict[str, float]:
     p = np.exp(z - z.max())
     p /= p.sum()
     return {A2F_EMOTION_NAMES[label]: float(v) for label, v in zip(labels, p) if label in A2F_EMOTION_NAMES}
-
-
-def read_pem(path: str | None) -> bytes | None:
-    """The bytes of an optional PEM certificate or key (the TLS credentials both ends load)."""
-    return None if path is None else Path(path).read_bytes()

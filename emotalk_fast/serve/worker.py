@@ -1,10 +1,14 @@
-"""One thread owns the StreamEngine; the server's event loop talks to it through commands.
+"""One thread owns the StreamEngine; sessions on the event loop talk to it through commands.
 
-Every engine call (open, push, flush, close, step) runs on the worker thread, in order, so
-the engine needs no locks. The thread applies every queued command, then runs one `step()`
-(one batched hop for every stream whose next hop is ready) and hands each advanced stream's
-frames to that stream's sink. A sink is called on the worker thread and must only hand the
-data over (e.g. `loop.call_soon_threadsafe`): a slow client never holds up the engine.
+Every engine call runs on the worker thread, in the order submitted, so the engine needs no
+locks. The thread applies every queued command, then runs one `step()` (one batched hop for
+every stream whose next hop is ready) and hands each advanced stream's frames to that stream's
+sink. A sink is called on the worker thread and must only hand the data over (e.g.
+`loop.call_soon_threadsafe`): a slow client never holds up the engine.
+
+A session holds a StreamHandle from the moment it asks for a stream: `open` and `close` are
+commands run in order on this thread, so a close always runs after its open and frees the slot
+the open took, whenever the session ends (cancelled mid-open included).
 """
 from __future__ import annotations
 
@@ -17,43 +21,54 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from ..engine import StreamEngine
+from ..engine import StepFailed, StreamEngine
 
 # sink(frames [k, 52], emotion logits [labels], finished) or sink(None, exception, True)
 Sink = Callable[[np.ndarray | None, object, bool], None]
 
 
+class StreamHandle:
+    """A session's claim on one engine stream; `sid` is set on the worker thread once open."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.sid: int | None = None
+        self.closed = False
+
+
 class EngineWorker:
-    """A StreamEngine driven by its own thread. `call` from the event loop, `submit` from anywhere."""
+    """A StreamEngine driven by its own thread; its async methods are for the event loop."""
 
     def __init__(self, engine: StreamEngine, on_step: Callable[[float, int], None] | None = None):
         self.engine = engine
         self.on_step = on_step  # (seconds, streams advanced) after every step that did work
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._sinks: dict[int, Sink] = {}
+        self._open: dict[int, StreamHandle] = {}  # sid -> its handle (only this thread touches it)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="emotalk-engine", daemon=True)
         self._thread.start()
 
-    # --- commands ---------------------------------------------------------------------------
-    def submit(self, fn: Callable, *args) -> Future:
-        """Run fn(*args) on the worker thread; its result or exception lands in the future."""
-        if self._stopped.is_set():
-            raise RuntimeError("the engine worker has stopped")
-        future: Future = Future()
-        self._commands.put((future, fn, args))
-        return future
+    # --- what sessions call -----------------------------------------------------------------
+    async def open(self, handle: StreamHandle, level, person, sample_rate: int) -> None:
+        """Open an engine stream for `handle` (EngineFull, ValueError, TypeError as the engine's)."""
+        await self._call(self._do_open, handle, level, person, sample_rate)
 
-    async def call(self, fn: Callable, *args):
-        return await asyncio.wrap_future(self.submit(fn, *args))
+    async def push(self, handle: StreamHandle, samples: np.ndarray) -> None:
+        await self._call(lambda: self.engine.push(handle.sid, samples))
 
-    async def open(self, sink: Sink, level, person, sample_rate: int) -> int:
-        return await self.call(self._open, sink, level, person, sample_rate)
+    async def flush(self, handle: StreamHandle) -> bool:
+        """The end of the stream's audio -> whether it is already finished (no audio: no frames)."""
+        def flush():
+            self.engine.flush(handle.sid)
+            return self.engine.finished(handle.sid)
 
-    def close_soon(self, sid: int) -> None:
-        """Free the stream's slot without waiting (from a cancelled handler, say)."""
+        return await self._call(flush)
+
+    def close(self, handle: StreamHandle) -> None:
+        """Free the handle's stream, now or once its open has run; safe to call more than once,
+        from anywhere (a cancelled session's `finally`)."""
         if not self._stopped.is_set():
-            self.submit(self._close, sid)
+            self._submit(self._do_close, handle)
 
     def stop(self, timeout: float = 10.0) -> None:
         if not self._stopped.is_set():
@@ -62,16 +77,38 @@ class EngineWorker:
 
     @property
     def live_streams(self) -> int:
-        return len(self._sinks)
+        """Engine slots held (what the engine counts, whatever the sessions think)."""
+        return self.engine.num_live
 
-    def _open(self, sink: Sink, level, person, sample_rate: int) -> int:
-        sid = self.engine.open(level, person, sample_rate)
-        self._sinks[sid] = sink
-        return sid
+    @property
+    def emotion_labels(self) -> tuple[str, ...]:
+        return self.engine.emotion_labels
 
-    def _close(self, sid: int) -> None:
-        if self._sinks.pop(sid, None) is not None:
-            self.engine.close(sid)
+    @property
+    def num_persons(self) -> int:
+        return self.engine.num_persons
+
+    # --- commands ---------------------------------------------------------------------------
+    def _submit(self, fn: Callable, *args) -> Future:
+        if self._stopped.is_set():
+            raise RuntimeError("the engine worker has stopped")
+        future: Future = Future()
+        self._commands.put((future, fn, args))
+        return future
+
+    async def _call(self, fn: Callable, *args):
+        return await asyncio.wrap_future(self._submit(fn, *args))
+
+    def _do_open(self, handle: StreamHandle, level, person, sample_rate: int) -> None:
+        if handle.closed:  # closed before its open ran: take nothing
+            return
+        handle.sid = self.engine.open(level, person, sample_rate)
+        self._open[handle.sid] = handle
+
+    def _do_close(self, handle: StreamHandle) -> None:
+        handle.closed = True
+        if handle.sid is not None and self._open.pop(handle.sid, None) is not None:
+            self.engine.close(handle.sid)
 
     # --- the thread -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -102,25 +139,34 @@ class EngineWorker:
         t0 = time.perf_counter()
         try:
             out = self.engine.step()
-        except Exception as e:  # noqa: BLE001 - a fault in the batch ends the streams in it, not the server
-            for sid in list(self._sinks):
-                sink = self._sinks.pop(sid)
-                self.engine.close(sid)
-                try:
-                    sink(None, e, True)
-                except Exception:  # noqa: BLE001 - its receiver is gone
-                    pass
+        except StepFailed as e:  # the failed groups' streams end; the others' frames go out
+            for sid, error in e.failed.items():
+                self._fail(sid, error)
+            out = e.frames
+        except Exception as e:  # noqa: BLE001 - outside any group: every live stream ends, the server stays
+            for sid in list(self._open):
+                self._fail(sid, e)
             return False
         if not out:
             return False
         if self.on_step is not None:
             self.on_step(time.perf_counter() - t0, len(out))
         for sid, frames in out.items():
-            sink = self._sinks.get(sid)
-            if sink is None:
+            handle = self._open.get(sid)
+            if handle is None:
                 continue
             try:
-                sink(frames, self.engine.emotion_logits(sid), self.engine.finished(sid))
+                handle.sink(frames, self.engine.emotion_logits(sid), self.engine.finished(sid))
             except Exception:  # noqa: BLE001 - its receiver is gone (loop closed): drop the stream
-                self._close(sid)
+                self._do_close(handle)
         return True
+
+    def _fail(self, sid: int, error: BaseException) -> None:
+        handle = self._open.get(sid)
+        if handle is None:
+            return
+        self._do_close(handle)
+        try:
+            handle.sink(None, error, True)
+        except Exception:  # noqa: BLE001 - its receiver is gone
+            pass

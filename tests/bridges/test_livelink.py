@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from emotalk_fast import BLENDSHAPE_NAMES
-from emotalk_fast.livelink import (CSV_HEADER, CSV_NAMES, LIVELINK_NAMES, decode_packet, encode_packet,
+from emotalk_fast.bridges.livelink import (CSV_HEADER, CSV_NAMES, LIVELINK_NAMES, decode_packet, encode_packet,
                                    read_livelink_csv, timecode, to_livelink, write_livelink_csv)
-from emotalk_fast.live import LiveLinkSender
+from emotalk_fast.bridges.live import LiveLinkSender
 
 UUID = "01234567-89ab-cdef-0123-456789abcdef"
 

@@ -3,7 +3,7 @@ Live Link Face packets arrive (live). The model runs outside Blender; this file 
 
 Self-contained on purpose: the standard library and bpy only (Debian's Blender has no numpy, and
 Blender's Python has no torch), with bpy imported inside the functions that need it, so the
-file also imports as `emotalk_fast.blender` in plain Python. Use it as
+file also imports as `emotalk_fast.bridges.blender` in plain Python. Use it as
 
 - a script:  blender face.blend --background --python blender.py -- speech.json --object Face --save out.blend
              blender face.blend --python blender.py -- --live --object Face      (listen on port 11111)
@@ -54,7 +54,7 @@ ARKIT_NAMES = (
     "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight", "tongueOut",
 )
 # The first 52 of the Live Link Face packet's values (Unreal's EARFaceBlendShape order,
-# emotalk_fast.livelink.LIVELINK_NAMES).
+# emotalk_fast.bridges.livelink.LIVELINK_NAMES).
 LIVELINK_NAMES = (
     "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft",
     "EyeSquintLeft", "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight",

@@ -11,7 +11,8 @@ import struct
 
 import numpy as np
 
-from .config import BLENDSHAPE_NAMES
+from ..config import BLENDSHAPE_NAMES
+from ..errors import InvalidInput, InvalidType
 
 DEFAULT_PORT = 39539  # a VMC performer (VSeeFace's, Warudo's, VMC4U's receiver) listens here
 BLEND_VAL = "/VMC/Ext/Blend/Val"
@@ -31,13 +32,13 @@ def osc_message(address: str, *args) -> bytes:
         if isinstance(a, str):
             tags, data = tags + "s", data + _pad(a.encode("utf-8"))
         elif isinstance(a, (bool, np.bool_)):
-            raise TypeError("OSC booleans are not supported here")
+            raise InvalidType("OSC booleans are not supported here")
         elif isinstance(a, (int, np.integer)):
             tags, data = tags + "i", data + struct.pack(">i", int(a))
         elif isinstance(a, (float, np.floating)):
             tags, data = tags + "f", data + struct.pack(">f", float(a))
         else:
-            raise TypeError(f"cannot encode {type(a).__name__} as an OSC argument")
+            raise InvalidType(f"cannot encode {type(a).__name__} as an OSC argument")
     return _pad(address.encode("ascii")) + _pad(tags.encode("ascii")) + data
 
 
@@ -56,12 +57,12 @@ def vmc_names(style: str = "perfect_sync", names=BLENDSHAPE_NAMES) -> tuple[str,
         return tuple(n[0].upper() + n[1:] for n in names)
     if style == "arkit":
         return tuple(n[0].lower() + n[1:] for n in names)
-    raise ValueError(f"unknown VMC name style {style!r}: choose one of {NAME_STYLES}")
+    raise InvalidInput(f"unknown VMC name style {style!r}: choose one of {NAME_STYLES}")
 
 
 def frame_messages(values, names: tuple[str, ...]) -> list[bytes]:
     """One frame: a Blend/Val message per name, then Blend/Apply."""
     v = np.asarray(values, np.float32)
     if v.shape != (len(names),):
-        raise ValueError(f"expected {len(names)} values, got shape {v.shape}")
+        raise InvalidInput(f"expected {len(names)} values, got shape {v.shape}")
     return [osc_message(BLEND_VAL, n, float(x)) for n, x in zip(names, v)] + [osc_message(BLEND_APPLY)]

@@ -12,9 +12,11 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+import torch
 
 from emotalk_fast import Animator
 from emotalk_fast.audio import resample
+from emotalk_fast.engine import StreamEngine
 from emotalk_fast.client import ServerError, send, stream_header
 from emotalk_fast.serve import protocol as pb
 from emotalk_fast.serve.server import A2FServer, ServeSettings
@@ -31,7 +33,7 @@ def animator():
 
 @pytest.fixture(scope="module")
 def server(animator):
-    s = A2FServer(animator, ServeSettings(port=0, max_streams=12, **STREAM)).start()
+    s = A2FServer(animator.engine(max_streams=12, **STREAM), ServeSettings(port=0)).start()
     yield s
     s.stop(grace=1)
 
@@ -214,8 +216,8 @@ def test_no_audio_at_all_gives_no_frames(server):
 
 @pytest.fixture()
 def strict(animator):
-    s = A2FServer(animator, ServeSettings(port=0, max_streams=1, max_audio_s=4.0, idle_timeout_s=1.0,
-                                          **STREAM)).start()
+    s = A2FServer(animator.engine(max_streams=1, max_cache_s=4.0, **STREAM),
+                  ServeSettings(port=0, max_audio_s=4.0, idle_timeout_s=1.0)).start()
     yield s
     s.stop(grace=1)
 
@@ -298,7 +300,8 @@ def test_concurrent_clients_each_equal_their_solo_run(server, animator):
 def test_static_shapes_server_equals_solo_runs(animator):
     """serve --cuda-graphs on the CPU: the engine's static-shape path (eager here) behind the
     service; concurrent clients still get exactly their solo frames."""
-    s = A2FServer(animator, ServeSettings(port=0, max_streams=4, max_audio_s=5.0, cuda_graphs=True, **STREAM)).start()
+    s = A2FServer(animator.engine(max_streams=4, max_cache_s=5.0, cuda_graphs=True, **STREAM),
+                  ServeSettings(port=0, max_audio_s=5.0)).start()
     try:
         clips = [pcm_at(espeak_speech(t, speed=200), r) for t, r in (("Static shapes.", 16000),
                                                                       ("Padded to a bucket.", 48000),
@@ -311,7 +314,7 @@ def test_static_shapes_server_equals_solo_runs(animator):
             t.start()
         for t in threads:
             t.join(300)
-        assert s.service.engine._static_hops  # the static path ran
+        assert s.service.worker.engine._static_hops  # the static path ran
         for i in range(3):
             ref = reference(animator, clips[i], rates[i], level=1, person=i)
             np.testing.assert_allclose(results[i].blendshapes, ref, atol=TOL, rtol=0, err_msg=f"client {i}")
@@ -343,7 +346,7 @@ def test_health_check_watch_and_metrics(animator, speech):
 
     from emotalk_fast.client import health
 
-    s = A2FServer(animator, ServeSettings(port=0, metrics_port=free_port(), **STREAM)).start()
+    s = A2FServer(animator.engine(**STREAM), ServeSettings(port=0, metrics_port=free_port())).start()
     try:
         assert health(s.address)
         with grpc.insecure_channel(s.address) as ch:
@@ -388,8 +391,8 @@ def _certificates(tmp_path):
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
 def test_tls_and_mutual_tls(animator, speech, tmp_path, mutual):
     c = _certificates(tmp_path)
-    s = A2FServer(animator, ServeSettings(port=0, tls_cert=c["cert"], tls_key=c["key"],
-                                          client_ca=c["ca"] if mutual else None, **STREAM)).start()
+    s = A2FServer(animator.engine(**STREAM), ServeSettings(port=0, tls_cert=c["cert"], tls_key=c["key"],
+                                                         client_ca=c["ca"] if mutual else None)).start()
     audio = pcm_to_int16(pcm_at(speech, 16000))
     try:
         client_tls = dict(client_cert=c["client_cert"], client_key=c["client_key"]) if mutual else {}
@@ -406,23 +409,46 @@ def test_tls_and_mutual_tls(animator, speech, tmp_path, mutual):
         s.stop(grace=1)
 
 
-def test_an_engine_fault_ends_its_streams_not_the_server(animator, speech):
-    s = A2FServer(animator, ServeSettings(port=0, **STREAM)).start()
-    engine, real_step, calls = s.service.engine, s.service.engine.step, []
+class _FaultyEngine(StreamEngine):
+    """Fails the group of any stream at `faulty_rate` on its last, shorter hop (its own group)."""
 
-    def failing_once():
-        calls.append(1)
-        if len(calls) == 3:
+    faulty_rate = 22050
+
+    def _run(self, batch):
+        short = any(w.h1 - w.h0 < self.encoder.hop for _, w in batch)
+        if short and any(self._streams[sid].sample_rate == self.faulty_rate for sid, _ in batch):
             raise RuntimeError("simulated device fault")
-        return real_step()
+        return super()._run(batch)
 
-    engine.step = failing_once
-    audio = pcm_to_int16(pcm_at(speech, 16000))
+
+def test_an_engine_fault_ends_its_streams_not_the_server(animator, speech):
+    """Three live streams; one batch (the 22.05 kHz stream's last hop) fails: that stream ends
+    with ERROR, the other two get exactly their solo frames, and the next stream is served."""
+    engine = _FaultyEngine(animator.model, "cpu", torch.float32, max_streams=4, **STREAM)
+    s = A2FServer(engine, ServeSettings(port=0)).start()
+    long = np.tile(speech, 2)
+    clips = {16000: pcm_at(long, 16000), 22050: pcm_at(speech[: 16000 + 533], 22050), 48000: pcm_at(long, 48000)}
+    results = {}
+
+    def run(rate):
+        try:
+            results[rate] = send(pcm_to_int16(clips[rate]), rate, server=s.address, chunk_s=0.2)
+        except ServerError as e:
+            results[rate] = e
+
+    threads = [threading.Thread(target=run, args=(rate,)) for rate in clips]
     try:
-        with pytest.raises(ServerError) as e:
-            send(audio, 16000, server=s.address)
-        assert e.value.code == "ERROR" and "RuntimeError: simulated device fault" in e.value.message
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        failed = results[22050]
+        assert isinstance(failed, ServerError) and failed.code == "ERROR"
+        assert "RuntimeError: simulated device fault" in failed.message
+        for rate in (16000, 48000):
+            np.testing.assert_allclose(results[rate].blendshapes, reference(animator, clips[rate], rate),
+                                       atol=TOL, rtol=0, err_msg=f"{rate} Hz")
         wait_until(lambda: s.service.worker.live_streams == 0, 10.0)
-        assert send(audio, 16000, server=s.address).num_frames > 0  # the next stream is served
+        assert send(pcm_to_int16(clips[16000]), 16000, server=s.address).num_frames > 0  # the next is served
     finally:
         s.stop(grace=1)

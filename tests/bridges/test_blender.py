@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from emotalk_fast import BLENDSHAPE_NAMES, Animation
-from emotalk_fast import blender as eb
-from emotalk_fast.livelink import LIVELINK_NAMES, encode_packet, to_livelink
+from emotalk_fast.bridges import blender as eb
+from emotalk_fast.bridges.livelink import LIVELINK_NAMES, encode_packet, to_livelink
 
 ADDON = Path(eb.__file__)
 CHECK = Path(__file__).with_name("blender_check.py")

@@ -1,7 +1,7 @@
 """Live targets: blendshape frames over UDP to Unreal (Live Link Face) and VMC receivers, paced
 on the audio clock.
 
-    from emotalk_fast.live import LiveLinkSender, VMCSender, stream_live
+    from emotalk_fast.bridges.live import LiveLinkSender, VMCSender, stream_live
     stream = animator.stream()
     frames, stats = stream_live(stream, samples, [LiveLinkSender("127.0.0.1"), VMCSender("127.0.0.1")])
 
@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from . import livelink, vmc
-from .config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
+from ..config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
+from ..errors import InvalidInput
 
 
 def parse_target(text: str, default_port: int) -> tuple[str, int]:
@@ -29,14 +30,14 @@ def parse_target(text: str, default_port: int) -> tuple[str, int]:
         host, _, rest = text[1:].partition("]")
         port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else port
         if rest and not (rest.startswith(":") and rest[1:].isdigit()):
-            raise ValueError(f"bad target {text!r}, expected [ADDRESS]:PORT")
+            raise InvalidInput(f"bad target {text!r}, expected [ADDRESS]:PORT")
     elif text.count(":") == 1:
         host, _, p = text.partition(":")
         if not p.isdigit():
-            raise ValueError(f"bad target {text!r}, expected HOST:PORT with a numeric port")
+            raise InvalidInput(f"bad target {text!r}, expected HOST:PORT with a numeric port")
         port = int(p)
     if not 0 < port < 65536:
-        raise ValueError(f"bad target {text!r}: port {port} outside 1..65535")
+        raise InvalidInput(f"bad target {text!r}: port {port} outside 1..65535")
     return host or "127.0.0.1", port
 
 
@@ -50,7 +51,7 @@ class UDPSender:
         try:
             family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         except socket.gaierror as e:
-            raise ValueError(f"cannot resolve {self.kind} target {host}:{port}: {e}") from None
+            raise InvalidInput(f"cannot resolve {self.kind} target {host}:{port}: {e}") from None
         self.host, self.port = host, port
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
@@ -146,9 +147,9 @@ class PacedSender:
     def __init__(self, targets, fps: int = FPS, delay_s: float = 0.4, frame_offset: int = 0):
         self.targets = list(targets)
         if not self.targets:
-            raise ValueError("PacedSender needs at least one target")
+            raise InvalidInput("PacedSender needs at least one target")
         if not delay_s >= 0:
-            raise ValueError(f"delay_s must be >= 0, got {delay_s!r}")
+            raise InvalidInput(f"delay_s must be >= 0, got {delay_s!r}")
         self.fps, self.delay_s, self.frame_offset = fps, float(delay_s), frame_offset
         self.submitted = self.sent = self.late = 0
         self.max_late_s = 0.0
@@ -216,7 +217,7 @@ def stream_live(stream, samples: np.ndarray, targets, realtime: bool = True, sla
     delay_s: seconds from a frame's audio instant to its sending; default the stream's
     algorithmic latency plus `slack_s` for compute.
     """
-    from .streaming import play
+    from ..streaming import play
 
     if delay_s is None:
         delay_s = stream.latency_ms / 1000 + slack_s

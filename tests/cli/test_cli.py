@@ -79,7 +79,7 @@ def test_bench_runs_on_a_small_preset():
 
 
 def test_animate_livelinkface_csv(files):
-    from emotalk_fast.livelink import read_livelink_csv
+    from emotalk_fast.bridges.livelink import read_livelink_csv
 
     out = files / "take.csv"
     r = run_cli("animate", files / "speech.wav", "-o", out, "--checkpoint", files / "EmoTalk.pth",

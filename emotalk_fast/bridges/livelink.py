@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BLENDSHAPE_NAMES, FPS
+from ..config import BLENDSHAPE_NAMES, FPS
+from ..errors import InvalidInput
 
 DEFAULT_PORT = 11111  # Unreal's Live Link Face / Apple ARKit Face source listens here
 PACKET_VERSION = 6
@@ -65,7 +66,7 @@ def livelink_index(names=BLENDSHAPE_NAMES) -> np.ndarray:
     lookup = {n.lower(): i for i, n in enumerate(LIVELINK_NAMES[:52])}
     missing = [n for n in names if n.lower() not in lookup]
     if missing or len(names) != 52:
-        raise ValueError(f"expected the 52 ARKit blendshape names, got {len(names)} names"
+        raise InvalidInput(f"expected the 52 ARKit blendshape names, got {len(names)} names"
                          f"{'; unknown: ' + ', '.join(missing) if missing else ''}")
     return np.array([lookup[n.lower()] for n in names])
 
@@ -79,7 +80,7 @@ def to_livelink(blendshapes, names=BLENDSHAPE_NAMES, head_eyes=None, clamp: bool
     """
     x = np.asarray(blendshapes, dtype=np.float32)
     if x.ndim not in (1, 2) or x.shape[-1] != 52:
-        raise ValueError(f"expected blendshapes of shape [T, 52] or [52], got {x.shape}")
+        raise InvalidInput(f"expected blendshapes of shape [T, 52] or [52], got {x.shape}")
     out = np.zeros(x.shape[:-1] + (NUM_VALUES,), np.float32)
     out[..., livelink_index(names)] = np.clip(x, 0.0, 1.0) if clamp else x
     if head_eyes is not None:
@@ -102,7 +103,7 @@ def encode_packet(values, frame_number: int, subject: str = "EmoTalk", device_id
     """One Live Link Face packet from 61 values in LIVELINK_NAMES order (see `to_livelink`)."""
     v = np.asarray(values, dtype=">f4")
     if v.shape != (NUM_VALUES,):
-        raise ValueError(f"expected {NUM_VALUES} values in Live Link order, got shape {v.shape}")
+        raise InvalidInput(f"expected {NUM_VALUES} values in Live Link order, got shape {v.shape}")
     device_id = default_device_id(subject) if device_id is None else device_id
     head = struct.pack(">B", PACKET_VERSION) + _string(device_id) + _string(subject)
     return head + struct.pack(">ifiiB", int(frame_number), sub_frame, int(fps), 1, NUM_VALUES) + v.tobytes()
@@ -124,7 +125,7 @@ def decode_packet(data: bytes) -> LiveLinkFrame:
     """Parse a version-6 packet (ours or the app's); ValueError on anything else."""
     try:
         if data[0] != PACKET_VERSION:
-            raise ValueError(f"packet version {data[0]}, expected {PACKET_VERSION}")
+            raise InvalidInput(f"packet version {data[0]}, expected {PACKET_VERSION}")
         pos, strings = 1, []
         for _ in range(2):
             (n,) = struct.unpack_from(">i", data, pos)
@@ -133,9 +134,9 @@ def decode_packet(data: bytes) -> LiveLinkFrame:
         frame, sub, num, den, count = struct.unpack_from(">ifiiB", data, pos)
         pos += 17
         if count != NUM_VALUES or len(data) != pos + 4 * count:
-            raise ValueError(f"{count} values in a {len(data)}-byte packet, expected {NUM_VALUES}")
+            raise InvalidInput(f"{count} values in a {len(data)}-byte packet, expected {NUM_VALUES}")
     except (IndexError, struct.error, UnicodeDecodeError) as e:
-        raise ValueError(f"not a Live Link Face packet: {e}") from None
+        raise InvalidInput(f"not a Live Link Face packet: {e}") from None
     values = np.frombuffer(data, ">f4", count, pos).astype(np.float32)
     return LiveLinkFrame(strings[0], strings[1], frame, sub, (num, den), values)
 
@@ -151,7 +152,7 @@ def parse_timecode(text: str, fps: int = FPS) -> float:
     """`HH:MM:SS:FF.fff` -> frames (with the sub-frame as a fraction)."""
     m = _TIMECODE.match(text.strip())
     if not m:
-        raise ValueError(f"bad timecode {text!r}, expected HH:MM:SS:FF.fff")
+        raise InvalidInput(f"bad timecode {text!r}, expected HH:MM:SS:FF.fff")
     h, mi, s, ff, frac = m.groups()
     return (int(h) * 3600 + int(mi) * 60 + int(s)) * fps + int(ff) + float(f"0.{frac or 0}")
 
@@ -160,7 +161,7 @@ def write_livelink_csv(path: str | os.PathLike, blendshapes, names=BLENDSHAPE_NA
                        head_eyes=None, start_frame: int = 0, clamp: bool = True, **_) -> None:
     """The Live Link Face app's CSV: Timecode, BlendShapeCount, 61 values with 10 decimals."""
     if int(fps) != fps:
-        raise ValueError(f"Live Link Face timecodes need an integer frame rate, got {fps}")
+        raise InvalidInput(f"Live Link Face timecodes need an integer frame rate, got {fps}")
     values = to_livelink(blendshapes, names, head_eyes, clamp)
     order = [LIVELINK_NAMES.index(n) for n in CSV_NAMES]
     buf = io.StringIO()
@@ -184,19 +185,19 @@ def read_livelink_csv(path: str | os.PathLike, fps: int = FPS) -> LiveLinkCSV:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
-        raise ValueError(f"{path}: empty file")
+        raise InvalidInput(f"{path}: empty file")
     header = [h.strip().lower() for h in rows[0]]
     if header[:2] != ["timecode", "blendshapecount"]:
-        raise ValueError(f"{path}: not a Live Link Face CSV (header starts {rows[0][:2]})")
+        raise InvalidInput(f"{path}: not a Live Link Face CSV (header starts {rows[0][:2]})")
     col = {h: i for i, h in enumerate(header)}
     missing = [n for n in BLENDSHAPE_NAMES if n.lower() not in col]
     if missing:
-        raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+        raise InvalidInput(f"{path}: missing columns {', '.join(missing)}")
     body = [r for r in rows[1:] if r]
     try:
         table = np.array([[float(v) for v in r[2:]] for r in body], np.float64).reshape(len(body), -1)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InvalidInput(f"{path}: {e}") from None
 
     def pick(names):
         return table[:, [col[n.lower()] - 2 for n in names]].astype(np.float32)

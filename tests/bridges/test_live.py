@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from emotalk_fast import Animator
-from emotalk_fast.live import LiveLinkSender, PacedSender, VMCSender, parse_target, stream_live
-from emotalk_fast.livelink import decode_packet, to_livelink
+from emotalk_fast.bridges.live import LiveLinkSender, PacedSender, VMCSender, parse_target, stream_live
+from emotalk_fast.bridges.livelink import decode_packet, to_livelink
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from emotalk_fast import BLENDSHAPE_NAMES
-from emotalk_fast.live import VMCSender
-from emotalk_fast.vmc import frame_messages, osc_bundle, osc_message, vmc_names
+from emotalk_fast.bridges.live import VMCSender
+from emotalk_fast.bridges.vmc import frame_messages, osc_bundle, osc_message, vmc_names
 
 pythonosc = pytest.importorskip("pythonosc")
 from pythonosc.dispatcher import Dispatcher  # noqa: E402

@@ -1,4 +1,4 @@
-"""The service's commands, `serve`, `send` and `health`, registered on the main CLI.
+"""The service's commands: serve, send and health.
 
 Only argparse is imported here; grpc and the model load when a command runs, so the CLI works
 (and says what to install) without the [serve] extra.
@@ -9,7 +9,9 @@ import importlib
 import time
 from pathlib import Path
 
+from ..errors import InvalidInput
 from ..export import check_output
+from .options import add_model_options, add_stream_options, load_animator
 
 
 def _import_serve(module: str):
@@ -17,26 +19,26 @@ def _import_serve(module: str):
     try:
         return importlib.import_module(f"emotalk_fast.{module}")
     except ImportError as e:
-        raise ValueError(f"the service needs the serve extra ({e.name} is missing): "
+        raise InvalidInput(f"the service needs the serve extra ({e.name} is missing): "
                          "pip install 'emotalk-fast[serve]'") from None
 
 
-def _serve(args) -> None:
+def serve(args) -> None:
     server_module = _import_serve("serve.server")
     settings = server_module.ServeSettings(  # checked before the model loads
-        host=args.host, port=args.port, max_streams=args.max_streams, hop_ms=args.hop_ms,
-        lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, max_audio_s=args.max_audio_s,
-        idle_timeout_s=args.idle_timeout, shutdown_grace_s=args.shutdown_grace, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, client_ca=args.client_ca, metrics_port=args.metrics_port,
-        cuda_graphs=args.cuda_graphs)
+        host=args.host, port=args.port, max_audio_s=args.max_audio_s, idle_timeout_s=args.idle_timeout,
+        shutdown_grace_s=args.shutdown_grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        client_ca=args.client_ca, metrics_port=args.metrics_port)
+    if args.max_streams < 1:
+        raise InvalidInput(f"--max-streams must be >= 1, got {args.max_streams}")
     for path in (args.tls_cert, args.tls_key, args.client_ca):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"file not found: {path}")
     t0 = time.perf_counter()
-    from ..cli import _load_animator
-
-    animator = _load_animator(args)
-    server = server_module.A2FServer(animator, settings).start()
+    animator = load_animator(args)
+    engine = animator.engine(args.max_streams, hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms,
+                             context_ms=args.context_ms, max_cache_s=args.max_audio_s, cuda_graphs=args.cuda_graphs)
+    server = server_module.A2FServer(engine, settings).start()
     tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
     metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
     print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
@@ -51,7 +53,7 @@ def _tls_args(args) -> dict:
     return {"root_cert": args.root_cert, "client_cert": args.client_cert, "client_key": args.client_key}
 
 
-def _send(args) -> None:
+def send(args) -> None:
     client = _import_serve("client")
     out = Path(args.output) if args.output else None
     if out is not None:
@@ -61,14 +63,14 @@ def _send(args) -> None:
                              clamp=args.clamp or None, chunk_s=args.chunk_s, realtime=args.realtime,
                              timeout=args.timeout, **_tls_args(args))
     except client.ServerError as e:  # the server's own words, on one line
-        raise ValueError(f"{args.server}: {e}") from None
+        raise InvalidInput(f"{args.server}: {e}") from None
     first = f", first reply after {1000 * result.first_reply_s:.0f} ms" if result.first_reply_s is not None else ""
     print(f"{result.num_frames} frames in {result.messages} messages from {args.server}{first}")
     if out is not None:
         print(f"wrote {result.save(out)}")
 
 
-def _health(args) -> None:
+def health(args) -> None:
     client = _import_serve("client")
     ok = client.health(args.server, timeout=args.timeout, **_tls_args(args))
     print(f"{args.server} is {'SERVING' if ok else 'not serving'}")
@@ -82,7 +84,7 @@ def _graphs_note(animator) -> str:
     return "static shapes (eager: CUDA graphs need CUDA); "
 
 
-def register(sub, add_model_options, add_stream_options) -> None:
+def register(sub) -> None:
     """Add serve, send and health to the main CLI's subparsers."""
     v = sub.add_parser("serve", help="serve the Audio2Face-3D gRPC API (ProcessAudioStream, health)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
@@ -105,7 +107,7 @@ def register(sub, add_model_options, add_stream_options) -> None:
                         "not yet measured on a GPU). The decoder then reads the whole --max-audio-s cache each hop")
     add_model_options(v)
     add_stream_options(v)
-    v.set_defaults(func=_serve)
+    v.set_defaults(func=serve)
 
     def add_client_options(p_):
         p_.add_argument("--server", default="127.0.0.1:52000", help="HOST:PORT (default 127.0.0.1:52000)")
@@ -123,8 +125,8 @@ def register(sub, add_model_options, add_stream_options) -> None:
     n.add_argument("--chunk-s", type=float, default=1.0, help="seconds of audio per message (default 1)")
     n.add_argument("--realtime", action="store_true", help="send audio no faster than it would be spoken")
     add_client_options(n)
-    n.set_defaults(func=_send)
+    n.set_defaults(func=send)
 
     h = sub.add_parser("health", help="ask a server whether it is serving (exit 0) or not (exit 1)")
     add_client_options(h)
-    h.set_defaults(func=_health)
+    h.set_defaults(func=health)

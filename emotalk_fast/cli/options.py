@@ -1,0 +1,130 @@
+"""What the commands share: the model and stream options, a public model loader, argument
+parsers for styles, and how progress and warnings are printed. Only argparse is imported here;
+each helper imports what it needs when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import BACKENDS
+from ..errors import InvalidInput
+
+
+def parse_level(text: str):
+    """'1' -> 1 (an index); '0.3' -> 0.3 (a blend of the two levels)."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"level must be 0, 1 or a float in [0, 1], got {text!r}") from None
+
+
+def parse_person(text: str):
+    """'3' -> 3; '3:0.7,12:0.3' -> {3: 0.7, 12: 0.3} (a mix of speaking styles)."""
+    try:
+        if ":" not in text:
+            return int(text)
+        return {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"person must be an index or a mix like 3:0.7,12:0.3, got {text!r}") \
+            from None
+
+
+def parse_schedule(text: str) -> tuple:
+    """'0:1:0,2.5:0:5' -> ((0.0, 1, 0), (2.5, 0, 5)): start seconds, level, person."""
+    try:
+        entries = []
+        for part in text.split(","):
+            start, level, person = part.split(":")
+            entries.append((float(start), parse_level(level), int(person)))
+        return tuple(entries)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise InvalidInput(f"--schedule takes START:LEVEL:PERSON,... (e.g. 0:1:0,2.5:0:5), got {text!r}") from None
+
+
+def ms_list(option: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise InvalidInput(f"{option} takes milliseconds separated by commas, e.g. 1000,2000; got {text!r}") from None
+
+
+def model_config(args):
+    from .. import checkpoint as ckpt
+    from ..config import EmoTalkConfig
+
+    if args.random_weights is not None:
+        return EmoTalkConfig.from_name(args.random_weights)
+    return ckpt.read_config(args.checkpoint)
+
+
+def load_animator(args):
+    from ..animator import Animator
+
+    if args.random_weights is not None:  # asked for by name, and said out loud
+        print(f"emotalk-fast {args.command}: RANDOM weights ({args.random_weights} preset): the output means "
+              "nothing (for tests and benchmarks)", file=sys.stderr, flush=True)
+        return Animator.from_config(args.random_weights, device=args.device, dtype=args.dtype, backend=args.backend)
+    return Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, backend=args.backend)
+
+
+def warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=2)
+
+
+def progress_lines(command: str, unit: str):
+    """progress(done, total) -> one line per step on stderr (reads well in a log file)."""
+    def report(done: int, total: int) -> None:
+        print(f"[{command}] {unit} {done}/{total}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --backend: where and how a model runs (every command that loads one)."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 (fast on CPUs with AVX512-BF16/AMX "
+                                                 "and on GPUs) or float16 (GPU)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton (default auto)")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model: a checkpoint, or random weights asked for by name (never by accident); and
+    where it runs."""
+    from ..config import PRESETS
+
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory")
+    model.add_argument("--random-weights", metavar="PRESET", choices=sorted(PRESETS),
+                       help=f"random weights of this size instead ({', '.join(sorted(PRESETS))}): the output "
+                            "means nothing (tests and benchmarks)")
+    add_runtime_options(p)
+
+
+def add_stream_options(p: argparse.ArgumentParser) -> None:
+    """--hop-ms, --lookahead-ms, --context-ms: a stream's windows (stream, stream-eval, serve)."""
+    p.add_argument("--hop-ms", type=int, default=100, help="multiple of 100 (default 100)")
+    p.add_argument("--lookahead-ms", type=int, default=200, help="multiple of 100 (default 200)")
+    p.add_argument("--context-ms", type=int, default=2000, help="multiple of 100 (default 2000)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, unless its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def parser_with(formatter):
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("formatter_class", formatter)
+            super().__init__(*args, **kwargs)
+
+    return Parser

@@ -1,0 +1,135 @@
+"""The live commands: stream (a file in hops, optionally to Live Link / VMC), stream-eval, bench."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..config import SAMPLE_RATE
+from .options import add_model_options, add_runtime_options, add_stream_options, load_animator, model_config, \
+    ms_list, parse_level, parse_person
+
+
+def stream(args) -> None:
+    import numpy as np
+
+    from ..audio import prepare_audio
+    from ..bridges.live import describe, make_targets, stream_live
+    from ..streaming import first_frame_latency_s, play
+
+    from ..controls import check_style
+    from ..export import check_output
+
+    targets = make_targets(args.livelink, args.vmc, args.subject, args.vmc_names)  # live targets, checked first
+    if args.output:
+        check_output(args.output)
+    check_style(model_config(args), args.level, args.person)
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"audio file not found: {args.input}")
+    animator = load_animator(args)
+    stream = animator.stream(level=args.level, person=args.person, hop_ms=args.hop_ms,
+                             lookahead_ms=args.lookahead_ms, context_ms=args.context_ms)
+    samples = prepare_audio(args.input, min_samples=animator.min_samples)
+    print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {args.hop_ms} ms hops"
+          f"{' in real time' if args.realtime else ''}; algorithmic latency {stream.latency_ms:.0f} ms")
+    hop_s, algo_s, computes, done = args.hop_ms / 1000, stream.latency_ms / 1000, [], [0]
+
+    def on_hop(i, frames, compute_s, wall_s):
+        computes.append(compute_s)
+        if len(frames):
+            latency = first_frame_latency_s(done[0], compute_s, wall_s, algo_s, args.realtime)
+            print(f"hop {i:4d}: +{len(frames)} frames (to {done[0] + len(frames)}), compute {1000 * compute_s:6.1f} ms, "
+                  f"first-frame latency {1000 * latency:6.0f} ms")
+            done[0] += len(frames)
+
+    if targets:  # --livelink / --vmc: paced at 30 fps on the audio clock
+        frames, stats = stream_live(stream, samples, targets, realtime=args.realtime, on_hop=on_hop)
+        for t in targets:
+            t.close()
+    else:
+        frames = play(stream, samples, int(hop_s * SAMPLE_RATE), realtime=args.realtime, on_hop=on_hop)
+    print(f"{len(frames)} frames; compute per hop median {1000 * float(np.median(computes)):.1f} ms, "
+          f"max {1000 * max(computes):.1f} ms (real time needs < {args.hop_ms} ms)")
+    if targets:
+        print(describe(stats))
+    if args.output:
+        from ..animator import Animation
+
+        anim = Animation(frames, stream.emotion_logits, animator.config.emotion_labels)
+        if args.random_weights is not None:
+            anim.metadata["random_weights"] = args.random_weights
+        path = anim.save(args.output, clamp=args.clamp)
+        print(f"wrote {path}")
+
+
+def stream_eval(args) -> None:
+    from ..measure import generated_speech
+    from ..stream_eval import evaluate, markdown_table
+
+    contexts, lookaheads = ms_list("--contexts", args.contexts), ms_list("--lookaheads", args.lookaheads)
+    animator = load_animator(args)
+    speech = generated_speech(args.seconds)
+
+    def report(done, total, setting):
+        print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
+
+    rows = evaluate(animator, speech, contexts, lookaheads, args.hop_ms, progress=report)
+    print(markdown_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))
+
+
+def bench(args) -> None:
+    from ..bench import format_bench, run_bench
+
+    def report(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    result = run_bench(seconds=args.seconds, device=args.device, dtype=args.dtype, preset=args.preset,
+                       repeats=args.repeats, threads=args.threads, skip_startup=args.skip_startup, progress=report)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+
+
+def register(sub) -> None:
+    """Add stream, stream-eval and bench to the main CLI's subparsers."""
+    s_ = sub.add_parser("stream", help="stream a file in hops as if from a microphone")
+    s_.add_argument("input", help="audio file")
+    s_.add_argument("-o", "--output", help="write the frames (.csv, .npy or .json)")
+    s_.add_argument("--clamp", action="store_true", help="write weights clamped to [0, 1]")
+    s_.add_argument("--realtime", action="store_true", help="push each hop only when it would have been spoken")
+    s_.add_argument("--level", type=parse_level, default=1, help="0, 1 or a float in [0, 1] (default 1)")
+    s_.add_argument("--person", type=parse_person, default=0, help="0..23 or a mix like 3:0.7,12:0.3")
+    # --- live targets ---
+    s_.add_argument("--livelink", metavar="HOST:PORT",
+                    help="send frames to Unreal's Live Link Face source (port 11111 when omitted)")
+    s_.add_argument("--vmc", metavar="HOST:PORT",
+                    help="send frames to a VMC protocol receiver, e.g. VSeeFace (port 39539 when omitted)")
+    s_.add_argument("--subject", default="EmoTalk", help="Live Link subject name (default EmoTalk)")
+    s_.add_argument("--vmc-names", choices=("perfect_sync", "arkit"), default="perfect_sync",
+                    help="VMC blendshape names: PascalCase Perfect Sync (default) or camelCase ARKit")
+    # --- end live targets ---
+    add_model_options(s_)
+    add_stream_options(s_)
+    s_.set_defaults(func=stream)
+
+    e = sub.add_parser("stream-eval", help="streaming vs offline: deviation, latency, compute per hop")
+    e.add_argument("--seconds", type=float, default=8.0, help="length of the generated speech")
+    e.add_argument("--contexts", default="1000,2000,4000",
+                   help="context settings to compare, in ms, comma-separated (multiples of 100)")
+    e.add_argument("--lookaheads", default="100,200,400",
+                   help="lookahead settings to compare, in ms, comma-separated (multiples of 100)")
+    e.add_argument("--hop-ms", type=int, default=100, help="hop of every setting, a multiple of 100 ms")
+    e.add_argument("--json", help="also write the rows as JSON here")
+    add_model_options(e)
+    e.set_defaults(func=stream_eval)
+
+    b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")
+    b.add_argument("--seconds", type=float, default=10.0, help="length of the generated speech")
+    add_runtime_options(b)
+    b.add_argument("--preset", default="emotalk", help="model size: emotalk (release), mini, tiny")
+    b.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--skip-startup", action="store_true", help="do not time start-up (it writes a checkpoint "
+                                                              "of the model's size to a temporary directory)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(func=bench)
