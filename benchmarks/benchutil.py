@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.measure import PeakMemory, device_name, generated_speech, random_weights, sync, versions
+from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
+from emotalk_fast.measure import PeakMemory, device_name, generated_speech, sync, versions
 
 HAS_CUDA = torch.cuda.is_available()
 CONFIG = EmoTalkConfig.from_name("emotalk")
@@ -67,7 +68,7 @@ def require(device: str, provider: str, dtype: str) -> None:
 # --- models, built once per session (release size: 638 M parameters) -----------------------
 @functools.lru_cache(maxsize=1)
 def _weights() -> dict[str, torch.Tensor]:
-    return random_weights(CONFIG, seed=0)
+    return release_to_fast(random_release_state_dict(CONFIG, seed=0, rule="fast"), CONFIG)
 
 
 @functools.lru_cache(maxsize=None)

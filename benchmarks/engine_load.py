@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator, EmoTalkConfig  # noqa: E402
 from emotalk_fast.engine import StreamEngine  # noqa: E402
-from emotalk_fast.measure import device_name, generated_speech, random_weights, sync, versions  # noqa: E402
+from emotalk_fast.measure import device_name, generated_speech, sync, versions  # noqa: E402
 
 CONTEXT_MS, LOOKAHEAD_MS = 2000, 200
 
 
 def build(preset: str, device: str, dtype: str) -> Animator:
     cfg = EmoTalkConfig.from_name(preset)
-    return Animator.from_state_dict(cfg, random_weights(cfg), device=device, dtype=dtype)
+    return Animator.from_config(cfg, device=device, dtype=dtype)
 
 
 def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray,

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.measure import generated_speech, random_weights
+from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
+from emotalk_fast.measure import generated_speech
 from emotalk_fast.encoder import ConvFrontEnd
 
 CONFIG = EmoTalkConfig.from_name("emotalk")
@@ -69,7 +70,7 @@ def front_end(args) -> None:
     speech = generated_speech(args.seconds)
     wave = torch.from_numpy(speech)[None]
     ref = EmoTalkReference(CONFIG).eval()
-    weights = random_weights(CONFIG)
+    weights = release_to_fast(random_release_state_dict(CONFIG, rule="fast"), CONFIG)
     fp32 = Animator.from_state_dict(CONFIG, dict(weights), device="cpu")
     bf16 = Animator.from_state_dict(CONFIG, dict(weights), device="cpu", dtype="bfloat16")
 
@@ -94,7 +95,7 @@ def front_end(args) -> None:
 
 
 def shared_front_end(args) -> None:
-    weights = random_weights(CONFIG)
+    weights = release_to_fast(random_release_state_dict(CONFIG, rule="fast"), CONFIG)
     for key in [k for k in weights if k.startswith("content_encoder.front_end.")]:
         weights["emotion_encoder" + key[len("content_encoder"):]] = weights[key]
     speech = generated_speech(args.seconds)

@@ -161,10 +161,11 @@ class Animator:
 
     @classmethod
     def from_config(cls, config: EmoTalkConfig | str = "emotalk", seed: int = 0, device="auto", dtype=None,
-                    backend="auto") -> "Animator":
-        """Random weights by the oracle rule (for tests and benchmarks: speed does not depend on weights)."""
+                    backend="auto", rule: str = "fast") -> "Animator":
+        """Random weights (for tests and benchmarks: speed does not depend on weights), drawn by
+        `rule` (see checkpoint.random_release_state_dict: "fast", or "oracle" as the fixtures)."""
         cfg = EmoTalkConfig.from_name(config) if isinstance(config, str) else config
-        state_dict = ckpt.release_to_fast(ckpt.random_release_state_dict(cfg, seed), cfg)
+        state_dict = ckpt.release_to_fast(ckpt.random_release_state_dict(cfg, seed, rule), cfg)
         return cls.from_state_dict(cfg, state_dict, device, dtype, backend)
 
     @classmethod

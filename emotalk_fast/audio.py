@@ -244,17 +244,24 @@ def espeak_speech(text: str, voice: str | None = None, speed: int | None = None,
                   rate: int = SAMPLE_RATE) -> np.ndarray:
     """Speech synthesised by espeak-ng (which must be installed), mono float32 at `rate`.
     voice/speed (words per minute)/pitch (0-99): espeak-ng's own defaults when None."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = espeak_wav(Path(tmp) / "speech.wav", text, voice, speed, pitch)
+        samples, native = read_audio_file(path)
+    return resample(samples.mean(0), native, rate)
+
+
+def espeak_wav(path: str | os.PathLike, text: str, voice: str | None = None, speed: int | None = None,
+               pitch: int | None = None) -> Path:
+    """Write espeak-ng's own WAV of `text` (16-bit, its native rate) to `path`."""
     import shutil
     import subprocess
-    import tempfile
 
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise RuntimeError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
     options = [flag for flag, value in (("-v", voice), ("-s", speed), ("-p", pitch)) if value is not None
                for flag in (flag, str(value))]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speech.wav"
-        subprocess.run([exe, *options, "-w", str(path), text], check=True, capture_output=True)
-        samples, native = read_audio_file(path)
-    return resample(samples.mean(0), native, rate)
+    subprocess.run([exe, *options, "-w", str(path), text], check=True, capture_output=True)
+    return Path(path)

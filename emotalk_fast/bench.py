@@ -15,7 +15,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import EmoTalkConfig
 from .errors import InvalidInput
-from .measure import PeakMemory, device_name, generated_speech, peak_rss_mb, random_weights, sync, versions
+from .measure import PeakMemory, device_name, generated_speech, peak_rss_mb, sync, versions
 
 
 def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str = "emotalk", repeats: int = 3,
@@ -38,7 +38,7 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
 
     report(f"building the '{preset}' architecture with random weights on {device}")
     t0 = time.perf_counter()
-    animator = Animator.from_state_dict(cfg, random_weights(cfg), device=device, dtype=dtype)
+    animator = Animator.from_config(cfg, device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in animator.model.parameters())
 

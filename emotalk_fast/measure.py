@@ -41,29 +41,6 @@ def generated_speech(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * voiced * envelope + 0.003 * rng.standard_normal(n)).astype(np.float32)
 
 
-def random_weights(cfg: EmoTalkConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random float32 weights in this library's layout from torch's generator: a few seconds at
-    release size where the numpy oracle rule takes ~15-30 s. Uniform draws with the oracle
-    rule's spreads (biases std .1, norm gains 1 +- .1, matrices std 1/sqrt(fan_in)), so the
-    activations stay in a realistic range (no overflow, no denormals to slow the CPU)."""
-    from .model import EmoTalk
-
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in EmoTalk(cfg).state_dict().items()}
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        w = torch.empty(shape)
-        if key.endswith("bias"):
-            a, centre = math.sqrt(3) * 0.1, 0.0
-        elif len(shape) == 1:
-            a, centre = math.sqrt(3) * 0.1, 1.0
-        else:
-            a, centre = math.sqrt(3 / math.prod(shape[1:])), 0.0
-        out[key] = w.uniform_(centre - a, centre + a, generator=g)
-    return out
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

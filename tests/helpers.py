@@ -59,18 +59,36 @@ def load_oracle(name: str) -> dict[str, np.ndarray]:
         return {k: d[k] for k in d.files}
 
 
+SPEECH = FIXTURES / "speech"  # espeak-ng's WAVs of the words the tests speak (espeak-ng 1.51)
+
+
 def espeak_speech(text: str, voice: str = "en", speed: int = 160, pitch: int = 50,
                   rate: int = 16_000) -> np.ndarray:
-    """Real synthetic speech from espeak-ng, mono float32 at `rate` (skips the test without it)."""
+    """Real synthetic speech, mono float32 at `rate`: espeak-ng's stored WAV of these words and
+    settings (tests/fixtures/speech), so the tests run without espeak-ng; words not stored yet
+    are spoken by espeak-ng now (the test skips without it). EMOTALK_STORE_SPEECH=1 stores them."""
+    import hashlib
+    import os
     import shutil
+    import tempfile
 
-    import pytest
+    from emotalk_fast.audio import espeak_wav, read_audio_file, resample
 
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    from emotalk_fast.audio import espeak_speech as speak
+    stored = SPEECH / f"{hashlib.sha1(repr((text, voice, speed, pitch)).encode()).hexdigest()[:16]}.wav"
+    if stored.exists():
+        samples, native = read_audio_file(stored)
+    else:
+        import pytest
 
-    return speak(text, voice, speed, pitch, rate)
+        if shutil.which("espeak-ng") is None:
+            pytest.skip("espeak-ng is not installed (apt-get install espeak-ng) and this speech is not stored")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = espeak_wav(Path(tmp) / "speech.wav", text, voice, speed, pitch)
+            if os.environ.get("EMOTALK_STORE_SPEECH") == "1":
+                SPEECH.mkdir(exist_ok=True)
+                shutil.copyfile(path, stored)
+            samples, native = read_audio_file(path)
+    return resample(samples.mean(0), native, rate)
 
 
 def free_port() -> int:
@@ -119,3 +137,13 @@ def decode_in_steps(decoder, x, memory, cache, sizes, slots=None):
                                    min(cache.capacity, pos + n)))
         pos += n
     return torch.cat(out, 1)
+
+
+def die_with_this_process() -> None:
+    """A Popen preexec_fn: the child gets SIGKILL when the test process dies, however it dies
+    (pytest killed included), so no server a test started outlives it (Linux prctl)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

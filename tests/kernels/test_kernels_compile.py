@@ -164,8 +164,11 @@ def compiled(tmp_path_factory):
     spec = importlib.util.find_spec("emotalk_fast")
     root = os.path.dirname(os.path.dirname(spec.origin))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    from helpers import die_with_this_process  # (this file also runs as a script, without helpers)
+
     procs = {arch: subprocess.Popen([sys.executable, __file__, str(arch)], env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for arch in ARCHS}
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_this_process)
+             for arch in ARCHS}
     results = {}
     for arch, proc in procs.items():
         out, err = proc.communicate(timeout=600)

@@ -14,7 +14,7 @@ import pytest
 
 from emotalk_fast.client import ServerError, health, send
 from emotalk_fast.serve import protocol as pb
-from helpers import espeak_speech, free_port, wait_until
+from helpers import die_with_this_process, espeak_speech, free_port, wait_until
 
 SCRIPT = str(Path(sys.executable).with_name("emotalk-fast"))
 
@@ -31,7 +31,7 @@ class ServeProcess:
         self.address = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([SCRIPT, "serve", "--random-weights", "mini", "--port", str(self.port),
                                       "--metrics-port", str(self.metrics_port), "--context-ms", "1000", *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_this_process, text=True)
         end = time.monotonic() + 120
         while not health(self.address, timeout=1):
             if self.proc.poll() is not None or time.monotonic() > end:
@@ -149,7 +149,8 @@ def test_two_replicas_behind_nginx(speech_wav, tmp_path):
     port = free_port()
     conf = tmp_path / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=tmp_path, a=replicas[0].port, b=replicas[1].port, port=port))
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_this_process)
     balancer = f"127.0.0.1:{port}"
     try:
         end = time.monotonic() + 30
