@@ -14,7 +14,7 @@ from helpers import assert_close, espeak_speech, load_oracle
 
 @pytest.fixture(scope="module")
 def oracle_animator():
-    return Animator.from_config("mini", seed=0, device="cpu")  # the oracle's weights
+    return Animator.from_config("mini", seed=0, device="cpu", rule="oracle")  # the oracle's weights
 
 
 @pytest.fixture(scope="module")
