@@ -125,3 +125,12 @@ def test_client_and_cli_import_without_torch():
             "assert set(emotalk_fast.__all__) <= set(dir(emotalk_fast))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_serve_extra_needs_no_code_generator():
+    """grpcio-tools (protoc) is for the descriptor-set test only: [serve] does not pull it."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not [d for d in extras["serve"] if d.startswith("grpcio-tools")], extras["serve"]
+    assert any(d.startswith("grpcio-tools") for d in extras["dev"])
