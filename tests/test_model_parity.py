@@ -104,7 +104,7 @@ def test_decoder_alone_matches_reference(models, T):
 
 def test_decoder_query_blocks_do_not_change_results(monkeypatch):
     """Long inputs are attended block by block; the blocking must be invisible."""
-    from emotalk_fast import decoder as dec_mod
+    from emotalk_fast import decoder_ops as dec_mod
 
     _, fast = _pair(CONFIGS["tiny"], seed=3)
     x = torch.randn(1, 700, fast.cfg.decoder.feature_dim)
