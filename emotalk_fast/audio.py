@@ -139,7 +139,7 @@ def load_mono(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int, s
     if samples.ndim == 2:
         if samples.shape[0] > MAX_CHANNELS:
             raise InvalidInput(f"{where} has shape {list(samples.shape)}: expected [N] or [channels, N] "
-                             f"(at most {MAX_CHANNELS} channels); transpose a [N, channels] array")
+                               f"(at most {MAX_CHANNELS} channels); transpose a [N, channels] array")
         samples = samples.mean(axis=0, dtype=np.float64).astype(np.float32)
     elif samples.ndim != 1:
         raise InvalidInput(f"{where} has shape {list(samples.shape)}: expected [N] or [channels, N]")

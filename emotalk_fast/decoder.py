@@ -21,6 +21,7 @@ from .decoder_ops import TorchOps
 from .errors import InvalidInput
 from .kernels.reference import periodic_positional_encoding, ring_positions
 
+
 class RingKVCache:
     """Keys and values of many sequences, preallocated once: k, v [slots, H, capacity, Dh].
 
@@ -60,7 +61,6 @@ class RingKVCache:
             index = torch.as_tensor(slots, device=self.k.device)
             keys, values = self.k[:, :, :span].index_select(0, index), self.v[:, :, :span].index_select(0, index)
         return keys, values, ring_positions(ends, self.capacity, span)
-
 
 
 class PeriodicCausalDecoder(nn.Module):

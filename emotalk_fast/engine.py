@@ -10,7 +10,7 @@ stream alone within 1e-5).
 A step is plan -> run -> commit (vLLM's engine core: schedule, execute, update from output):
 the plan groups the ready streams by hop length (the last, shorter hop of a flushed stream runs
 in its own group); each group's forward reads stream state and changes none of it; only a group
-whose forward succeeded commits (positions, emotion sums, buffers). A group that raises fails
+whose forward succeeded commits (next hops, emotion sums, buffers). A group that raises fails
 its own streams only, unchanged, and `step()` raises StepFailed after every other group has
 committed, carrying their frames. Errors in one stream's input raise in that stream's call and
 leave every other stream, and the stream itself, unchanged.
@@ -70,7 +70,6 @@ class _Stream:
     buffer_start: int = 0  # absolute index of buffer[0]
     received: int = 0  # 16 kHz samples received in all
     next_hop: int = 0
-    position: int = 0  # frames decoded so far: where the next ones go in its KV slot
     ending: bool = False  # flush() was called: the clip's length is known
     total_frames: int = 0  # once ending: the frames the whole utterance gets
     emotion_sum: torch.Tensor | None = None  # sum of emitted frames' emotion states
@@ -197,7 +196,7 @@ class StreamEngine:
         n = s.received
         if n and n < self.encoder.field:
             raise InvalidInput(f"the utterance is too short to animate: {n} samples "
-                             f"({1000 * n / SAMPLE_RATE:.1f} ms); call reset() and push more audio")
+                               f"({1000 * n / SAMPLE_RATE:.1f} ms); call reset() and push more audio")
         s.ending, s.total_frames = True, num_frames(n) if n else 0
 
     def set_style(self, sid: int, level=None, person=None, crossfade_ms: float = 0.0) -> None:
@@ -300,7 +299,7 @@ class StreamEngine:
         samples = [torch.from_numpy(s.buffer[w.s0 - s.buffer_start : w.s1 - s.buffer_start]) for s, w in
                    zip(streams, windows)]
         slots = [s.slot for s in streams]
-        starts = [s.position for s in streams]
+        starts = [s.next_hop * self.encoder.hop for s in streams]  # where each stream's frames go in its slot
         hop = windows[0].h1 - windows[0].h0
         static = self.cuda_graphs and hop == self.encoder.hop
         level, person = self._style_rows(streams, windows, per_frame=static)
@@ -322,7 +321,6 @@ class StreamEngine:
             s = self._streams[sid]
             s.emotion_sum = emotion_sums[b] if s.emotion_sum is None else s.emotion_sum + emotion_sums[b]
             s.emotion_frames += w.h1 - w.h0
-            s.position += w.h1 - w.h0
             s.next_hop += 1
             self._trim(s)
             out[sid] = np.ascontiguousarray(frames[b])
@@ -458,5 +456,5 @@ def validate_chunk(samples) -> np.ndarray:
         raise InvalidInput(f"stream samples must be mono [n], got shape {list(samples.shape)}")
     if not np.isfinite(samples).all():
         raise InvalidInput(f"chunk has {int((~np.isfinite(samples)).sum())} NaN or infinite samples; "
-                         "it was not added (the stream is unchanged)")
+                           "it was not added (the stream is unchanged)")
     return samples.astype(np.float32, copy=False)

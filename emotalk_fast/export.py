@@ -75,7 +75,7 @@ def check_output(path: str | os.PathLike, format: str | None = None, make_parent
     writer = _WRITERS.get(path.suffix.lower()) if format is None else _named_writer(format, path)
     if writer is None:
         raise InvalidInput(f"cannot save {path.name}: unknown extension {path.suffix!r}; the output must end in "
-                         f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
+                           f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     if not path.parent.is_dir():

@@ -1,10 +1,9 @@
-"""Measuring: generated speech and random weights (no download), peak memory, device sync,
+"""Measuring: generated speech (no download), peak memory, device sync,
 the device's name and the versions that a figure must name. Shared by `emotalk-fast bench`,
 the pytest-benchmark suites in benchmarks/ and the engine's benchmark script.
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 import resource
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import SAMPLE_RATE, EmoTalkConfig
+from .config import SAMPLE_RATE
 
 _SENTENCES = (
     "The quick brown fox jumps over the lazy dog while the rain keeps falling on the roof.",

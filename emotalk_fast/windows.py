@@ -24,7 +24,7 @@ def _frames_of(ms: int, name: str, allow_zero: bool) -> int:
     if isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms % GRID_MS or ms < 0 or \
             (ms == 0 and not allow_zero):
         raise InvalidInput(f"{name} must be a {'non-negative' if allow_zero else 'positive'} multiple of "
-                         f"{GRID_MS} ms (it keeps the 50 Hz and 30 fps grids aligned), got {ms!r}")
+                           f"{GRID_MS} ms (it keeps the 50 Hz and 30 fps grids aligned), got {ms!r}")
     return ms // GRID_MS * (FPS * GRID_MS // 1000)
 
 

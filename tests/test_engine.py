@@ -213,7 +213,7 @@ def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graph
     want = np.concatenate([alone.push(speech), alone.flush()])
     assert np.abs(np.concatenate(got) - want).max() <= TOL
     assert engine.cache.k.data_ptr() == storage and tuple(engine.cache.k.shape) == shape
-    assert engine._get(c).position > engine.max_cache_frames
+    assert engine.frames_emitted(c) > engine.max_cache_frames
 
 
 def test_engine_checks_its_arguments(animator):

@@ -70,7 +70,7 @@ def parse_ravdess_name(stem: str) -> ClipLabels | None:
     if emotion not in RAVDESS_EMOTIONS or intensity not in (1, 2) or statement not in (1, 2) \
             or not 1 <= actor <= 24:
         raise InvalidInput(f"{stem!r} looks like a RAVDESS name but has out-of-range fields "
-                         f"(emotion 01..08, intensity 01..02, statement 01..02, actor 01..24)")
+                           f"(emotion 01..08, intensity 01..02, statement 01..02, actor 01..24)")
     return ClipLabels(RAVDESS_EMOTIONS[emotion], intensity - 1, statement - 1, actor - 1)
 
 

@@ -53,7 +53,7 @@ class BlendshapeBasis:
         V = self.neutral.shape[0]
         if self.neutral.shape != (V, 3) or self.deltas.ndim != 3 or self.deltas.shape[1:] != (V, 3):
             raise InvalidInput(f"basis needs neutral [V, 3] and deltas [K, V, 3], got {self.neutral.shape} "
-                             f"and {self.deltas.shape}")
+                               f"and {self.deltas.shape}")
         for name in ("lip_indices", "eye_indices"):
             idx = getattr(self, name)
             if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= V:

@@ -67,7 +67,7 @@ def livelink_index(names=BLENDSHAPE_NAMES) -> np.ndarray:
     missing = [n for n in names if n.lower() not in lookup]
     if missing or len(names) != 52:
         raise InvalidInput(f"expected the 52 ARKit blendshape names, got {len(names)} names"
-                         f"{'; unknown: ' + ', '.join(missing) if missing else ''}")
+                           f"{'; unknown: ' + ', '.join(missing) if missing else ''}")
     return np.array([lookup[n.lower()] for n in names])
 
 

@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 
 from ..config import FPS
-from ..corpus import animate_corpus
+from ..corpus import STDIO, animate_corpus, parse_shard, plan_jobs, shard
 from ..errors import InvalidInput
 from .options import add_model_options, load_animator, model_config, parse_level, parse_person, parse_schedule, \
     progress_lines, warn
 
 
 def animate(args) -> None:
-    from ..corpus import STDIO, parse_shard, plan_jobs, shard
     from ..export import TEXT_FORMATS, check_output
 
     # --- everything is checked before the model loads ---
@@ -139,7 +138,7 @@ def _check_num_frames(num_frames: int, source: str, stdin_audio) -> None:
     own = max(1, math.ceil(seconds * FPS))
     if num_frames > MAX_FRAMES_FACTOR * own:
         raise InvalidInput(f"--num-frames {num_frames} is more than {MAX_FRAMES_FACTOR}x the {own} frames of "
-                         f"{seconds:.2f} s of audio; leave it out to get the audio's own count")
+                           f"{seconds:.2f} s of audio; leave it out to get the audio's own count")
 
 
 def _read_stdin():

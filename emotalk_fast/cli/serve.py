@@ -20,7 +20,7 @@ def _import_serve(module: str):
         return importlib.import_module(f"emotalk_fast.{module}")
     except ImportError as e:
         raise InvalidInput(f"the service needs the serve extra ({e.name} is missing): "
-                         "pip install 'emotalk-fast[serve]'") from None
+                           "pip install 'emotalk-fast[serve]'") from None
 
 
 def serve(args) -> None:

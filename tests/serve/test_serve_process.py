@@ -31,7 +31,8 @@ class ServeProcess:
         self.address = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([SCRIPT, "serve", "--random-weights", "mini", "--port", str(self.port),
                                       "--metrics-port", str(self.metrics_port), "--context-ms", "1000", *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_this_process, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=die_with_this_process)
         end = time.monotonic() + 120
         while not health(self.address, timeout=1):
             if self.proc.poll() is not None or time.monotonic() > end:
