@@ -24,6 +24,7 @@ flushed stream runs eagerly.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -357,8 +358,11 @@ class StreamEngine:
         if bucket not in self._static_hops:
             # captured on a batch of padding rows only: warm-up runs touch no stream's cache
             example = dict(inputs, slots=torch.full_like(inputs["slots"], self._scratch_slot))
-            self._static_hops[bucket] = StaticHop(lambda x: self._hop(**x, span=self.cache.capacity), example,
-                                                  self.device, self._graph_pool)
+            # a weak reference: the engine owns its hops, and a hop holding the engine back would make
+            # a cycle that keeps the model's memory until the garbage collector happens to run
+            engine = weakref.ref(self)
+            self._static_hops[bucket] = StaticHop(lambda x: engine()._hop(**x, span=engine().cache.capacity),
+                                                  example, self.device, self._graph_pool)
         return self._static_hops[bucket]
 
     def _hop(self, *, level, person, slots, starts, span: int, **windows):
