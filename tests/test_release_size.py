@@ -1,6 +1,7 @@
 """The real release-size architecture (640.6 M parameters, oracle-rule random weights):
 a torch.save'd EmoTalk.pth loads and animates 20 s of real speech on CPU, and the fast model
 agrees with the reference model at full size."""
+import gc
 import time
 
 import numpy as np
@@ -21,14 +22,11 @@ SENTENCES = ("The quick brown fox jumps over the lazy dog. She sells sea shells 
 
 
 @pytest.fixture(scope="module")
-def release_state_dict():
-    return random_release_state_dict(EmoTalkConfig.from_name("emotalk"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def release_pth(release_state_dict, tmp_path_factory):
+def release_pth(tmp_path_factory):
+    """The release-size checkpoint on disk: the only copy of its weights the module keeps (each
+    model that needs them loads it), so at most two release-size models are in memory at once."""
     path = tmp_path_factory.mktemp("release") / "EmoTalk.pth"
-    torch.save(release_state_dict, path)
+    torch.save(random_release_state_dict(EmoTalkConfig.from_name("emotalk"), seed=0), path)
     return path
 
 
@@ -45,41 +43,6 @@ def test_release_checkpoint_animates_20_seconds(release_pth):
     assert anim.blendshapes.shape == (num_frames(len(speech)), 52) == (600, 52)
     assert np.isfinite(anim.blendshapes).all()
     print(f"release-size load {load_s:.2f} s")
-
-
-@pytest.fixture(scope="module")
-def reference(release_state_dict):
-    ref = EmoTalkReference(EmoTalkConfig.from_name("emotalk")).eval()
-    load_release_weights(ref, release_state_dict)
-    return ref
-
-
-def test_release_size_fast_model_matches_reference(reference, release_pth):
-    ref = reference
-    fast = Animator.from_pretrained(release_pth, device="cpu").model
-    wave = torch.from_numpy(espeak_speech("Full size parity check.", speed=170))[None]
-    with torch.inference_mode():
-        r = ref.predict(wave, level=0, person=17)
-        f = fast(wave, torch.tensor([wave.shape[1]]), torch.tensor([0]), torch.tensor([17]))
-    # 24 layers of width 1024 accumulate more float32 rounding than the tiny configs
-    for name in ("content_hidden", "emotion_hidden", "emotion_logits", "decoder_out", "blendshapes"):
-        assert_close(getattr(f, name)[0], r[name][0], 1e-4, name)
-
-
-def test_release_size_bfloat16_within_dtype_error(reference, release_pth):
-    """bf16 weights and compute end to end at full size: the deviation from float32 is at most
-    twice that of the reference under torch's bf16 autocast (LayerNorm, softmax in float32)."""
-    from helpers import assert_close_to_dtype
-
-    speech = espeak_speech("Half precision at full size.", speed=170)
-    with torch.inference_mode():
-        want = reference.predict(torch.from_numpy(speech)[None], level=1, person=0)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = reference.predict(torch.from_numpy(speech)[None], level=1, person=0)
-    anim = Animator.from_pretrained(release_pth, device="cpu", dtype="bfloat16").animate(speech, level=1, person=0)
-    err = assert_close_to_dtype(anim.blendshapes, autocast["blendshapes"][0], want["blendshapes"][0],
-                                "bf16 blendshapes", eps=1e-3)
-    print(f"release-size bf16 blendshape deviation from float32: max {err:.4f}")
 
 
 def test_release_size_engine_static_shapes_equal_streams_alone(release_pth):
@@ -108,3 +71,49 @@ def test_release_size_engine_static_shapes_equal_streams_alone(release_pth):
         got = np.concatenate(frames[sid])
         assert got.shape == want.shape == (num_frames(len(s)), 52)
         assert_close(got, want, 1e-5, f"stream {i}")
+
+
+PARITY_TEXT, BF16_TEXT = "Full size parity check.", "Half precision at full size."
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(release_pth):
+    """What the reference model predicts for the two tests below (float32, and the bf16 test's
+    float32 and autocast runs). Only its outputs outlive this fixture, so the reference model
+    and a fast model are never in memory together."""
+    with torch.device("meta"):  # no weights of its own: it takes the checkpoint's, mapped from the file
+        ref = EmoTalkReference(EmoTalkConfig.from_name("emotalk")).eval()
+    load_release_weights(ref, torch.load(release_pth, mmap=True, weights_only=True), assign=True)
+    parity = torch.from_numpy(espeak_speech(PARITY_TEXT, speed=170))[None]
+    bf16 = torch.from_numpy(espeak_speech(BF16_TEXT, speed=170))[None]
+    with torch.inference_mode():
+        out = {"parity": ref.predict(parity, level=0, person=17), "bf16": ref.predict(bf16, level=1, person=0)}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out["bf16_autocast"] = ref.predict(bf16, level=1, person=0)
+    del ref
+    gc.collect()  # the reference (Hugging Face modules) sits in reference cycles: free it now, not later
+    return out
+
+
+def test_release_size_fast_model_matches_reference(reference_outputs, release_pth):
+    fast = Animator.from_pretrained(release_pth, device="cpu").model
+    wave = torch.from_numpy(espeak_speech(PARITY_TEXT, speed=170))[None]
+    with torch.inference_mode():
+        r = reference_outputs["parity"]
+        f = fast(wave, torch.tensor([wave.shape[1]]), torch.tensor([0]), torch.tensor([17]))
+    # 24 layers of width 1024 accumulate more float32 rounding than the tiny configs
+    for name in ("content_hidden", "emotion_hidden", "emotion_logits", "decoder_out", "blendshapes"):
+        assert_close(getattr(f, name)[0], r[name][0], 1e-4, name)
+
+
+def test_release_size_bfloat16_within_dtype_error(reference_outputs, release_pth):
+    """bf16 weights and compute end to end at full size: the deviation from float32 is at most
+    twice that of the reference under torch's bf16 autocast (LayerNorm, softmax in float32)."""
+    from helpers import assert_close_to_dtype
+
+    speech = espeak_speech(BF16_TEXT, speed=170)
+    want, autocast = reference_outputs["bf16"], reference_outputs["bf16_autocast"]
+    anim = Animator.from_pretrained(release_pth, device="cpu", dtype="bfloat16").animate(speech, level=1, person=0)
+    err = assert_close_to_dtype(anim.blendshapes, autocast["blendshapes"][0], want["blendshapes"][0],
+                                "bf16 blendshapes", eps=1e-3)
+    print(f"release-size bf16 blendshape deviation from float32: max {err:.4f}")

@@ -173,7 +173,9 @@ class EmoTalkReference(nn.Module):
         return out11, out12, label1
 
 
-def load_release_weights(model: EmoTalkReference, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a release-layout state dict strictly, accepting either weight-norm naming."""
+def load_release_weights(model: EmoTalkReference, state_dict: dict[str, torch.Tensor], assign: bool = False) -> None:
+    """Load a release-layout state dict strictly, accepting either weight-norm naming. assign:
+    the model takes the tensors themselves instead of copying them (for a model built on the
+    meta device: no second copy of the weights in memory)."""
     parametrized = any(".parametrizations.weight." in k for k in model.state_dict())
-    model.load_state_dict(ckpt.rename_weight_norm(state_dict, parametrized), strict=True)
+    model.load_state_dict(ckpt.rename_weight_norm(state_dict, parametrized), strict=True, assign=assign)
