@@ -1,8 +1,10 @@
 """Audio in: decode files, mix to mono, resample to 16 kHz, validate. Nothing model-specific."""
 from __future__ import annotations
 
+import functools
 import io
 import math
+from fractions import Fraction
 import os
 import warnings
 from pathlib import Path
@@ -162,14 +164,40 @@ def load_waveform(audio, sample_rate: int | None) -> tuple[np.ndarray | None, in
     return samples, rate
 
 
+MAX_RESAMPLE_FACTOR = 16000  # bounds the polyphase filter's design (20 * factor taps)
+
+
+def resample_ratio(rate_in: int, rate_out: int) -> tuple[int, int]:
+    """(up, down) for rate_in -> rate_out: the exact ratio in lowest terms when both factors are
+    at most MAX_RESAMPLE_FACTOR (every rate to or from 16 kHz below it, and every common rate:
+    44100 -> 16000 is 160/441), else the closest ratio whose factors are: 383999 -> 16000 runs
+    at 1/24. Over every integer rate 4..384 kHz to 16 kHz the ratio is off by at most 3.2e-5
+    (31999 Hz at 1/2): under 20 ms over a 10 min stream. Exact factors like 16000/383999 would
+    need a filter of 7.7 million taps."""
+    g = math.gcd(rate_in, rate_out)
+    up, down = rate_out // g, rate_in // g
+    if max(up, down) <= MAX_RESAMPLE_FACTOR:
+        return up, down
+    small, large = sorted((rate_in, rate_out))
+    f = Fraction(small, large).limit_denominator(MAX_RESAMPLE_FACTOR)  # < 1: both terms bounded
+    return (f.denominator, f.numerator) if rate_out > rate_in else (f.numerator, f.denominator)
+
+
+def resampled_length(n: int, rate_in: int, rate_out: int) -> int:
+    """How many samples `resample` makes of n."""
+    up, down = resample_ratio(rate_in, rate_out)
+    return -(-n * up // down)
+
+
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Polyphase resampling (scipy's Kaiser-windowed FIR); identity when the rates match."""
+    """Polyphase resampling (scipy's Kaiser-windowed FIR) at `resample_ratio`; identity when the
+    rates match."""
     if rate_in == rate_out:
         return np.ascontiguousarray(x, dtype=np.float32)
     from scipy.signal import resample_poly
 
-    g = math.gcd(rate_in, rate_out)
-    return resample_poly(x.astype(np.float64), rate_out // g, rate_in // g).astype(np.float32)
+    up, down = resample_ratio(rate_in, rate_out)
+    return resample_poly(x.astype(np.float64), up, down).astype(np.float32)
 
 
 def check_rate(rate) -> int:
@@ -181,6 +209,23 @@ def check_rate(rate) -> int:
     return int(rate)
 
 
+@functools.lru_cache(maxsize=16)
+def _polyphase_filter(up: int, down: int) -> tuple[np.ndarray, int]:
+    """resample_poly's filter as [up phases, taps] (read-only, shared by every stream at this
+    ratio: designing it takes up to ~0.7 s), and the first output index that is kept."""
+    from scipy.signal import firwin
+
+    half_len = 10 * max(up, down)
+    h = firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0)) * up
+    pre_pad = down - half_len % down  # centres the filter, as resample_poly does
+    h = np.concatenate([np.zeros(pre_pad), h])
+    taps = np.zeros((up, -(-len(h) // up)))
+    for p in range(up):
+        taps[p, : len(h[p::up])] = h[p::up]
+    taps.flags.writeable = False
+    return taps, (half_len + pre_pad) // down  # outputs before this are dropped
+
+
 class StreamingResampler:
     """`resample`'s output (scipy's resample_poly: Kaiser-windowed FIR, zero padding), produced
     as input arrives: each output sample is emitted once every input sample it reads is in.
@@ -189,20 +234,12 @@ class StreamingResampler:
     tail after `flush` reads zeros past the end, as resample_poly does.
     """
 
-    def __init__(self, rate_in: int, rate_out: int):
-        from scipy.signal import firwin
+    BLOCK_ELEMENTS = 1 << 20  # outputs x taps computed at once: temporaries of ~30 MB, whatever the chunk
 
-        g = math.gcd(rate_in, rate_out)
-        self.up, self.down = rate_out // g, rate_in // g
-        half_len = 10 * max(self.up, self.down)
-        h = firwin(2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)) * self.up
-        pre_pad = self.down - half_len % self.down  # centres the filter, as resample_poly does
-        h = np.concatenate([np.zeros(pre_pad), h])
-        self.first = (half_len + pre_pad) // self.down  # outputs before this are dropped
-        self.num_taps = -(-len(h) // self.up)
-        self.taps = np.zeros((self.up, self.num_taps))
-        for p in range(self.up):
-            self.taps[p, : len(h[p :: self.up])] = h[p :: self.up]
+    def __init__(self, rate_in: int, rate_out: int):
+        self.up, self.down = resample_ratio(rate_in, rate_out)
+        self.taps, self.first = _polyphase_filter(self.up, self.down)
+        self.num_taps = self.taps.shape[1]
         self.reset()
 
     def reset(self) -> None:
@@ -212,21 +249,24 @@ class StreamingResampler:
         self._next = self.first  # next output index (of the full convolution)
 
     def _emit(self, end: int) -> np.ndarray:
-        m = np.arange(self._next, end)
-        if m.size == 0:
-            return np.zeros(0, np.float32)
+        """Outputs self._next..end, in blocks so that memory stays bounded whatever the chunk."""
+        block = max(1, self.BLOCK_ELEMENTS // self.num_taps)
+        blocks = [self._emit_block(lo, min(lo + block, end)) for lo in range(self._next, end, block)]
+        self._next = max(self._next, end)
+        oldest = (self._next * self.down) // self.up - self.num_taps + 1  # first input still needed
+        if oldest > self._x_start:
+            self._x = self._x[oldest - self._x_start :]
+            self._x_start = oldest
+        return np.concatenate(blocks).astype(np.float32) if blocks else np.zeros(0, np.float32)
+
+    def _emit_block(self, lo: int, hi: int) -> np.ndarray:
+        m = np.arange(lo, hi)
         newest = (m * self.down) // self.up
         idx = newest[:, None] - np.arange(self.num_taps)[None, :]
         valid = (idx >= 0) & (idx < self._n_in)
         vals = np.where(valid, self._x[np.clip(idx - self._x_start, 0, max(len(self._x) - 1, 0))], 0.0) \
             if len(self._x) else np.zeros(idx.shape)
-        y = (self.taps[(m * self.down) % self.up] * vals).sum(axis=1)
-        self._next = end
-        oldest = (self._next * self.down) // self.up - self.num_taps + 1  # first input still needed
-        if oldest > self._x_start:
-            self._x = self._x[oldest - self._x_start :]
-            self._x_start = oldest
-        return y.astype(np.float32)
+        return (self.taps[(m * self.down) % self.up] * vals).sum(axis=1)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         self._x = np.concatenate([self._x, samples.astype(np.float64)])

@@ -75,16 +75,24 @@ def channel(server: str, *, root_cert: str | None = None, client_cert: str | Non
                                                                     read_pem(client_cert)))
 
 
-def health(server: str, timeout: float = 5.0, **tls) -> bool:
-    """True when the server answers SERVING to a standard gRPC health check."""
+def health_status(server: str, timeout: float = 5.0, **tls) -> str | None:
+    """A standard gRPC health check: 'SERVING', 'NOT_SERVING' (starting up or draining), another
+    status or error code's name, or None when nothing answers at `server`."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with channel(server, **tls) as ch:
         try:
             reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return None
+            return e.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def health(server: str, timeout: float = 5.0, **tls) -> bool:
+    """True when the server answers SERVING to a standard gRPC health check."""
+    return health_status(server, timeout, **tls) == "SERVING"
 
 
 def pcm16_audio(audio, sample_rate: int | None = None) -> tuple[bytes, int]:

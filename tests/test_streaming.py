@@ -204,6 +204,39 @@ def test_streaming_resampler_equals_offline_resampling(rate):
     np.testing.assert_array_equal(np.concatenate(out), want)
 
 
+@pytest.mark.parametrize("rate", [4001, 31999, 383999])
+def test_odd_rates_resample_in_bounded_time_and_memory(rate):
+    """Rates with no common factor with 16 kHz: the ratio is approximated (within 3.2e-5) so the
+    filter stays small, a 1 MiB chunk (512k samples) costs tens of MB at most, and streaming
+    still equals offline resampling sample for sample."""
+    import time
+    import tracemalloc
+
+    from emotalk_fast.audio import StreamingResampler, resample, resample_ratio, resampled_length
+
+    up, down = resample_ratio(rate, 16000)
+    assert max(up, down) <= 16000 and abs(up / down * rate / 16000 - 1) <= 3.2e-5
+    x = np.random.default_rng(rate).standard_normal(1 << 19).astype(np.float32) * 0.1
+    t0 = time.perf_counter()
+    r = StreamingResampler(rate, 16000)
+    tracemalloc.start()
+    y = np.concatenate([r.push(x), r.flush()])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - t0 < 20 and peak < 150e6, (time.perf_counter() - t0, peak)
+    np.testing.assert_array_equal(y, resample(x, rate, 16000))
+    assert len(y) == resampled_length(len(x), rate, 16000)
+
+
+def test_resample_ratio_is_exact_for_common_rates():
+    from emotalk_fast.audio import resample_ratio
+
+    for rate in (8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000, 4001, 15999):
+        up, down = resample_ratio(rate, 16000)
+        assert up * rate == down * 16000, rate
+    assert resample_ratio(383999, 16000) == (1, 24)
+
+
 def test_stream_at_48khz(animator, speech):
     """A 48 kHz microphone: the same frames as a 16 kHz stream of what `animate` resamples to,
     for any push sizes, and offline's frame count."""

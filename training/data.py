@@ -31,7 +31,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from emotalk_fast.audio import prepare_audio
+from emotalk_fast.audio import prepare_audio, resampled_length
 from emotalk_fast.config import DEFAULT_EMOTION_LABELS, FPS, SAMPLE_RATE
 from emotalk_fast.errors import InvalidInput
 from emotalk_fast.model import num_frames
@@ -107,9 +107,7 @@ def _audio_length(path: Path) -> int:
     import soundfile as sf
 
     info = sf.info(str(path))
-    if info.samplerate == SAMPLE_RATE:
-        return info.frames
-    return math.ceil(info.frames * SAMPLE_RATE / info.samplerate)  # resample_poly's output length
+    return resampled_length(info.frames, info.samplerate, SAMPLE_RATE)
 
 
 def load_audio(path: Path, num_samples: int | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@ Only argparse is imported here; grpc and the model load when a command runs, so 
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from pathlib import Path
 
@@ -34,6 +35,8 @@ def serve(args) -> None:
     for path in (args.tls_cert, args.tls_key, args.client_ca):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"file not found: {path}")
+    # one line on stderr per stream that did not end in SUCCESS, and per engine fault
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     animator = load_animator(args)
     engine = animator.engine(args.max_streams, hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms,
@@ -46,6 +49,9 @@ def serve(args) -> None:
           f"{_graphs_note(animator) if args.cuda_graphs else ''}"
           f"loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
     server.wait_for_signal()
+    if server.streams_cut:
+        print(f"stopped at once by a second signal: {server.streams_cut} live stream(s) cut", flush=True)
+        raise SystemExit(1)
     print("stopped", flush=True)
 
 
@@ -72,9 +78,12 @@ def send(args) -> None:
 
 def health(args) -> None:
     client = _import_serve("client")
-    ok = client.health(args.server, timeout=args.timeout, **_tls_args(args))
-    print(f"{args.server} is {'SERVING' if ok else 'not serving'}")
-    if not ok:
+    status = client.health_status(args.server, timeout=args.timeout or 5.0, **_tls_args(args))
+    if status is None:
+        print(f"no server at {args.server}")
+        raise SystemExit(2)
+    print(f"{args.server} is {status}")
+    if status != "SERVING":
         raise SystemExit(1)
 
 
@@ -95,9 +104,10 @@ def register(sub) -> None:
     v.add_argument("--max-audio-s", type=float, default=600.0,
                    help="longest stream in seconds of audio; longer ones get INVALID_ARGUMENT (default 600)")
     v.add_argument("--idle-timeout", type=float, default=30.0,
-                   help="seconds a stream may send nothing before end_of_audio; then DEADLINE_EXCEEDED (default 30)")
+                   help="seconds a stream may send no audio before end_of_audio; then DEADLINE_EXCEEDED (default 30)")
     v.add_argument("--shutdown-grace", type=float, default=30.0,
-                   help="on SIGTERM, seconds live streams get to finish (default 30)")
+                   help="on SIGTERM or Ctrl-C, seconds live streams get to finish while health says NOT_SERVING "
+                        "and new streams get UNAVAILABLE (default 30); a second signal stops at once (exit 1)")
     v.add_argument("--tls-cert", help="server certificate (PEM) for TLS")
     v.add_argument("--tls-key", help="its private key (PEM)")
     v.add_argument("--client-ca", help="CA (PEM) that client certificates must chain to: mutual TLS")
@@ -127,6 +137,7 @@ def register(sub) -> None:
     add_client_options(n)
     n.set_defaults(func=send)
 
-    h = sub.add_parser("health", help="ask a server whether it is serving (exit 0) or not (exit 1)")
+    h = sub.add_parser("health", help="ask a server whether it is SERVING (exit 0), NOT_SERVING: starting or "
+                                                "draining (exit 1), or not there at all (exit 2)")
     add_client_options(h)
     h.set_defaults(func=health)

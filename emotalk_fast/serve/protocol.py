@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import check_rate
 from ..config import BLENDSHAPE_NAMES, FPS
+from ..errors import InvalidInput
 
 PROTO_DIR = Path(__file__).parent / "protos"
 DESCRIPTOR_SET = PROTO_DIR / "a2f.desc"  # protoc --include_imports --descriptor_set_out of PROTO_DIR
@@ -83,6 +85,20 @@ class StreamError(Exception):
     """What was wrong with a client's stream: it ends that stream with a Status ERROR message."""
 
 
+class MalformedMessage(Exception):
+    """Bytes that do not decode as an AudioStream: the call ends with INVALID_ARGUMENT."""
+
+
+def parse_request(data: bytes):
+    """The service's request deserializer: bytes -> AudioStream, or MalformedMessage."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return _load()["AudioStream"].FromString(data)
+    except DecodeError as e:
+        raise MalformedMessage(f"a request that does not decode as an AudioStream message ({e})") from None
+
+
 # --- the client's header --------------------------------------------------------------------
 @dataclass(frozen=True)
 class StreamStyle:
@@ -113,6 +129,10 @@ def parse_header(header, num_persons: int) -> StreamStyle:
         raise StreamError(f"bits_per_sample {audio.bits_per_sample} is not supported: only 16-bit PCM")
     if audio.channel_count != 1:
         raise StreamError(f"channel_count {audio.channel_count} is not supported: only mono (1)")
+    try:
+        rate = check_rate(audio.samples_per_second)
+    except InvalidInput as e:
+        raise StreamError(str(e)) from None
     post = header.emotion_post_processing_params
     level = 1.0
     if post.HasField("emotion_strength"):
@@ -141,7 +161,7 @@ def parse_header(header, num_persons: int) -> StreamStyle:
                 raise StreamError(f"{kind}[{name!r}] is {value}")
             if name in _CHANNEL:  # A2F names we do not output (its tongue shapes, say) are ignored
                 target[_CHANNEL[name]] = value
-    return StreamStyle(audio.samples_per_second, level, person, multipliers, offsets,
+    return StreamStyle(rate, level, person, multipliers, offsets,
                        bool(bs.enable_clamping_bs_weight))
 
 

@@ -3,10 +3,15 @@
 The servicer and the server's life: TLS, health, metrics, graceful stop. The engine is built
 outside (`Animator.engine(...)`) and handed in; one EngineWorker thread owns it, and each call is
 a Session (session.py) that talks to that worker only.
+
+Stopping drains: health turns NOT_SERVING and new streams get UNAVAILABLE while the port stays
+open, live streams get `shutdown_grace_s` to finish, then the port closes. A second signal
+(`stop_now()`) ends the drain at once and cuts the streams still live.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from dataclasses import dataclass
@@ -23,6 +28,8 @@ from .metrics import ServeMetrics
 from .session import Session, SessionLimits
 from .worker import EngineWorker
 
+log = logging.getLogger("emotalk_fast.serve")
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -31,8 +38,11 @@ class ServeSettings:
     host: str = "127.0.0.1"  # loopback unless asked
     port: int = pb.DEFAULT_PORT  # 0 picks a free port
     max_audio_s: float = 600.0  # longer streams end with INVALID_ARGUMENT
-    idle_timeout_s: float = 30.0  # a stream silent this long before end_of_audio: DEADLINE_EXCEEDED
+    idle_timeout_s: float = 30.0  # a stream sending no audio this long before end_of_audio: DEADLINE_EXCEEDED
     shutdown_grace_s: float = 30.0  # on SIGTERM, live streams get this long to finish
+    max_buffered_s: float = 10.0  # a stream's audio read ahead of its frames; then reading pauses
+    max_reply_bytes: int = 1 << 20  # replies are split to stay under this (clients accept 4 MiB)
+    max_unread_bytes: int = 128 << 20  # a client leaving more replies unread is cut (10 min of 48 kHz fit)
     tls_cert: str | None = None  # PEM files; with client_ca, clients must present a certificate
     tls_key: str | None = None
     client_ca: str | None = None
@@ -43,7 +53,7 @@ class ServeSettings:
             raise InvalidInput("--tls-cert and --tls-key go together")
         if self.client_ca is not None and self.tls_cert is None:
             raise InvalidInput("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
-        for name in ("max_audio_s", "idle_timeout_s"):
+        for name in ("max_audio_s", "idle_timeout_s", "max_buffered_s"):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"--{name.replace('_s', '-s').replace('_', '-')} must be > 0")
 
@@ -55,16 +65,29 @@ class A2FService:
         self.settings, self.metrics = settings, metrics
         self.worker = EngineWorker(engine, on_step=metrics.observe_step)
         metrics.live_streams.set_function(lambda: self.worker.live_streams)  # slots held, not sessions
-        self.limits = SessionLimits(settings.max_audio_s, settings.idle_timeout_s, engine.max_streams)
+        # reading may run ahead of the frames by a few hops at least, or no hop would ever be ready
+        ahead = max(settings.max_buffered_s, 2 * (engine.hop_ms + engine.lookahead_ms) / 1000)
+        self.limits = SessionLimits(settings.max_audio_s, settings.idle_timeout_s, engine.max_streams,
+                                    max_buffered_s=ahead, max_reply_bytes=settings.max_reply_bytes,
+                                    max_unread_bytes=settings.max_unread_bytes)
+        self.sessions = 0  # calls in progress
+        self.draining = False  # stopping: new calls get UNAVAILABLE
 
     def handler(self) -> grpc.GenericRpcHandler:
         async def process_audio_stream(requests, context):
-            async for reply in Session(self.worker, self.limits, self.metrics, context).run(requests):
-                yield reply
+            if self.draining:
+                self.metrics.errors.labels("unavailable").inc()
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry elsewhere")
+            self.sessions += 1
+            try:
+                async for reply in Session(self.worker, self.limits, self.metrics, context).run(requests):
+                    yield reply
+            finally:
+                self.sessions -= 1
 
         return grpc.method_handlers_generic_handler(pb.SERVICE_NAME, {
             "ProcessAudioStream": grpc.stream_stream_rpc_method_handler(
-                process_audio_stream, request_deserializer=pb.AudioStream.FromString,
+                process_audio_stream, request_deserializer=pb.parse_request,
                 response_serializer=pb.AnimationDataStream.SerializeToString)})
 
 
@@ -88,6 +111,8 @@ class A2FServer:
         self._health: health_aio.HealthServicer | None = None
         self._metrics_http = None
         self._stopped = threading.Event()
+        self._now = threading.Event()  # stop_now(): end the drain at once
+        self.streams_cut = 0  # live when the drain was cut short
 
     @property
     def address(self) -> str:
@@ -140,7 +165,8 @@ class A2FServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None) -> None:
-        """Stop accepting streams, let live ones finish for up to `grace` s, then shut down."""
+        """Drain (health NOT_SERVING, new streams UNAVAILABLE, the port still open) until the
+        live streams finish or `grace` s pass, then close. Blocks until stopped."""
         if self._stopped.is_set() or self._thread is None:
             return
         self._stopped.set()
@@ -152,18 +178,36 @@ class A2FServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
 
+    def stop_now(self) -> None:
+        """End a drain in progress at once: the streams still live are cut (from any thread)."""
+        self._now.set()
+
     async def _stop(self, grace: float) -> None:
+        self.service.draining = True
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        deadline = self._loop.time() + grace
+        while self.service.sessions and self._loop.time() < deadline and not self._now.is_set():
+            await asyncio.sleep(0.05)
+        self.streams_cut = self.service.sessions
+        if self.streams_cut:
+            log.warning("stopping with %d live stream(s) cut", self.streams_cut)
+        await self._server.stop(0)
 
     def wait_for_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then stop gracefully (the CLI's main loop)."""
+        """Block until SIGTERM or SIGINT, then drain and stop (the CLI's main loop); a second
+        signal during the drain stops at once."""
         received = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: received.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def on_signal(*_):
+            if received.is_set():
+                self.stop_now()
+            received.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while not received.wait(0.5):
                 pass
+            self.stop()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.stop()

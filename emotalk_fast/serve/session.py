@@ -1,26 +1,38 @@
 """One ProcessAudioStream call's state machine: header, audio, end, errors, replies.
 
 The client's AudioStreamHeader opens a stream on the engine worker; each audio chunk is
-decoded from 16-bit PCM and pushed; the worker hands back frames, which go out as
-AnimationData (the client's own audio for the same span echoed beside them); after
-end_of_audio the last frames, then an END_OF_A2F_AUDIO_PROCESSING event and a SUCCESS status.
-Requests are read until end_of_audio whatever the replies are doing (some clients write
-everything before they read), so a stream's pending replies are bounded by the server's audio
-limit and never by other streams. The session touches no tensor and no engine: only the worker.
+decoded from 16-bit PCM, resampled to 16 kHz here (in a helper thread: never on the engine's
+thread, never on the event loop) and queued for the engine without waiting for a step; the
+worker hands back frames, which go out as AnimationData (the client's own audio for the same
+span echoed beside them); after end_of_audio the last frames, then an
+END_OF_A2F_AUDIO_PROCESSING event and a SUCCESS status.
+
+Reading runs apart from replying (some clients write everything before they read) and every
+buffer of a stream is bounded: audio read but not yet animated (reading pauses past
+max_buffered_s: gRPC's flow control holds the client), input emotions waiting for audio, and
+replies the client has not read (past the bound the call is cancelled: memory, never the
+server). No reply is larger than max_reply_bytes: a long span is split across messages. The
+idle timer measures the client's silence (messages that carry audio), not the server's backlog.
+The session touches no tensor and no engine: only the worker.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from dataclasses import dataclass
 
 import grpc
 
-from ..config import FPS
+from ..audio import StreamingResampler
+from ..config import FPS, SAMPLE_RATE
 from ..engine import EngineFull
 from . import protocol as pb
 from .metrics import ServeMetrics
 from .worker import EngineWorker, StreamHandle
+
+log = logging.getLogger("emotalk_fast.serve")
 
 
 @dataclass(frozen=True)
@@ -28,8 +40,12 @@ class SessionLimits:
     """What the server allows one stream."""
 
     max_audio_s: float  # longer streams end with INVALID_ARGUMENT
-    idle_timeout_s: float  # silent this long before end_of_audio: DEADLINE_EXCEEDED
+    idle_timeout_s: float  # no audio this long before end_of_audio: DEADLINE_EXCEEDED
     max_streams: int  # for the RESOURCE_EXHAUSTED message
+    max_buffered_s: float = 10.0  # audio read but not animated yet; past it reading pauses
+    max_input_emotion_bytes: int = 256 << 10  # input emotions waiting for audio to go out with
+    max_reply_bytes: int = 1 << 20  # one reply (clients accept 4 MiB by default)
+    max_unread_bytes: int = 128 << 20  # replies the client has not read: 10 min of 48 kHz echo fits
 
 
 class Abort(Exception):
@@ -40,7 +56,11 @@ class Abort(Exception):
         self.code, self.details = code, details
 
 
-_END = object()  # the session's last item
+@dataclass(frozen=True)
+class _End:
+    """The session's last item: how it ended (for the log)."""
+
+    outcome: str
 
 
 class Session:
@@ -48,43 +68,58 @@ class Session:
 
     def __init__(self, worker: EngineWorker, limits: SessionLimits, metrics: ServeMetrics, context):
         self.worker, self.limits, self.metrics, self.context = worker, limits, metrics, context
+        self.peer = context.peer()  # now: grpc's peer() on a call already cancelled can crash
         self.loop = asyncio.get_running_loop()
-        self.out: asyncio.Queue = asyncio.Queue()  # replies, in order; bounded by the audio's length
+        self.out: asyncio.Queue = asyncio.Queue()  # (reply, its size), in order
+        self.unread = 0  # bytes in `out`
         self.handle = StreamHandle(self._sink)
         self.style: pb.StreamStyle | None = None
+        self.resampler: StreamingResampler | None = None  # client rate -> 16 kHz
         self.pcm = bytearray()  # the client's audio not yet echoed (whole samples)
         self.pcm_start = 0  # client sample index of pcm[0]
         self.odd_byte = b""  # half a sample carried to the next chunk
         self.received = 0  # client samples received
         self.total: int | None = None  # client samples in all, once end_of_audio came
+        self.pushed = 0  # 16 kHz samples queued for the engine
+        self.frames_done = 0  # frames the engine has made
         self.frames_sent = 0
+        self.room = asyncio.Event()  # set when frames come back (reading may resume)
         self.input_emotions: list = []  # not yet echoed
-        self.last_message = time.monotonic()
+        self.input_emotion_bytes = 0
+        self.last_audio = time.monotonic()  # the client's last sign of life: a header, audio
+        self.paused = False  # reading waits for the engine (the client is not silent)
         self.ended = False  # end_of_audio received (reading has stopped)
+        self.outcome = "cancelled by the client"  # how it ended, for the log
 
     async def run(self, requests):
+        self.task = asyncio.current_task()  # cancelled when the client stops reading
         reader = asyncio.create_task(self._read(requests))
         watchdog = asyncio.create_task(self._watch_idle())
         try:
             while True:
                 item = await self.out.get()
-                if item is _END:
+                if isinstance(item, _End):
+                    self.outcome = item.outcome
                     return
                 if isinstance(item, Abort):
+                    self.outcome = f"{item.code.name}: {item.details}"
                     self.metrics.errors.labels(item.code.name.lower()).inc()
                     await self.context.abort(item.code, item.details)
-                self.metrics.bytes_out.inc(item.ByteSize())
-                yield item
+                reply, size = item
+                self.unread -= size
+                self.metrics.bytes_out.inc(size)
+                yield reply
         finally:
             reader.cancel()
             watchdog.cancel()
             self.worker.close(self.handle)  # runs after its open, whenever this ends
+            if self.outcome != "SUCCESS":
+                log.warning("stream from %s ended: %s", self.peer, self.outcome)
 
     # --- requests ---------------------------------------------------------------------------
     async def _read(self, requests) -> None:
         try:
             async for message in requests:
-                self.last_message = time.monotonic()
                 part = message.WhichOneof("stream_part")
                 if part == "audio_stream_header":
                     await self._on_header(message.audio_stream_header)
@@ -99,6 +134,8 @@ class Session:
             if self.style is None:
                 raise pb.StreamError("the stream closed before an audio_stream_header")
             await self._on_end()
+        except pb.MalformedMessage as e:
+            self.out.put_nowait(Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         except pb.StreamError as e:
             self._fail(str(e))
         except Abort as e:
@@ -112,32 +149,61 @@ class Session:
         if self.style is not None:
             raise pb.StreamError("a second audio_stream_header: send it once, first")
         style = pb.parse_header(header, self.worker.num_persons)
+        if style.sample_rate != SAMPLE_RATE:  # designing its filter can take a moment: not on the loop
+            self.resampler = await asyncio.to_thread(StreamingResampler, style.sample_rate, SAMPLE_RATE)
         try:
-            await self.worker.open(self.handle, style.level, style.person, style.sample_rate)
+            await self.worker.open(self.handle, style.level, style.person, SAMPLE_RATE)
         except EngineFull:
             raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"all {self.limits.max_streams} streams are busy; retry later") from None
         except (ValueError, TypeError) as e:
             raise pb.StreamError(str(e)) from None
         self.style = style
+        self.last_audio = time.monotonic()
         self.metrics.streams.inc()
-        self.out.put_nowait(pb.header_reply(header.audio_header, time.time()))
+        self._send(pb.header_reply(header.audio_header, time.time()))
 
     async def _on_audio(self, chunk) -> None:
         if self.style is None:
             raise pb.StreamError("audio_with_emotion before the audio_stream_header: send the header first")
+        if chunk.emotions:
+            self.input_emotion_bytes += sum(e.ByteSize() for e in chunk.emotions)
+            limit = self.limits.max_input_emotion_bytes
+            if self.input_emotion_bytes > limit:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"more than {limit // 1024} KiB of input emotions wait for audio to go out with: "
+                            "send emotions beside the audio they belong to")
+            self.input_emotions.extend(chunk.emotions)
         data = self.odd_byte + chunk.audio_buffer
         whole = len(data) - len(data) % 2
         self.odd_byte = data[whole:]
-        self.received += whole // 2
+        if not whole:  # no audio: not a sign of life (an empty chunk cannot hold a slot)
+            return
+        self.last_audio = time.monotonic()
         limit = self.limits.max_audio_s
-        if self.received > limit * self.style.sample_rate:
+        if self.received + whole // 2 > limit * self.style.sample_rate:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the stream is longer than the server's limit of "
                                                           f"{limit:g} s of audio (--max-audio-s)")
+        self.received += whole // 2
         self.pcm += data[:whole]
-        self.input_emotions.extend(chunk.emotions)
-        if whole:
-            await self.worker.push(self.handle, pb.pcm16_to_float(data[:whole]))
+        await self._push(pb.pcm16_to_float(data[:whole]))
+
+    async def _push(self, samples, flush: bool = False) -> None:
+        """Client-rate samples -> 16 kHz (off the loop) -> the engine's queue; then, while the
+        engine is more than max_buffered_s behind, wait (the client is held by flow control)."""
+        if self.resampler is not None:
+            resampler = self.resampler
+            samples = await asyncio.to_thread(resampler.flush if flush else resampler.push,
+                                              *(() if flush else (samples,)))
+        if len(samples):
+            self.worker.push(self.handle, samples)
+            self.pushed += len(samples)
+        while self.pushed / SAMPLE_RATE - self.frames_done / FPS > self.limits.max_buffered_s:
+            self.paused = True
+            self.room.clear()
+            await self.room.wait()
+        if self.paused:
+            self.paused, self.last_audio = False, time.monotonic()  # the wait was ours, not the client's
 
     async def _on_end(self) -> None:
         if self.style is None:
@@ -145,6 +211,8 @@ class Session:
         if self.odd_byte:
             raise pb.StreamError("the audio ends in half a 16-bit sample (an odd number of bytes)")
         self.ended, self.total = True, self.received
+        if self.resampler is not None:
+            await self._push(None, flush=True)
         try:
             nothing_left = await self.worker.flush(self.handle)
         except ValueError as e:
@@ -156,7 +224,7 @@ class Session:
         timeout = self.limits.idle_timeout_s
         while not self.ended:
             await asyncio.sleep(min(1.0, timeout / 4))
-            if not self.ended and time.monotonic() - self.last_message > timeout:
+            if not (self.ended or self.paused) and time.monotonic() - self.last_audio > timeout:
                 self.out.put_nowait(Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                           f"no audio for {timeout:g} s (--idle-timeout) before end_of_audio"))
                 return
@@ -166,32 +234,51 @@ class Session:
         self.loop.call_soon_threadsafe(self._on_frames, frames, logits, finished)
 
     def _on_frames(self, frames, logits, finished) -> None:
-        if frames is None:  # the engine failed on this stream's batch
+        if frames is None:  # the engine failed on this stream's input or batch
             self._fail(f"internal error: {type(logits).__name__}: {logits}")
             return
-        rate = self.style.sample_rate
-        f0, f1 = self.frames_sent, self.frames_sent + len(frames)
-        # the client's samples for frames [f0, f1); the last message takes the rest
-        end = self.total if finished else min(f1 * rate // FPS, self.received)
-        echo_end = max(end, self.pcm_start)
-        audio = bytes(self.pcm[: 2 * (echo_end - self.pcm_start)])
-        del self.pcm[: len(audio)]
-        audio_start, self.pcm_start = self.pcm_start, echo_end
+        self.frames_done += len(frames)
+        self.room.set()
+        rate, f0 = self.style.sample_rate, self.frames_sent
         emotion = pb.emotion_probabilities(self.worker.emotion_labels, logits)
-        self.out.put_nowait(pb.animation_reply(f0, self.style.apply(frames), audio, audio_start / rate,
-                                               self.input_emotions, emotion))
-        self.input_emotions = []
-        self.frames_sent = f1
+        values = self.style.apply(frames)
+        # split so that no reply passes max_reply_bytes: ~300 bytes a frame, its audio, the emotions
+        audio_bytes = 2 * ((self.total if finished else min((f0 + len(frames)) * rate // FPS, self.received))
+                           - self.pcm_start)
+        room = max(1, self.limits.max_reply_bytes - self.input_emotion_bytes - 1024)
+        pieces = max(1, min(len(frames), math.ceil((300 * len(frames) + audio_bytes) / room)))
+        cuts = [round(i * len(frames) / pieces) for i in range(pieces + 1)]
+        for a, b in zip(cuts, cuts[1:]):
+            last = finished and b == len(frames)
+            # the client's samples for frames [f0 + a, f0 + b); the last message takes the rest
+            end = self.total if last else min((f0 + b) * rate // FPS, self.received)
+            echo_end = max(end, self.pcm_start)
+            audio = bytes(self.pcm[: 2 * (echo_end - self.pcm_start)])
+            del self.pcm[: len(audio)]
+            audio_start, self.pcm_start = self.pcm_start, echo_end
+            self._send(pb.animation_reply(f0 + a, values[a:b], audio, audio_start / rate, self.input_emotions,
+                                          emotion))
+            self.input_emotions, self.input_emotion_bytes = [], 0
+        self.frames_sent = f0 + len(frames)
         self.metrics.frames_out.inc(len(frames))
         if finished:
             self._finish()
 
+    def _send(self, reply) -> None:
+        size = reply.ByteSize()
+        self.out.put_nowait((reply, size))
+        self.unread += size
+        if self.unread > self.limits.max_unread_bytes:  # the client does not read: it cannot hear an error
+            self.outcome = (f"cancelled: the client left {self.unread / 1e6:.1f} MB of replies unread "
+                            f"(limit {self.limits.max_unread_bytes / 1e6:.1f} MB)")
+            self.task.cancel()
+
     def _finish(self) -> None:
         for reply in pb.end_replies():
-            self.out.put_nowait(reply)
-        self.out.put_nowait(_END)
+            self._send(reply)
+        self.out.put_nowait(_End("SUCCESS"))
 
     def _fail(self, message: str) -> None:
         self.metrics.errors.labels("stream_error").inc()
-        self.out.put_nowait(pb.error_reply(message))
-        self.out.put_nowait(_END)
+        self._send(pb.error_reply(message))
+        self.out.put_nowait(_End(f"ERROR: {message}"))

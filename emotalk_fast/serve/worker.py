@@ -13,6 +13,7 @@ the open took, whenever the session ends (cancelled mid-open included).
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,8 @@ from concurrent.futures import Future
 import numpy as np
 
 from ..engine import StepFailed, StreamEngine
+
+log = logging.getLogger("emotalk_fast.serve")
 
 # sink(frames [k, 52], emotion logits [labels], finished) or sink(None, exception, True)
 Sink = Callable[[np.ndarray | None, object, bool], None]
@@ -53,8 +56,11 @@ class EngineWorker:
         """Open an engine stream for `handle` (EngineFull, ValueError, TypeError as the engine's)."""
         await self._call(self._do_open, handle, level, person, sample_rate)
 
-    async def push(self, handle: StreamHandle, samples: np.ndarray) -> None:
-        await self._call(lambda: self.engine.push(handle.sid, samples))
+    def push(self, handle: StreamHandle, samples: np.ndarray) -> None:
+        """Queue 16 kHz samples for the handle's stream and return at once (commands run in
+        order, after its open): reading a client never waits for a step. Should the engine
+        refuse them, the stream fails through its sink."""
+        self._submit(self._do_push, handle, samples)
 
     async def flush(self, handle: StreamHandle) -> bool:
         """The end of the stream's audio -> whether it is already finished (no audio: no frames)."""
@@ -105,6 +111,14 @@ class EngineWorker:
         handle.sid = self.engine.open(level, person, sample_rate)
         self._open[handle.sid] = handle
 
+    def _do_push(self, handle: StreamHandle, samples: np.ndarray) -> None:
+        if handle.sid in self._open:
+            try:
+                self.engine.push(handle.sid, samples)
+            except Exception as e:  # noqa: BLE001 - this stream's input: it ends, no other
+                log.error("engine refused a stream's audio: %s: %s", type(e).__name__, e)
+                self._fail(handle.sid, e)
+
     def _do_close(self, handle: StreamHandle) -> None:
         handle.closed = True
         if handle.sid is not None and self._open.pop(handle.sid, None) is not None:
@@ -140,10 +154,13 @@ class EngineWorker:
         try:
             out = self.engine.step()
         except StepFailed as e:  # the failed groups' streams end; the others' frames go out
+            log.error("engine fault: %s", e)
             for sid, error in e.failed.items():
                 self._fail(sid, error)
             out = e.frames
         except Exception as e:  # noqa: BLE001 - outside any group: every live stream ends, the server stays
+            log.error("engine fault outside any group, %d stream(s) ended: %s: %s", len(self._open),
+                      type(e).__name__, e)
             for sid in list(self._open):
                 self._fail(sid, e)
             return False

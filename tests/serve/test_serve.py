@@ -410,19 +410,19 @@ def test_tls_and_mutual_tls(animator, speech, tmp_path, mutual):
 
 
 class _FaultyEngine(StreamEngine):
-    """Fails the group of any stream at `faulty_rate` on its last, shorter hop (its own group)."""
+    """Fails the group of any stream of `faulty_person` on its last, shorter hop (its own group)."""
 
-    faulty_rate = 22050
+    faulty_person = 1
 
     def _run(self, batch):
         short = any(w.h1 - w.h0 < self.encoder.hop for _, w in batch)
-        if short and any(self._streams[sid].sample_rate == self.faulty_rate for sid, _ in batch):
+        if short and any(self._streams[sid].person == self.faulty_person for sid, _ in batch):
             raise RuntimeError("simulated device fault")
         return super()._run(batch)
 
 
 def test_an_engine_fault_ends_its_streams_not_the_server(animator, speech):
-    """Three live streams; one batch (the 22.05 kHz stream's last hop) fails: that stream ends
+    """Three live streams; one batch (the 22.05 kHz, person 1 stream's last hop) fails: that stream ends
     with ERROR, the other two get exactly their solo frames, and the next stream is served."""
     engine = _FaultyEngine(animator.model, "cpu", torch.float32, max_streams=4, **STREAM)
     s = A2FServer(engine, ServeSettings(port=0)).start()
@@ -432,7 +432,8 @@ def test_an_engine_fault_ends_its_streams_not_the_server(animator, speech):
 
     def run(rate):
         try:
-            results[rate] = send(pcm_to_int16(clips[rate]), rate, server=s.address, chunk_s=0.2)
+            results[rate] = send(pcm_to_int16(clips[rate]), rate, server=s.address, chunk_s=0.2,
+                                 person=int(rate == 22050))
         except ServerError as e:
             results[rate] = e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotalk_fast.client import ServerError, health, send
+from emotalk_fast.client import ServerError, health, health_status, send
 from emotalk_fast.serve import protocol as pb
 from helpers import die_with_this_process, espeak_speech, free_port, wait_until
 
@@ -88,7 +88,8 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
         assert r.returncode == 1 and r.stderr.strip().endswith("person must be in 0..23, got 30")
         assert len(r.stderr.strip().splitlines()) == 1
 
-        # SIGTERM while a stream is live: it finishes, new streams are refused, exit 0
+        # SIGTERM while a stream is live: health says NOT_SERVING and new streams get UNAVAILABLE
+        # while the port stays open; the live stream finishes; exit 0; then no server at all
         result = {}
 
         def client():
@@ -101,11 +102,48 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
         t.start()
         time.sleep(1.0)
         server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: health_status(server.address, timeout=2) == "NOT_SERVING", 10.0, poll_s=0.05)
+        r = run_cli("health", "--server", server.address)
+        assert r.returncode == 1 and "NOT_SERVING" in r.stdout
+        with pytest.raises(ServerError) as e:
+            send(speech_wav, server=server.address, timeout=10)
+        assert e.value.code == "UNAVAILABLE" and "shutting down" in e.value.message
         t.join(60)
         assert "ok" in result, result
         assert result["ok"].audio == pb.float_to_pcm16(_read(speech_wav))
         assert server.proc.wait(30) == 0
-        assert not health(server.address, timeout=2)
+        assert health_status(server.address, timeout=2) is None
+        r = run_cli("health", "--server", server.address)
+        assert r.returncode == 2 and r.stdout.strip() == f"no server at {server.address}"
+    finally:
+        server.stop()
+
+
+def test_a_second_sigterm_stops_at_once(speech_wav):
+    server = ServeProcess("--shutdown-grace", "60")
+    try:
+        result = {}
+
+        def client():
+            try:
+                result["ok"] = send(speech_wav, server=server.address, realtime=True, chunk_s=0.1)
+            except ServerError as e:
+                result["error"] = e
+
+        t = threading.Thread(target=client)
+        t.start()
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: health_status(server.address, timeout=2) == "NOT_SERVING", 10.0, poll_s=0.05)
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 1
+        assert time.monotonic() - t0 < 10  # not the 60 s grace
+        out, err = server.proc.communicate()
+        assert "stopped at once by a second signal: 1 live stream(s) cut" in out
+        assert "stopping with 1 live stream(s) cut" in err
+        t.join(30)
+        assert "error" in result and result["error"].code in ("UNAVAILABLE", "CANCELLED"), result
     finally:
         server.stop()
 
