@@ -135,7 +135,7 @@ class Animator:
 
     def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto"):
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.decoder.set_backend(self.backend)  # the encoders are PyTorch (SDPA) either way

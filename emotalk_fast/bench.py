@@ -16,6 +16,7 @@ from . import checkpoint as ckpt
 from .config import EmoTalkConfig
 from .errors import InvalidInput
 from .measure import PeakMemory, device_name, generated_speech, peak_rss_mb, sync, versions
+from .runtime import cpu_description
 
 
 def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str = "emotalk", repeats: int = 3,
@@ -33,7 +34,8 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
             raise InvalidInput(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     report = progress or (lambda message: None)
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     cfg = EmoTalkConfig.from_name(preset)
 
     report(f"building the '{preset}' architecture with random weights on {device}")
@@ -86,7 +88,7 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
         # benchmark process (which also built random weights and ran the start-up test)
         "user_process_peak_mb": user_peak_mb,
         "bench_process_peak_mb": peak_rss_mb(),
-        "torch_threads": torch.get_num_threads(), **versions(),
+        "torch_threads": torch.get_num_threads(), "cpu": cpu_description(), **versions(),
     }
 
 
@@ -124,9 +126,11 @@ def format_bench(result: dict) -> str:
     startup = "not measured (--skip-startup)" if r["startup_seconds"] is None else f"{r['startup_seconds']:.2f} s"
     user = ("not measured (--skip-startup)" if r["user_process_peak_mb"] is None
             else f"{r['user_process_peak_mb']:.0f} MB")
+    threads = f"{r['torch_threads']} torch thread{'s' if r['torch_threads'] != 1 else ''}"
+    also = "built random weights" + ("" if r["startup_seconds"] is None else " and ran the start-up test")
     return "\n".join([
         f"device {r['device']}, {r['dtype']}, backend {r['backend']}, {r['parameters'] / 1e6:.1f} M parameters, "
-        f"torch {r['torch']}",
+        f"torch {r['torch']}; CPU {r['cpu']}, {threads}",
         f"{r['audio_seconds']:g} s of speech -> {r['frames']} frames in {r['median_seconds']:.3f} s "
         f"(median of {len(r['seconds'])})",
         f"real-time factor {r['real_time_factor']:.3f}  ({r['ms_per_audio_second']:.1f} ms per second of audio)",
@@ -135,5 +139,5 @@ def format_bench(result: dict) -> str:
         f"resident set): {user}",
         f"during the timed runs: {r['peak_memory_mb']:.0f} MB ({r['memory_kind']}; {r['run_memory_mb']:.0f} MB above "
         f"the loaded model); this benchmark process's maximum resident set: {r['bench_process_peak_mb']:.0f} MB "
-        f"(it also built random weights and ran the start-up test)",
+        f"(it also {also})",
     ])

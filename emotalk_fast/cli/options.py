@@ -64,8 +64,18 @@ def load_animator(args):
     if args.random_weights is not None:  # asked for by name, and said out loud
         print(f"emotalk-fast {args.command}: RANDOM weights ({args.random_weights} preset): the output means "
               "nothing (for tests and benchmarks)", file=sys.stderr, flush=True)
-        return Animator.from_config(args.random_weights, device=args.device, dtype=args.dtype, backend=args.backend)
-    return Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, backend=args.backend)
+        animator = Animator.from_config(args.random_weights, device=args.device, dtype=args.dtype,
+                                        backend=args.backend)
+    else:
+        animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
+                                            backend=args.backend)
+    if isinstance(args.dtype, str) and args.dtype.lower() == "auto":
+        from ..runtime import cpu_description
+
+        where = f"CPU {cpu_description()}" if animator.device.type == "cpu" else str(animator.device)
+        print(f"emotalk-fast {args.command}: --dtype auto chose {str(animator.dtype).replace('torch.', '')} "
+              f"({where})", file=sys.stderr, flush=True)
+    return animator
 
 
 def warn(message: str) -> None:
@@ -85,8 +95,9 @@ def progress_lines(command: str, unit: str):
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """--device, --dtype, --backend: where and how a model runs (every command that loads one)."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 (fast on CPUs with AVX512-BF16/AMX "
-                                                 "and on GPUs) or float16 (GPU)")
+    p.add_argument("--dtype", default=None, help="float32 (default: the reference's precision), auto (the fastest "
+                                                 "native here: bfloat16 on GPUs and on CPUs with AVX512-BF16 or AMX, "
+                                                 "else float32), bfloat16 or float16 (GPU)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton (default auto)")
 

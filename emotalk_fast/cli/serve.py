@@ -38,10 +38,17 @@ def serve(args) -> None:
     # one line on stderr per stream that did not end in SUCCESS, and per engine fault
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
-    animator = load_animator(args)
-    engine = animator.engine(args.max_streams, hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms,
-                             context_ms=args.context_ms, max_cache_s=args.max_audio_s, cuda_graphs=args.cuda_graphs)
-    server = server_module.A2FServer(engine, settings).start()
+    # listen first: a port in use fails now, not after the model loads; health says NOT_SERVING meanwhile
+    server = server_module.A2FServer(None, settings).start()
+    try:
+        animator = load_animator(args)
+        engine = animator.engine(args.max_streams, hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms,
+                                 context_ms=args.context_ms, max_cache_s=args.max_audio_s,
+                                 cuda_graphs=args.cuda_graphs)
+        server.attach(engine)
+    except BaseException:
+        server.stop(grace=0)
+        raise
     tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
     metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
     print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "

@@ -71,24 +71,14 @@ class A2FService:
                                     max_buffered_s=ahead, max_reply_bytes=settings.max_reply_bytes,
                                     max_unread_bytes=settings.max_unread_bytes)
         self.sessions = 0  # calls in progress
-        self.draining = False  # stopping: new calls get UNAVAILABLE
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        async def process_audio_stream(requests, context):
-            if self.draining:
-                self.metrics.errors.labels("unavailable").inc()
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry elsewhere")
-            self.sessions += 1
-            try:
-                async for reply in Session(self.worker, self.limits, self.metrics, context).run(requests):
-                    yield reply
-            finally:
-                self.sessions -= 1
-
-        return grpc.method_handlers_generic_handler(pb.SERVICE_NAME, {
-            "ProcessAudioStream": grpc.stream_stream_rpc_method_handler(
-                process_audio_stream, request_deserializer=pb.parse_request,
-                response_serializer=pb.AnimationDataStream.SerializeToString)})
+    async def process_audio_stream(self, requests, context):
+        self.sessions += 1
+        try:
+            async for reply in Session(self.worker, self.limits, self.metrics, context).run(requests):
+                yield reply
+        finally:
+            self.sessions -= 1
 
 
 class A2FServer:
@@ -98,21 +88,57 @@ class A2FServer:
     >>> server = A2FServer(engine, ServeSettings(port=0)).start()
     >>> server.address                           # '127.0.0.1:41234'
     >>> server.stop()                            # live streams get shutdown_grace_s to finish
+
+    Or listen first and load after (a port in use fails at once; health says NOT_SERVING and
+    streams get UNAVAILABLE while the model loads):
+
+    >>> server = A2FServer(None, ServeSettings()).start()
+    >>> server.attach(animator.engine(max_streams=16))   # now SERVING
     """
 
-    def __init__(self, engine: StreamEngine, settings: ServeSettings = ServeSettings()):
+    def __init__(self, engine: StreamEngine | None, settings: ServeSettings = ServeSettings()):
         self.settings = settings
         self.metrics = ServeMetrics()
-        self.service = A2FService(engine, settings, self.metrics)
+        self.service: A2FService | None = None
+        self._engine = engine
         self.port: int | None = None
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
         self._metrics_http = None
+        self._draining = False  # stopping: new calls get UNAVAILABLE
         self._stopped = threading.Event()
         self._now = threading.Event()  # stop_now(): end the drain at once
         self.streams_cut = 0  # live when the drain was cut short
+
+    def attach(self, engine: StreamEngine) -> None:
+        """Serve streams on `engine` from now on (health turns SERVING)."""
+        if self.service is not None:
+            raise RuntimeError("the server already has an engine")
+        self.service = A2FService(engine, self.settings, self.metrics)
+        if self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._set_health(health_pb2.HealthCheckResponse.SERVING),
+                                             self._loop).result()
+
+    async def _set_health(self, status) -> None:
+        for name in ("", pb.SERVICE_NAME):
+            await self._health.set(name, status)
+
+    def _handler(self) -> grpc.GenericRpcHandler:
+        async def process_audio_stream(requests, context):
+            refusal = ("the server is shutting down; retry elsewhere" if self._draining else
+                       "the model is still loading; retry shortly" if self.service is None else None)
+            if refusal:
+                self.metrics.errors.labels("unavailable").inc()
+                await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
+            async for reply in self.service.process_audio_stream(requests, context):
+                yield reply
+
+        return grpc.method_handlers_generic_handler(pb.SERVICE_NAME, {
+            "ProcessAudioStream": grpc.stream_stream_rpc_method_handler(
+                process_audio_stream, request_deserializer=pb.parse_request,
+                response_serializer=pb.AnimationDataStream.SerializeToString)})
 
     @property
     def address(self) -> str:
@@ -137,14 +163,16 @@ class A2FServer:
         self._thread.start()
         ready.wait()
         if failure:
-            self.service.worker.stop()
             raise failure[0]
+        if self._engine is not None:
+            self.attach(self._engine)
+            self._engine = None
         return self
 
     async def _start(self) -> None:
         s = self.settings
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        server.add_generic_rpc_handlers((self._handler(),))
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{s.host}:{s.port}"
@@ -154,15 +182,17 @@ class A2FServer:
                 require_client_auth=s.client_ca is not None)
             self.port = server.add_secure_port(address, credentials)
         else:
-            self.port = server.add_insecure_port(address)
+            try:
+                self.port = server.add_insecure_port(address)
+            except RuntimeError:  # grpc's way of saying the port is taken
+                self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address}: the port is in use or not allowed (--port, --host)")
         await server.start()
         self._server = server
         if s.metrics_port is not None:
             self._metrics_http = self.metrics.expose(s.host, s.metrics_port)
-        for name in ("", pb.SERVICE_NAME):  # the model is loaded: serving
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until attach()
 
     def stop(self, grace: float | None = None) -> None:
         """Drain (health NOT_SERVING, new streams UNAVAILABLE, the port still open) until the
@@ -174,7 +204,8 @@ class A2FServer:
         asyncio.run_coroutine_threadsafe(self._stop(grace), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
-        self.service.worker.stop()
+        if self.service is not None:
+            self.service.worker.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
 
@@ -183,12 +214,13 @@ class A2FServer:
         self._now.set()
 
     async def _stop(self, grace: float) -> None:
-        self.service.draining = True
+        self._draining = True
         await self._health.enter_graceful_shutdown()
+        live = (lambda: self.service.sessions) if self.service is not None else (lambda: 0)
         deadline = self._loop.time() + grace
-        while self.service.sessions and self._loop.time() < deadline and not self._now.is_set():
+        while live() and self._loop.time() < deadline and not self._now.is_set():
             await asyncio.sleep(0.05)
-        self.streams_cut = self.service.sessions
+        self.streams_cut = live()
         if self.streams_cut:
             log.warning("stopping with %d live stream(s) cut", self.streams_cut)
         await self._server.stop(0)

@@ -74,6 +74,43 @@ def test_serve_refuses_bad_arguments_before_loading_the_model(tmp_path):
     assert time.monotonic() - t0 < 60  # no model was loaded for any of them
 
 
+def test_serve_on_a_port_in_use_fails_at_once_in_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        r = run_cli("serve", "--random-weights", "emotalk", "--port", port)  # the full model: seconds to build
+        elapsed = time.monotonic() - t0
+    assert r.returncode == 1, r
+    assert r.stderr.strip().splitlines()[-1].endswith(
+        f"error: cannot listen on 127.0.0.1:{port}: the port is in use or not allowed (--port, --host)")
+    assert "Traceback" not in r.stderr and elapsed < 15  # before the model was built
+
+
+def test_health_is_not_serving_while_the_model_loads(tmp_path):
+    """serve listens before it loads: while the release-size model builds, health answers
+    NOT_SERVING (exit 1) and streams get UNAVAILABLE (SERVING once loaded: every other test)."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen([SCRIPT, "serve", "--random-weights", "emotalk", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_this_process)
+    try:
+        wait_until(lambda: health_status(address, timeout=1) is not None or proc.poll() is not None, 60.0,
+                   poll_s=0.05)
+        assert health_status(address, timeout=2) == "NOT_SERVING"  # building takes seconds
+        r = run_cli("health", "--server", address)
+        assert r.returncode == 1 and "NOT_SERVING" in r.stdout
+        with pytest.raises(ServerError) as e:
+            send(np.zeros(16000, np.float32), 16000, server=address, timeout=10)
+        assert e.value.code == "UNAVAILABLE" and "loading" in e.value.message
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
 def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
     server = ServeProcess("--shutdown-grace", "20")
     try:
