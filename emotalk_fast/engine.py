@@ -73,7 +73,7 @@ class _Stream:
     next_hop: int = 0
     ending: bool = False  # flush() was called: the clip's length is known
     total_frames: int = 0  # once ending: the frames the whole utterance gets
-    emotion_sum: torch.Tensor | None = None  # sum of emitted frames' emotion states
+    emotion_sum: torch.Tensor | None = None  # sum of emitted frames' emotion states [1, hidden]
     emotion_frames: int = 0
 
     def style_at(self, frame: int):
@@ -292,7 +292,8 @@ class StreamEngine:
         return w if w.s1 <= s.received else None
 
     def _run(self, batch: list[tuple[int, Window]]) -> tuple[np.ndarray, torch.Tensor]:
-        """One group's forward -> (frames [B, hop, 52], the hop's summed emotion states). Reads
+        """One group's forward -> (frames [B, hop, 52], emotion state sums [B, 2, hidden]: over
+        the hop, over the window). Reads
         the streams' state and changes none of it (it writes their KV rows at positions the
         streams have not reached yet, which a retry would write again)."""
         streams = [self._streams[sid] for sid, _ in batch]
@@ -320,8 +321,14 @@ class StreamEngine:
         out = {}
         for b, (sid, w) in enumerate(batch):
             s = self._streams[sid]
-            s.emotion_sum = emotion_sums[b] if s.emotion_sum is None else s.emotion_sum + emotion_sums[b]
+            hop_sum, window_sum = emotion_sums[b, :1], emotion_sums[b, 1:]
+            s.emotion_sum = hop_sum if s.emotion_sum is None else s.emotion_sum + hop_sum
             s.emotion_frames += w.h1 - w.h0
+            if s.ending and w.t0 == 0 and w.t1 == s.total_frames:
+                # the last window holds the whole utterance: its label as offline animation's,
+                # from every frame's state seen with the whole utterance (the label is trained
+                # on whole utterances; a frame's state seen without the end can differ widely)
+                s.emotion_sum, s.emotion_frames = window_sum, w.t1 - w.t0
             s.next_hop += 1
             self._trim(s)
             out[sid] = np.ascontiguousarray(frames[b])
@@ -367,13 +374,14 @@ class StreamEngine:
 
     def _hop(self, *, level, person, slots, starts, span: int, **windows):
         """One batched hop: both encoders over the windows, one decoder step over the slots'
-        rings -> blendshapes [B, hop, 52], the hop's summed emotion states [B, 1, hidden]. Tensors
-        in, tensors out, nothing read back to the host: the function a CUDA graph captures."""
-        content, emotion = self.encoder.encode_inputs(**windows)
+        rings -> blendshapes [B, hop, 52], the emotion states summed over the hop and over the
+        whole window, [B, 2, hidden]. Tensors in, tensors out, nothing read back to the host:
+        the function a CUDA graph captures."""
+        content, emotion, window_sum = self.encoder.encode_inputs(**windows)
         level, person = level.to(self.device), person.to(self.device)
         x, memory = self.model.decoder_inputs(content, emotion, level, person)
         out = self.model.decoder.step_at(x, memory, self.cache, slots, starts.to(self.device), span)
-        return self.model.blendshape_head(out), emotion.sum(1, keepdim=True)
+        return self.model.blendshape_head(out), torch.cat([emotion.sum(1, keepdim=True), window_sum], 1)
 
     def _style_rows(self, streams: list[_Stream], windows: list[Window], per_frame: bool = False):
         """Level and person weights: [B, n] when every stream's style is constant over its hop

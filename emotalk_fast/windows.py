@@ -89,7 +89,7 @@ class WindowedEncoder:
 
         Shorter windows are zero-padded and masked, so each row equals its own `encode` (the
         padded batch of the offline model, tested within 1e-5)."""
-        return self.encode_inputs(**self.batch_inputs(samples, windows))
+        return self.encode_inputs(**self.batch_inputs(samples, windows))[:2]
 
     def batch_inputs(self, samples: list[torch.Tensor], windows: list[Window], pad_to: tuple | None = None):
         """The tensors `encode_inputs` takes for these windows (one hop length). pad_to (rows,
@@ -120,8 +120,10 @@ class WindowedEncoder:
                     frames=None if pad_to is None and len(set(frames)) == 1 else valid, hop_rows=hop_rows)
 
     def encode_inputs(self, wave, lengths, i0, i1, frac, frames, hop_rows):
-        """`batch_inputs`' tensors -> content, emotion hidden [B, hop, hidden]. Reads no value
-        back to the host (a CUDA graph can capture it)."""
+        """`batch_inputs`' tensors -> content, emotion hidden [B, hop, hidden] and the emotion
+        states summed over each whole window [B, 1, hidden] (a window that holds a whole
+        utterance gives its label as offline does). Reads no value back to the host (a CUDA
+        graph can capture it)."""
         device = self.model.content_map.weight.device
         wave, lengths, i0, i1, frac, hop_rows = (x.to(device) for x in (wave, lengths, i0, i1, frac, hop_rows))
         frames = None if frames is None else frames.to(device)
@@ -134,8 +136,11 @@ class WindowedEncoder:
             if feats is None or not self.model.shares_front_end:
                 feats = enc.front_end(wave)
             grid = feats[rows, i0] * (1 - frac) + feats[rows, i1] * frac
-            hidden.append(enc.transformer(grid, frames)[rows, hop_rows])
-        return hidden[0], hidden[1]
+            states = enc.transformer(grid, frames)
+            hidden.append(states[rows, hop_rows])
+        if frames is not None:  # padding frames of shorter windows count for nothing
+            states = states * (torch.arange(states.shape[1], device=device) < frames[:, None])[..., None]
+        return hidden[0], hidden[1], states.sum(1, keepdim=True)
 
     def hops(self, total_frames: int) -> int:
         return -(-total_frames // self.hop)

@@ -253,3 +253,25 @@ def test_stream_at_48khz(animator, speech):
     np.testing.assert_array_equal(_stream_all(stream, mic, [4800], 1), frames)
     with pytest.raises(ValueError, match="unsupported sample rate"):
         animator.stream(sample_rate=100)
+
+
+def test_an_utterance_in_one_window_gets_its_label_from_the_whole_window(animator, speech):
+    """When the last window holds the whole utterance, the stream's emotion label is the
+    classifier on that window's states (what offline animation computes, up to the 30 fps grid),
+    not the mean of states each seen without the utterance's end; longer utterances keep the
+    running mean of the emitted frames' states."""
+    short = speech[: 16000 * 2]
+    stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=2000)
+    _stream_all(stream, short, [1600], 0)
+    with torch.inference_mode():
+        _, emotion = encode_windowed(animator.model, torch.from_numpy(short), 2000, 0, 0)
+        whole = animator.model.emotion_encoder.classify(emotion.mean(1))[0].numpy()
+    np.testing.assert_allclose(stream.emotion_logits, whole, atol=1e-5, rtol=0)
+
+    long_stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000)  # 2 s > 1.1 s window
+    _stream_all(long_stream, short, [1600], 0)
+    with torch.inference_mode():
+        _, emotion = encode_windowed(animator.model, torch.from_numpy(short), 100, 200, 1000)
+        running = animator.model.emotion_encoder.classify(emotion.mean(1))[0].numpy()
+    np.testing.assert_allclose(long_stream.emotion_logits, running, atol=1e-5, rtol=0)
+    assert np.abs(long_stream.emotion_logits - whole).max() > 1e-4  # the two readouts differ here

@@ -1,0 +1,106 @@
+"""How far a stream lands from offline animation, clip by clip, on a trained model: does the
+stream tell the same emotion, and how far are its curves from offline's, relative to the
+offline curves' own spread around their mean?
+
+    python -m emotalk_fast.training.smoke_data smoke
+    emotalk-fast train smoke runs/tiny --preset tiny --steps 800 --batch-size 2 --lr 1e-3 --dropout 0
+    python benchmarks/stream_agreement.py --checkpoint runs/tiny --data smoke
+    python benchmarks/stream_agreement.py --random-weights tiny --data smoke
+
+Per setting (hop / context / lookahead, ms): emotion agreement (the stream's label at the end
+against offline's), and the curves' mean abs deviation from offline over the offline curves'
+mean abs spread, averaged over clips; beside it the same deviation with only the content
+branch windowed (the emotion branch as offline) and with only the emotion branch windowed,
+which says where the deviation comes from. The first row is the clip in one window: the floor
+that the fixed 30 fps grid sets. Random weights exaggerate every deviation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emotalk_fast import Animator  # noqa: E402
+from emotalk_fast.audio import prepare_audio  # noqa: E402
+from emotalk_fast.controls import style_weights  # noqa: E402
+from emotalk_fast.measure import versions  # noqa: E402
+from emotalk_fast.model import normalize_waveform, num_frames  # noqa: E402
+from emotalk_fast.runtime import cpu_description  # noqa: E402
+from emotalk_fast.streaming import play  # noqa: E402
+from emotalk_fast.windows import encode_windowed  # noqa: E402
+
+
+def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, lookahead: int) -> dict:
+    """One clip at one setting (hop None: the clip in one window)."""
+    offline = animator.animate(x, long_audio_s=None)
+    spread = float(np.abs(offline.blendshapes - offline.blendshapes.mean(0)).mean())
+    wave = torch.from_numpy(x)
+    with torch.inference_mode():
+        n = torch.tensor([len(x)])
+        frames = [num_frames(len(x))]
+        normalized = normalize_waveform(wave[None], n)
+        content_off = animator.model.encode_content(normalized, n, frames)
+        emotion_off, _ = animator.model.encode_emotion(normalized, n, frames)
+        whole = 100 * -(-len(x) * 10 // 16000)
+        content_win, emotion_win = encode_windowed(animator.model, wave, hop or whole, lookahead, context)
+        style = style_weights(animator.config, 1, 0, animator.dtype, animator.device)
+
+        def deviation(content, emotion):
+            out = animator.model.decode(content, emotion, *style)[0][0].float().numpy()
+            return float(np.abs(out - offline.blendshapes).mean()) / spread
+
+        row = {"content_only": deviation(content_win, emotion_off), "emotion_only": deviation(content_off, emotion_win)}
+        if hop is None:
+            row.update(deviation=deviation(content_win, emotion_win), agrees=None)
+            return row
+    stream = animator.stream(hop_ms=hop, context_ms=context, lookahead_ms=lookahead)
+    streamed = play(stream, x, hop * 16)
+    row.update(deviation=float(np.abs(streamed - offline.blendshapes).mean()) / spread,
+               agrees=bool(np.argmax(stream.emotion_logits) == np.argmax(offline.emotion_logits)),
+               latency_ms=stream.latency_ms)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a trained model (directory or .pth)")
+    model.add_argument("--random-weights", help="a preset with random weights (mini, tiny, emotalk)")
+    p.add_argument("--data", required=True, help="a folder of .wav clips (the smoke set)")
+    p.add_argument("--settings", default="100/2000/200,100/1000/200,100/1000/400,200/2000/400,400/2000/400",
+                   help="hop/context/lookahead in ms, comma-separated")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    animator = (Animator.from_pretrained(args.checkpoint, device="cpu") if args.checkpoint else
+                Animator.from_config(args.random_weights, seed=0, device="cpu"))
+    clips = sorted(Path(args.data).glob("*.wav"))
+    if not clips:
+        raise SystemExit(f"no .wav clips in {args.data}")
+    audio = [prepare_audio(c, min_samples=animator.min_samples) for c in clips]
+    print(f"{args.checkpoint or 'random weights ' + args.random_weights}, {len(clips)} clips of "
+          f"{np.mean([len(x) for x in audio]) / 16000:.1f} s on average; CPU {cpu_description()}, "
+          f"{args.threads} threads, torch {versions()['torch']}\n")
+    print("| hop | context | lookahead | latency | emotion agrees | deviation / spread | content branch only | "
+          "emotion branch only |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    settings = [(None, 0, 0)] + [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
+    for hop, context, lookahead in settings:
+        rows = [clip_row(animator, x, hop, context, lookahead) for x in audio]
+        mean = {k: np.mean([r[k] for r in rows]) for k in ("deviation", "content_only", "emotion_only")}
+        if hop is None:
+            head, agrees, latency = "whole clip | - | -", "-", "-"
+        else:
+            head = f"{hop} ms | {context} ms | {lookahead} ms"
+            agrees, latency = f"{sum(r['agrees'] for r in rows)} of {len(rows)}", f"{rows[0]['latency_ms']:.0f} ms"
+        print(f"| {head} | {latency} | {agrees} | {mean['deviation']:.2f} | {mean['content_only']:.2f} | "
+              f"{mean['emotion_only']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
