@@ -117,9 +117,34 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_stream_options(p: argparse.ArgumentParser) -> None:
     """--hop-ms, --lookahead-ms, --context-ms: a stream's windows (stream, stream-eval, serve)."""
-    p.add_argument("--hop-ms", type=int, default=100, help="multiple of 100 (default 100)")
+    p.add_argument("--hop-ms", type=hop_ms_arg, default=100,
+                   help="multiple of 100 (default 100), or auto: the smallest hop this machine holds in real time "
+                        "(measured at start-up)")
     p.add_argument("--lookahead-ms", type=int, default=200, help="multiple of 100 (default 200)")
     p.add_argument("--context-ms", type=int, default=2000, help="multiple of 100 (default 2000)")
+
+
+def resolve_hop_ms(animator, args, streams: int = 1) -> int:
+    """--hop-ms, with auto measured now for `streams` live streams (each hop tried said on stderr)."""
+    if args.hop_ms != "auto":
+        return args.hop_ms
+    from ..budget import choose_hop
+
+    def report(b):
+        print(f"emotalk-fast {args.command}: --hop-ms auto: {b.describe(streams)}", file=sys.stderr, flush=True)
+
+    return choose_hop(animator.model, animator.device, animator.dtype, lookahead_ms=args.lookahead_ms,
+                      context_ms=args.context_ms, streams=streams, report=report).hop_ms
+
+
+def hop_ms_arg(text: str):
+    """--hop-ms: 'auto' or an integer (the engine checks it is a multiple of 100)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer number of ms or auto, got {text!r}") from None
 
 
 class HelpFormatter(argparse.HelpFormatter):

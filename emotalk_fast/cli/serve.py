@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import time
 from pathlib import Path
 
 from ..errors import InvalidInput
 from ..export import check_output
-from .options import add_model_options, add_stream_options, load_animator
+from .options import add_model_options, add_stream_options, load_animator, warn
 
 
 def _import_serve(module: str):
@@ -42,7 +43,8 @@ def serve(args) -> None:
     server = server_module.A2FServer(None, settings).start()
     try:
         animator = load_animator(args)
-        engine = animator.engine(args.max_streams, hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms,
+        budget = _budget(animator, args)
+        engine = animator.engine(args.max_streams, hop_ms=budget.hop_ms, lookahead_ms=args.lookahead_ms,
                                  context_ms=args.context_ms, max_cache_s=args.max_audio_s,
                                  cuda_graphs=args.cuda_graphs)
         server.attach(engine)
@@ -52,7 +54,7 @@ def serve(args) -> None:
     tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
     metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
     print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
-          f"streams; hop {args.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms; "
+          f"streams; hop {budget.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms; "
           f"{_graphs_note(animator) if args.cuda_graphs else ''}"
           f"loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
     server.wait_for_signal()
@@ -60,6 +62,30 @@ def serve(args) -> None:
         print(f"stopped at once by a second signal: {server.streams_cut} live stream(s) cut", flush=True)
         raise SystemExit(1)
     print("stopped", flush=True)
+
+
+def _budget(animator, args):
+    """What this machine holds at the serve's settings (measured now), said on stderr, with a
+    warning when it cannot keep up with --max-streams; --hop-ms auto picks the hop."""
+    from .. import budget as budgets
+
+    streams = args.max_streams
+    if args.hop_ms == "auto":
+        def report(b):
+            print(f"emotalk-fast serve: --hop-ms auto: {b.describe(streams)}", file=sys.stderr, flush=True)
+
+        budget = budgets.choose_hop(animator.model, animator.device, animator.dtype, lookahead_ms=args.lookahead_ms,
+                                    context_ms=args.context_ms, streams=streams, report=report)
+    else:
+        budget = budgets.measure(animator.model, animator.device, animator.dtype, hop_ms=args.hop_ms,
+                                 lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, streams=streams)
+        print(f"emotalk-fast serve: {budget.describe(streams)}", file=sys.stderr, flush=True)
+    held = budget.holds()
+    if held < streams:
+        hint = "--hop-ms auto, a shorter --context-ms, " if args.hop_ms != "auto" else "a shorter --context-ms, "
+        warn(f"this machine keeps up with {held} of --max-streams {streams} live streams at hop {budget.hop_ms} ms: "
+             f"more fall behind real time (try {hint}fewer streams, or a faster device)")
+    return budget
 
 
 def _tls_args(args) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import SAMPLE_RATE
 from .options import add_model_options, add_runtime_options, add_stream_options, load_animator, model_config, \
-    ms_list, parse_level, parse_person
+    ms_list, parse_level, parse_person, resolve_hop_ms
 
 
 def stream(args) -> None:
@@ -27,12 +27,13 @@ def stream(args) -> None:
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"audio file not found: {args.input}")
     animator = load_animator(args)
-    stream = animator.stream(level=args.level, person=args.person, hop_ms=args.hop_ms,
+    hop_ms = resolve_hop_ms(animator, args)
+    stream = animator.stream(level=args.level, person=args.person, hop_ms=hop_ms,
                              lookahead_ms=args.lookahead_ms, context_ms=args.context_ms)
     samples = prepare_audio(args.input, min_samples=animator.min_samples)
-    print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {args.hop_ms} ms hops"
+    print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops"
           f"{' in real time' if args.realtime else ''}; algorithmic latency {stream.latency_ms:.0f} ms")
-    hop_s, algo_s, computes, done = args.hop_ms / 1000, stream.latency_ms / 1000, [], [0]
+    hop_s, algo_s, computes, done = hop_ms / 1000, stream.latency_ms / 1000, [], [0]
 
     def on_hop(i, frames, compute_s, wall_s):
         computes.append(compute_s)
@@ -48,8 +49,10 @@ def stream(args) -> None:
             t.close()
     else:
         frames = play(stream, samples, int(hop_s * SAMPLE_RATE), realtime=args.realtime, on_hop=on_hop)
+    rtf = sum(computes) / (len(samples) / SAMPLE_RATE)
     print(f"{len(frames)} frames; compute per hop median {1000 * float(np.median(computes)):.1f} ms, "
-          f"max {1000 * max(computes):.1f} ms (real time needs < {args.hop_ms} ms)")
+          f"max {1000 * max(computes):.1f} ms (real time needs < {hop_ms} ms); real-time factor {rtf:.2f} "
+          f"(compute / audio: {'keeps up' if rtf < 1 else 'falls behind'})")
     if targets:
         print(describe(stats))
     if args.output:
@@ -73,7 +76,7 @@ def stream_eval(args) -> None:
     def report(done, total, setting):
         print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
 
-    rows = evaluate(animator, speech, contexts, lookaheads, args.hop_ms, progress=report)
+    rows = evaluate(animator, speech, contexts, lookaheads, resolve_hop_ms(animator, args), progress=report)
     print(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))

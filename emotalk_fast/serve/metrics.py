@@ -26,6 +26,10 @@ class ServeMetrics:
         self.frames_out = Counter("emotalk_frames_out", "Blendshape frames sent", registry=r)
         self.bytes_out = Counter("emotalk_bytes_out", "Serialized response bytes sent", registry=r)
         self.errors = Counter("emotalk_errors", "Streams ended by an error", ["kind"], registry=r)
+        self.backlog = Histogram("emotalk_stream_backlog_seconds", "Per reply, the stream's audio received but not "
+                                 "yet animated beyond its algorithmic latency (hop + lookahead): for a client at "
+                                 "speaking pace, how far its frames run behind real time", buckets=HOP_BUCKETS,
+                                 registry=r)
 
     def observe_step(self, seconds: float, batch: int) -> None:
         self.hop_seconds.observe(seconds)

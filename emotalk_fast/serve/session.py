@@ -261,6 +261,9 @@ class Session:
             self.input_emotions, self.input_emotion_bytes = [], 0
         self.frames_sent = f0 + len(frames)
         self.metrics.frames_out.inc(len(frames))
+        if not finished:
+            behind = self.received / rate - self.frames_sent / FPS - self.worker.algorithmic_latency_s
+            self.metrics.backlog.observe(max(0.0, behind))
         if finished:
             self._finish()
 

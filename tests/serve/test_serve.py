@@ -360,6 +360,9 @@ def test_health_check_watch_and_metrics(animator, speech):
             assert f"emotalk_frames_out_total {float(result.num_frames)}" in metrics
             assert "emotalk_live_streams 0.0" in metrics and "emotalk_streams_total 1.0" in metrics
             assert "emotalk_hop_seconds_count" in metrics
+            backlog = float(next(line.split()[1] for line in metrics.splitlines()
+                                 if line.startswith("emotalk_stream_backlog_seconds_count")))
+            assert backlog > 0  # one observation per reply
             threading.Timer(0.5, s.stop, kwargs={"grace": 1}).start()
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:

@@ -1,0 +1,68 @@
+"""The real-time budget: a hop's measured cost -> the live streams a machine holds, and the
+smallest hop that holds a number of streams (hop_ms="auto", --hop-ms auto)."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from emotalk_fast import Animator, budget
+from emotalk_fast.budget import AUTO_HOPS_MS, Budget
+from helpers import die_with_this_process, free_port
+
+
+@pytest.fixture(scope="module")
+def animator():
+    return Animator.from_config("mini", seed=0, device="cpu")
+
+
+def test_budget_arithmetic():
+    b = Budget(100, 200, 2000, {1: 0.02, 4: 0.05})  # 20 ms + 10 ms per further stream
+    assert b.seconds(1) == pytest.approx(0.02) and b.seconds(7) == pytest.approx(0.08)
+    assert b.holds() == 7  # 80 ms: HEADROOM of a 100 ms hop
+    assert b.latency_ms(1) == pytest.approx(100 + 200 + 5 + 20)
+    assert Budget(100, 200, 2000, {1: 0.2}).holds() == 0
+    assert "holds 7 live streams" in b.describe(16) and "(extrapolated)" in b.describe(16)
+
+
+def test_measure_times_a_steady_hop(animator):
+    b = budget.measure(animator.model, "cpu", animator.dtype, hop_ms=100, lookahead_ms=200, context_ms=1000, streams=8)
+    assert set(b.hop_s) == {1, 4} and all(0 < t < 10 for t in b.hop_s.values())
+
+
+def test_auto_picks_the_smallest_hop_that_holds(monkeypatch, animator):
+    cost = {100: 0.2, 200: 0.2, 400: 0.2, 800: 0.2, 1600: 0.2}  # 200 ms per hop whatever its length
+    tried = []
+
+    def fake(model, device, dtype, *, hop_ms, lookahead_ms, context_ms, streams):
+        tried.append(hop_ms)
+        return Budget(hop_ms, lookahead_ms, context_ms, {1: cost[hop_ms]})
+
+    monkeypatch.setattr(budget, "measure", fake)
+    b = budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000, streams=1)
+    assert b.hop_ms == 400 and tried == [100, 200, 400]  # 200 ms <= 0.8 x 400 ms
+    stream = animator.stream(hop_ms="auto")
+    assert stream.engine.hop_ms == 400
+    assert animator.engine(max_streams=2, hop_ms="auto").hop_ms == 800  # 2 x 200 ms > 0.8 x 400 ms
+    assert budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000,
+                             streams=10).hop_ms == AUTO_HOPS_MS[-1]  # none holds 10: the largest
+
+
+def test_serve_says_what_it_holds_and_warns_past_it():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "emotalk_fast", "serve", "--random-weights", "mini", "--port",
+                             str(port), "--max-streams", "2000", "--context-ms", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_this_process)
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            line = proc.stdout.readline()
+            if not line or line.startswith("serving"):
+                break
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        assert "a hop of 100 ms takes" in err and "ms for 2000 (extrapolated): holds" in err
+        assert "warning: this machine keeps up with" in err and "of --max-streams 2000 live streams" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
