@@ -24,7 +24,8 @@ from .runtime import resolve_backend, resolve_device, resolve_dtype
 # Clips longer than this are encoded through overlapping windows (see streaming.py), so memory
 # and time grow linearly with length; shorter clips get exactly the offline computation.
 LONG_AUDIO_S = 60.0
-LONG_WINDOW = {"hop_ms": 10_000, "lookahead_ms": 2_000, "context_ms": 2_000}
+# 24 s windows: per second of audio the offline rate (10 s hops cost 1.2x; 30 s no better)
+LONG_WINDOW = {"hop_ms": 20_000, "lookahead_ms": 2_000, "context_ms": 2_000}
 EMOTION_WINDOW_S = 1.0  # seconds per entry of Animation.emotion_timeline
 
 
@@ -207,7 +208,7 @@ class Animator:
             clip; it replaces `level` and `person`.
         num_frames: output frame count (default ceil(N / 16000 * 30)).
         long_audio_s: clips longer than this many seconds are encoded in overlapping windows
-            (10 s hops, 2 s context either side) so memory stays flat; None never windows.
+            (20 s hops, 2 s context either side) so memory stays flat; None never windows.
         progress: called as progress(windows done, windows in all) while a long clip is encoded.
         """
         return self.animate_batch([audio], sample_rate, [level], [person], postprocess, seed,
@@ -220,7 +221,8 @@ class Animator:
                context_ms: int = 2000, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE,
                cuda_graphs: bool = False):
         """A streaming animator: push chunks at `sample_rate`, get final frames back (see
-        streaming.py). hop_ms="auto": the smallest hop this machine keeps up with (budget.py). Latency is hop + lookahead + 5 ms of audio at 16 kHz (plus the
+        streaming.py). hop_ms="auto": the smallest hop this machine keeps up with (budget.py).
+        Latency is hop + lookahead + 5 ms of audio at 16 kHz (plus the
         resampling filter's delay at other rates; `stream.latency_ms`), plus compute time.
         `cuda_graphs`: each hop a replayed CUDA graph (the engine's static shapes; engine.py).
         """
