@@ -76,6 +76,10 @@ def base(tmp_path_factory):
     torch.save(random_release_state_dict(EmoTalkConfig.from_name("tiny"), seed=1), d / "EmoTalk.pth")
     speech = espeak_speech("The documentation runs every command it shows.", speed=175, rate=22050)
     soundfile.write(str(d / "speech.wav"), speech, 22050, subtype="PCM_16")
+    for name, words in (("a.wav", "A first clip."), ("b.wav", "And a second one, a little longer."),
+                        ("line.wav", "A line of dialogue, spoken calmly for a few seconds, then it ends."),
+                        ("angry_take.wav", "Get out of here, now!")):
+        soundfile.write(str(d / name), espeak_speech(words, speed=160), 16000, subtype="PCM_16")
     return d
 
 
@@ -180,3 +184,35 @@ def test_every_shell_line_runs_verbatim(document, base, tmp_path):
         receivers.close()
     assert not failures, f"{document.name}: {len(failures)} of {len(lines)} lines failed:\n" + "\n".join(failures)
     assert ran or all(reason_not_run(line) for line in lines)
+
+
+PYTHON_PRELUDE = """
+from emotalk_fast import Animator
+animator = Animator.from_pretrained("EmoTalk.pth")
+anim = animator.animate("speech.wav")
+"""
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_python_block_runs(document, base, tmp_path):
+    """A document's Python blocks run in order in one interpreter, after the prelude the docs
+    state (an animator on EmoTalk.pth, an animation of speech.wav); a block whose first line is
+    `# not run: reason` is skipped for that reason."""
+    code = [b for b in blocks(document, ("python",)) if not b.startswith("# not run:")]
+    if not code:
+        pytest.skip("no runnable Python blocks")
+    cwd = tmp_path / "scratch"
+    shutil.copytree(base, cwd)
+    script = cwd / "blocks.py"
+    script.write_text(PYTHON_PRELUDE + "\n".join(f"\n# --- block {i}\n{b}" for i, b in enumerate(code)))
+    server = _start_server("emotalk-fast serve --checkpoint EmoTalk.pth", cwd) if "127.0.0.1:52000" in "".join(code) \
+        else None
+    receivers = LoopbackReceivers()
+    try:
+        r = subprocess.run([sys.executable, str(script)], cwd=cwd, env=_env(), capture_output=True, text=True,
+                           timeout=TIMEOUT_S)
+    finally:
+        receivers.close()
+        if server is not None:
+            _stop(server)
+    assert r.returncode == 0, f"{document.name}: {r.stderr[-3000:]}"
