@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -158,6 +159,12 @@ class Animator:
         release (sizes are read off the tensor shapes).
         """
         cfg, state_dict = ckpt.load_any(path, config)
+        stored = {v.dtype for v in state_dict.values() if v.is_floating_point()}
+        if dtype is None and stored and torch.float32 not in stored:
+            name = "/".join(sorted(str(d).replace("torch.", "") for d in stored))
+            warnings.warn(f"{path} is stored in {name} and runs in float32, the default (the reference's "
+                          f"precision), cast at every start-up; pass dtype='{name}' (--dtype {name}) to run it as "
+                          "stored, or dtype='auto'", stacklevel=2)
         return cls.from_state_dict(cfg, state_dict, device, dtype, backend)
 
     @classmethod

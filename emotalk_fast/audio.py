@@ -18,6 +18,15 @@ MIN_RATE, MAX_RATE = 4_000, 384_000  # Hz; outside this a rate is almost surely 
 MAX_CHANNELS = 16  # a 2-D array with more "channels" than this is probably [N, channels]
 
 
+SUPPORTED_FORMATS = "WAV, FLAC, OGG/Vorbis, OGG/Opus or MP3 (what libsndfile reads)"
+
+
+def _decode_error(where: str, e: Exception) -> InvalidInput:
+    """soundfile's error without its object repr or path, and what it does read."""
+    reason = str(e).split(": ", 1)[-1] if str(e).startswith("Error opening") else str(e)
+    return InvalidInput(f"cannot read audio from {where}: {reason.rstrip('.')}; expected {SUPPORTED_FORMATS}")
+
+
 def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode an audio file -> (float32 [channels, N], sample rate).
 
@@ -45,7 +54,9 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         data = _to_float32(np.asarray(data))
         return np.ascontiguousarray(data.reshape(len(data), -1).T), int(rate)
     except Exception as e:
-        raise InvalidInput(f"cannot read audio file {path}: {e}") from None
+        if path.stat().st_size == 0:
+            raise InvalidInput(f"{path} is empty (0 bytes): no audio") from None
+        raise _decode_error(str(path), e) from None
 
 
 def read_audio_bytes(data: bytes, where: str = "stdin") -> tuple[np.ndarray, int]:
@@ -57,7 +68,7 @@ def read_audio_bytes(data: bytes, where: str = "stdin") -> tuple[np.ndarray, int
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
-        raise InvalidInput(f"cannot read audio from {where}: {e}") from None
+        raise _decode_error(where, e) from None
     return np.ascontiguousarray(samples.T), int(rate)
 
 

@@ -197,8 +197,8 @@ class StreamEngine:
             _append(s, s.resampler.flush())
         n = s.received
         if n and n < self.encoder.field:
-            raise InvalidInput(f"the utterance is too short to animate: {n} samples "
-                               f"({1000 * n / SAMPLE_RATE:.1f} ms); call reset() and push more audio")
+            raise InvalidInput(f"the audio is too short to animate: {1000 * n / SAMPLE_RATE:.1f} ms "
+                               f"(at least {1000 * self.encoder.field / SAMPLE_RATE:g} ms)")
         s.ending, s.total_frames = True, num_frames(n) if n else 0
 
     def set_style(self, sid: int, level=None, person=None, crossfade_ms: float = 0.0) -> None:

@@ -87,7 +87,9 @@ def plot(blendshapes: np.ndarray, names, fps: float = FPS, audio: np.ndarray | N
             labels = list(emotion_timeline[0][1])
             starts = [s for s, _ in emotion_timeline]
             probs = np.array([[p[label] for label in labels] for _, p in emotion_timeline])
-            ax.stackplot(starts + [starts[-1] + (starts[1] - starts[0] if len(starts) > 1 else 1.0)],
+            # one span (a clip-level emotion) covers the whole clip
+            last = starts[-1] + (starts[1] - starts[0]) if len(starts) > 1 else len(blendshapes) / fps
+            ax.stackplot(starts + [max(last, starts[-1] + 1 / fps)],
                          np.vstack([probs, probs[-1:]]).T, labels=labels, step="post", alpha=0.85)
             ax.set_ylim(0, 1)
             ax.set_ylabel("emotion")
@@ -190,6 +192,9 @@ def video_frames(blendshapes: np.ndarray, names, fps: float = FPS):
         yield np.asarray(frame)
 
 
+MAX_GIF_S = 10.0  # GIFs store every frame uncompressed in time: longer ones belong in an MP4
+
+
 def save_preview(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: float = FPS, audio=None,
                  sample_rate: int | None = None, emotion_timeline=None) -> Path:
     """.png: the plot; .mp4: the face + curves video (with the audio when given); .gif: the same,
@@ -202,6 +207,10 @@ def save_preview(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: f
         raise InvalidInput(f"cannot save {path}: directory {path.parent} does not exist")
     if len(blendshapes) == 0:
         raise InvalidInput("the animation has no frames")
+    if ext == ".gif" and len(blendshapes) / fps > MAX_GIF_S:
+        raise InvalidInput(f"a GIF preview is limited to {MAX_GIF_S:g} s and this animation is "
+                           f"{len(blendshapes) / fps:.1f} s (a 22 s GIF took 44 s and 744 MB to make, 25.6 MB on "
+                           "disk): write an .mp4 instead")
     wave, rate = load_waveform(audio, sample_rate)
     if ext == ".png":
         plt = _matplotlib()

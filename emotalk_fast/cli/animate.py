@@ -207,9 +207,20 @@ def preview(args) -> None:
         raise InvalidInput(f"output directory {out.parent} does not exist")
     if args.audio is not None and not Path(args.audio).is_file():
         raise FileNotFoundError(f"audio file not found: {args.audio}")
-    curves, names, fps, _ = load_blendshapes(args.animation)
+    curves, names, fps, emotion = load_blendshapes(args.animation)
+    if args.audio is not None:
+        import soundfile
+
+        try:
+            audio_s = soundfile.info(str(args.audio)).duration
+        except RuntimeError:
+            audio_s = None  # unreadable: save_preview says so
+        if audio_s is not None and abs(audio_s - len(curves) / fps) > 1 / fps:
+            warn(f"the audio is {audio_s:.2f} s but the animation {len(curves) / fps:.2f} s: is it the same take?")
+    # a clip-level emotion (a .json from animate) is drawn as one span over the whole clip
+    timeline = [(0.0, emotion)] if emotion else None
     try:
-        save_preview(out, curves, names, fps, audio=args.audio)
+        save_preview(out, curves, names, fps, audio=args.audio, emotion_timeline=timeline)
     except ImportError as e:
         raise InvalidInput(str(e)) from None
     print(f"wrote {out} ({len(curves)} frames, {len(curves) / fps:.2f} s)")

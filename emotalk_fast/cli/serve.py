@@ -94,6 +94,15 @@ def _tls_args(args) -> dict:
 
 def send(args) -> None:
     client = _import_serve("client")
+    # the arguments first, in the flags' own words, before anything connects
+    if args.level is not None and not 0.0 <= args.level <= 1.0:
+        raise InvalidInput(f"--level must be in [0, 1], got {args.level:g}")
+    if args.person is not None and args.person < 0:
+        raise InvalidInput(f"--person must be >= 0 (the server says how many it has), got {args.person}")
+    if not args.chunk_s > 0:
+        raise InvalidInput(f"--chunk-s must be > 0, got {args.chunk_s:g}")
+    if args.input != "-" and not Path(args.input).is_file():
+        raise FileNotFoundError(f"audio file not found: {args.input}")
     out = Path(args.output) if args.output else None
     if out is not None:
         check_output(out)  # before any audio is sent

@@ -1,0 +1,123 @@
+"""The newcomer's frictions, each fixed: errors that name what is supported and speak in flags,
+`send` checking its own arguments before it connects, the preview's emotion panel from a .json,
+a warning when the audio is another length, GIF previews capped, a bfloat16 directory that says
+why it runs in float32, and bench's wording."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from emotalk_fast import checkpoint as ckpt
+from emotalk_fast.bench import format_bench
+from emotalk_fast.config import EmoTalkConfig
+from helpers import espeak_speech, free_port
+
+SCRIPT = str(Path(sys.executable).with_name("emotalk-fast"))
+
+
+def cli(*args, stdin: bytes | None = None, timeout=300):
+    r = subprocess.run([SCRIPT, *map(str, args)], input=stdin, capture_output=True, timeout=timeout)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("frictions")
+    soundfile.write(str(d / "speech.wav"), espeak_speech("Small things a new user meets.", speed=180), 16000)
+    (d / "empty.wav").write_bytes(b"")
+    (d / "voice.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A not really")
+    return d
+
+
+def test_unreadable_audio_names_what_is_read(files):
+    for args, stdin, words in ((["-"], b"hi\n", "cannot read audio from stdin"),
+                               ([files / "voice.m4a"], None, f"cannot read audio from {files / 'voice.m4a'}"),
+                               ([files / "empty.wav"], None, "is empty (0 bytes): no audio")):
+        code, _, err = cli("animate", *args, "-o", files / "out.csv", "--random-weights", "mini", stdin=stdin)
+        line = err.strip().splitlines()[-1]
+        assert code == 1 and words in line, err
+        assert "object at 0x" not in err and "Traceback" not in err
+        if "cannot read" in words:
+            assert "expected WAV, FLAC, OGG/Vorbis, OGG/Opus or MP3" in line
+
+
+def test_send_checks_its_arguments_before_connecting(files):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens: a check that connected first would say so
+    for flag, value, words in (("--level", 2, "--level must be in [0, 1], got 2"),
+                               ("--person", -1, "--person must be >= 0"), ("--chunk-s", 0, "--chunk-s must be > 0")):
+        t0 = time.monotonic()
+        code, _, err = cli("send", files / "speech.wav", "--server", address, flag, value, "--timeout", 5)
+        assert code == 1 and words in err.strip().splitlines()[-1], err
+        assert time.monotonic() - t0 < 30
+    code, _, err = cli("send", files / "missing.wav", "--server", address)
+    assert code == 1 and "audio file not found" in err
+
+
+def test_a_short_stream_is_refused_in_plain_words():
+    from emotalk_fast import Animator
+
+    stream = Animator.from_config("mini", seed=0, device="cpu").stream()
+    stream.push(np.zeros(200, np.float32))
+    with pytest.raises(ValueError) as e:
+        stream.flush()
+    assert str(e.value) == "the audio is too short to animate: 12.5 ms (at least 25 ms)"
+
+
+def test_preview_draws_the_emotion_of_a_json_and_warns_on_another_length(files, monkeypatch, capsys):
+    import emotalk_fast.preview as preview
+    from emotalk_fast.cli import main
+
+    anim = files / "anim.json"
+    code, _, err = cli("animate", files / "speech.wav", "-o", anim, "--random-weights", "mini")
+    assert code == 0, err
+    emotion = json.loads(anim.read_text())["emotion"]
+    seen = {}
+    monkeypatch.setattr(preview, "save_preview", lambda path, *a, **kw: seen.update(kw) or Path(path))
+    other = files / "other.wav"
+    soundfile.write(str(other), np.zeros(16000 * 5, np.float32), 16000)  # 5 s: not this take
+    main(["preview", str(anim), "-o", str(files / "p.png"), "--audio", str(other)])
+    assert seen["emotion_timeline"] == [(0.0, emotion)]
+    assert "warning: the audio is 5.00 s but the animation" in capsys.readouterr().err
+    main(["preview", str(anim), "-o", str(files / "p.png"), "--audio", str(files / "speech.wav")])
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_gif_previews_are_capped(files):
+    long = files / "long.npy"
+    np.save(long, np.zeros((30 * 12, 52), np.float32))  # 12 s
+    t0 = time.monotonic()
+    code, _, err = cli("preview", long, "-o", files / "long.gif")
+    assert code == 1 and "a GIF preview is limited to 10 s" in err and "write an .mp4 instead" in err
+    assert time.monotonic() - t0 < 30 and not (files / "long.gif").exists()
+
+
+def test_a_bfloat16_directory_says_why_it_runs_in_float32(files):
+    cfg = EmoTalkConfig.from_name("mini")
+    sd = ckpt.release_to_fast(ckpt.random_release_state_dict(cfg, 0, "fast"), cfg)
+    ckpt.save_pretrained({k: v.to(torch.bfloat16) for k, v in sd.items()}, cfg, files / "bf16")
+    code, _, err = cli("animate", files / "speech.wav", "-o", files / "b.csv", "--checkpoint", files / "bf16",
+                       "--device", "cpu")
+    assert code == 0, err
+    assert "is stored in bfloat16 and runs in float32" in err and "--dtype bfloat16" in err
+    code, _, err = cli("animate", files / "speech.wav", "-o", files / "c.csv", "--checkpoint", files / "bf16",
+                       "--device", "cpu", "--dtype", "float32")
+    assert code == 0 and "stored in" not in err
+
+
+def test_bench_wording():
+    result = {"device": "cpu", "dtype": "float32", "backend": "torch", "parameters": 1e6, "torch": "2.x",
+              "cpu": "AVX2, bfloat16 emulated", "torch_threads": 1, "audio_seconds": 1.0, "frames": 30,
+              "median_seconds": 0.5, "seconds": [0.5], "real_time_factor": 0.5, "ms_per_audio_second": 500.0,
+              "startup_seconds": None, "user_process_peak_mb": None, "peak_memory_mb": 100.0,
+              "memory_kind": "resident set", "run_memory_mb": 10.0, "bench_process_peak_mb": 200.0}
+    text = format_bench(result)
+    assert "1 torch thread" in text and "1 torch threads" not in text and "CPU AVX2, bfloat16 emulated" in text
+    assert "start-up test" not in text and "(it also built random weights)" in text
+    assert "ran the start-up test" in format_bench(dict(result, startup_seconds=1.0, user_process_peak_mb=1.0,
+                                                        torch_threads=2))
