@@ -61,6 +61,12 @@ def model_config(args):
 def load_animator(args):
     from ..animator import Animator
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInput(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.random_weights is not None:  # asked for by name, and said out loud
         print(f"emotalk-fast {args.command}: RANDOM weights ({args.random_weights} preset): the output means "
               "nothing (for tests and benchmarks)", file=sys.stderr, flush=True)
@@ -112,6 +118,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     model.add_argument("--random-weights", metavar="PRESET", choices=sorted(PRESETS),
                        help=f"random weights of this size instead ({', '.join(sorted(PRESETS))}): the output "
                             "means nothing (tests and benchmarks)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core). On a machine shared with "
+                        "other busy processes 1 holds steady where 2 can run 2-3x slower")
     add_runtime_options(p)
 
 

@@ -121,3 +121,10 @@ def test_bench_wording():
     assert "start-up test" not in text and "(it also built random weights)" in text
     assert "ran the start-up test" in format_bench(dict(result, startup_seconds=1.0, user_process_peak_mb=1.0,
                                                         torch_threads=2))
+
+
+def test_threads_option(files):
+    code, out, err = cli("stream", files / "speech.wav", "--random-weights", "mini", "--threads", "1")
+    assert code == 0 and "real-time factor" in out, err
+    code, _, err = cli("stream", files / "speech.wav", "--random-weights", "mini", "--threads", "0")
+    assert code == 1 and err.strip().splitlines()[-1].endswith("--threads must be >= 1, got 0")
