@@ -188,13 +188,13 @@ class Session:
         self.pcm += data[:whole]
         await self._push(pb.pcm16_to_float(data[:whole]))
 
-    async def _push(self, samples, flush: bool = False) -> None:
-        """Client-rate samples -> 16 kHz (off the loop) -> the engine's queue; then, while the
-        engine is more than max_buffered_s behind, wait (the client is held by flow control)."""
+    async def _push(self, samples) -> None:
+        """Client-rate samples (None: the end, the resampler's tail) -> 16 kHz (off the loop) ->
+        the engine's queue; then, while the engine is more than max_buffered_s behind, wait (the
+        client is held by flow control)."""
         if self.resampler is not None:
-            resampler = self.resampler
-            samples = await asyncio.to_thread(resampler.flush if flush else resampler.push,
-                                              *(() if flush else (samples,)))
+            step = self.resampler.flush if samples is None else lambda: self.resampler.push(samples)
+            samples = await asyncio.to_thread(step)
         if len(samples):
             self.worker.push(self.handle, samples)
             self.pushed += len(samples)
@@ -212,7 +212,7 @@ class Session:
             raise pb.StreamError("the audio ends in half a 16-bit sample (an odd number of bytes)")
         self.ended, self.total = True, self.received
         if self.resampler is not None:
-            await self._push(None, flush=True)
+            await self._push(None)
         try:
             nothing_left = await self.worker.flush(self.handle)
         except ValueError as e:
