@@ -1,0 +1,52 @@
+"""What holds real time on this machine: for each model size and precision, the live streams a
+steady hop keeps up with at each hop length, and the latency (emotalk_fast.budget: a steady
+batched hop timed at 1 and up to 4 streams, 80 % of the hop allowed).
+
+    python benchmarks/realtime_table.py
+    python benchmarks/realtime_table.py --presets mini,emotalk --dtypes float32,auto --hops 100,400,1600
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emotalk_fast import Animator, budget  # noqa: E402
+from emotalk_fast.measure import versions  # noqa: E402
+from emotalk_fast.runtime import cpu_description  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="mini,tiny,emotalk")
+    p.add_argument("--dtypes", default="float32,auto")
+    p.add_argument("--hops", default="100,200,400,800,1600")
+    p.add_argument("--context-ms", type=int, default=2000)
+    p.add_argument("--lookahead-ms", type=int, default=200)
+    p.add_argument("--streams", type=int, default=16, help="the extrapolation's far end, as serve's --max-streams")
+    args = p.parse_args()
+    print(f"CPU {cpu_description()}, {torch.get_num_threads()} torch threads, torch {versions()['torch']}, "
+          f"{time.strftime('%Y-%m-%d')}; context {args.context_ms} ms, lookahead {args.lookahead_ms} ms\n")
+    print("| model | precision | hop | a hop, 1 stream | live streams held | latency (1 stream) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for preset in args.presets.split(","):
+        for dtype in args.dtypes.split(","):
+            animator = Animator.from_config(preset, seed=0, device="cpu", dtype=dtype)
+            name = str(animator.dtype).replace("torch.", "") + (" (auto)" if dtype == "auto" else "")
+            for hop in (int(h) for h in args.hops.split(",")):
+                b = budget.measure(animator.model, animator.device, animator.dtype, hop_ms=hop,
+                                   lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, streams=args.streams)
+                held = b.holds()
+                latency = f"{b.latency_ms(1):.0f} ms" if held else "-"
+                print(f"| {preset} | {name} | {hop} ms | {1000 * b.seconds(1):.0f} ms | {held} | {latency} |",
+                      flush=True)
+            del animator
+
+
+if __name__ == "__main__":
+    main()
