@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -34,15 +33,10 @@ import numpy as np
 from emotalk_fast.audio import espeak_speech
 from emotalk_fast.client import health, stream_header
 from emotalk_fast.serve import protocol as pb
+from serve_load import free_port  # this folder (the script's own): one free-port helper for the benchmarks
 
 END = pb.AudioStream(end_of_audio=pb.AudioStream.EndOfAudio())
 MAX_STREAMS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -337,26 +337,25 @@ class StreamEngine:
 
     def time_steady_hop(self, streams: int, repeats: int = 3) -> float:
         """Seconds one batched hop of `streams` streams takes at this engine's settings, in the
-        steady state (every window full length; noise audio), the fastest of `repeats`. Runs on a
-        scratch cache: no live stream is touched."""
+        steady state (every window full length; noise audio), the fastest of `repeats`. Runs
+        `_hop` on a scratch engine of its own: no live stream is touched."""
         if streams < 1 or repeats < 1:
             raise InvalidInput(f"streams and repeats must be >= 1, got {streams}, {repeats}")
-        k = self.encoder.context // self.encoder.hop + 1  # a steady window (t0 > 0)
-        w = self.encoder.window(k)
-        cache = self.model.decoder.new_cache(streams, w.h1, self.device, self.dtype)
-        noise = np.random.default_rng(0).standard_normal(w.s1 - w.s0).astype(np.float32) * 0.1
+        w = self.encoder.window(self.encoder.context // self.encoder.hop + 1)  # a steady window (t0 > 0)
+        scratch = StreamEngine(self.model, self.device, self.dtype, max_streams=streams, hop_ms=self.hop_ms,
+                               lookahead_ms=self.lookahead_ms, context_ms=self.context_ms,
+                               max_cache_s=(w.h1 + 1) / FPS)
+        noise = torch.from_numpy(np.random.default_rng(0).standard_normal(w.s1 - w.s0).astype(np.float32) * 0.1)
         dec = self.model.cfg.decoder
         level, person = (torch.zeros(streams, n, dtype=self.dtype) for n in (dec.num_levels, dec.num_persons))
         best = float("inf")
         with torch.inference_mode():
             for run in range(repeats + 1):  # the first run warms up
                 t0 = time.perf_counter()
-                inputs = self.encoder.batch_inputs([torch.from_numpy(noise).to(self.device)] * streams, [w] * streams)
-                content, emotion, _ = self.encoder.encode_inputs(**inputs)
-                x, memory = self.model.decoder_inputs(content, emotion, level.to(self.device), person.to(self.device))
-                out = self.model.decoder.step_at(x, memory, cache, list(range(streams)),
-                                                 torch.full((streams,), w.h0, device=self.device), w.h1)
-                self.model.blendshape_head(out).float().cpu()
+                inputs = self.encoder.batch_inputs([noise.to(self.device)] * streams, [w] * streams)
+                blendshapes, _ = scratch._hop(**inputs, level=level, person=person, slots=list(range(streams)),
+                                              starts=torch.full((streams,), w.h0), span=w.h1)
+                blendshapes.float().cpu()
                 best = min(best, time.perf_counter() - t0) if run else best
         return best
 

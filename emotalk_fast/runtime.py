@@ -40,15 +40,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+NATIVE_BF16 = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX"}  # CPU flag -> its name
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates
     it: 7-9x slower than float32 on an AVX2-only EPYC."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return bool(NATIVE_BF16.keys() & cpu_flags())
 
 
 def cpu_description() -> str:
     """The CPU class as the figures name it: torch's kernel capability and native bfloat16."""
-    extras = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in cpu_flags()]
+    extras = [name for flag, name in NATIVE_BF16.items() if flag in cpu_flags()]
     return f"{torch.backends.cpu.get_cpu_capability()}" + (f" with {', '.join(extras)}" if extras else
                                                           ", bfloat16 emulated")
 

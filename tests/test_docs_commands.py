@@ -168,16 +168,18 @@ def test_every_shell_line_runs_verbatim(document, base, tmp_path):
     receivers, servers, failures, ran = LoopbackReceivers(), [], [], 0
     try:
         for line in lines:
-            if runs_here(line) and reason_not_run(line) is None:
-                if re.match(r"^emotalk-fast serve\b", line):
-                    servers.append(_start_server(line, cwd))
-                else:
-                    problem = _run(line, cwd)
-                    if problem:
-                        failures.append(f"{line}\n    {problem}")
-                ran += 1
-            elif reason_not_run(line) is None:
+            if reason_not_run(line) is not None:
+                continue
+            if not runs_here(line):
                 failures.append(f"{line}\n    neither run nor listed in NOT_RUN with a reason")
+            elif re.match(r"^emotalk-fast serve\b", line):
+                servers.append(_start_server(line, cwd))
+                ran += 1
+            else:
+                problem = _run(line, cwd)
+                if problem:
+                    failures.append(f"{line}\n    {problem}")
+                ran += 1
     finally:
         for proc in servers:
             _stop(proc)

@@ -134,16 +134,20 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_hop_ms(animator, args, streams: int = 1) -> int:
-    """--hop-ms, with auto measured now for `streams` live streams (each hop tried said on stderr)."""
-    if args.hop_ms != "auto":
-        return args.hop_ms
+    """--hop-ms, with auto measured now for `streams` live streams."""
+    return args.hop_ms if args.hop_ms != "auto" else auto_hop_budget(animator, args, streams).hop_ms
+
+
+def auto_hop_budget(animator, args, streams: int):
+    """--hop-ms auto: the smallest hop that holds `streams` streams here (budget.choose_hop),
+    each hop tried said on stderr."""
     from ..budget import choose_hop
 
     def report(b):
         print(f"emotalk-fast {args.command}: --hop-ms auto: {b.describe(streams)}", file=sys.stderr, flush=True)
 
     return choose_hop(animator.model, animator.device, animator.dtype, lookahead_ms=args.lookahead_ms,
-                      context_ms=args.context_ms, streams=streams, report=report).hop_ms
+                      context_ms=args.context_ms, streams=streams, report=report)
 
 
 def hop_ms_arg(text: str):

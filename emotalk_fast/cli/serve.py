@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 from ..export import check_output
-from .options import add_model_options, add_stream_options, load_animator, warn
+from .options import add_model_options, add_stream_options, auto_hop_budget, load_animator, warn
 
 
 def _import_serve(module: str):
@@ -71,11 +71,7 @@ def _budget(animator, args):
 
     streams = args.max_streams
     if args.hop_ms == "auto":
-        def report(b):
-            print(f"emotalk-fast serve: --hop-ms auto: {b.describe(streams)}", file=sys.stderr, flush=True)
-
-        budget = budgets.choose_hop(animator.model, animator.device, animator.dtype, lookahead_ms=args.lookahead_ms,
-                                    context_ms=args.context_ms, streams=streams, report=report)
+        budget = auto_hop_budget(animator, args, streams)
     else:
         budget = budgets.measure(animator.model, animator.device, animator.dtype, hop_ms=args.hop_ms,
                                  lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, streams=streams)

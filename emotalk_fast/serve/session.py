@@ -243,16 +243,12 @@ class Session:
         emotion = pb.emotion_probabilities(self.worker.emotion_labels, logits)
         values = self.style.apply(frames)
         # split so that no reply passes max_reply_bytes: ~300 bytes a frame, its audio, the emotions
-        audio_bytes = 2 * ((self.total if finished else min((f0 + len(frames)) * rate // FPS, self.received))
-                           - self.pcm_start)
+        audio_bytes = 2 * (self._echo_end(f0 + len(frames), finished) - self.pcm_start)
         room = max(1, self.limits.max_reply_bytes - self.input_emotion_bytes - 1024)
         pieces = max(1, min(len(frames), math.ceil((300 * len(frames) + audio_bytes) / room)))
         cuts = [round(i * len(frames) / pieces) for i in range(pieces + 1)]
         for a, b in zip(cuts, cuts[1:]):
-            last = finished and b == len(frames)
-            # the client's samples for frames [f0 + a, f0 + b); the last message takes the rest
-            end = self.total if last else min((f0 + b) * rate // FPS, self.received)
-            echo_end = max(end, self.pcm_start)
+            echo_end = self._echo_end(f0 + b, finished and b == len(frames))
             audio = bytes(self.pcm[: 2 * (echo_end - self.pcm_start)])
             del self.pcm[: len(audio)]
             audio_start, self.pcm_start = self.pcm_start, echo_end
@@ -261,11 +257,17 @@ class Session:
             self.input_emotions, self.input_emotion_bytes = [], 0
         self.frames_sent = f0 + len(frames)
         self.metrics.frames_out.inc(len(frames))
-        if not finished:
-            behind = self.received / rate - self.frames_sent / FPS - self.worker.algorithmic_latency_s
-            self.metrics.backlog.observe(max(0.0, behind))
         if finished:
             self._finish()
+        else:
+            behind = self.received / rate - self.frames_sent / FPS - self.worker.algorithmic_latency_s
+            self.metrics.backlog.observe(max(0.0, behind))
+
+    def _echo_end(self, frame: int, last: bool) -> int:
+        """The client sample where the echo of frames up to `frame` ends (the last message takes
+        the rest), never before what was already echoed."""
+        end = self.total if last else min(frame * self.style.sample_rate // FPS, self.received)
+        return max(end, self.pcm_start)
 
     def _send(self, reply) -> None:
         size = reply.ByteSize()

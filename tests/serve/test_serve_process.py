@@ -111,6 +111,22 @@ def test_health_is_not_serving_while_the_model_loads(tmp_path):
         proc.communicate(timeout=30)
 
 
+def live_client(path, address: str, chunk_s: float) -> tuple[threading.Thread, dict]:
+    """A client sending `path` at speaking pace in a thread -> (the thread, its result: "ok" with
+    the animation or "error" with the ServerError)."""
+    result = {}
+
+    def client():
+        try:
+            result["ok"] = send(path, server=address, realtime=True, chunk_s=chunk_s)
+        except ServerError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=client)
+    t.start()
+    return t, result
+
+
 def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
     server = ServeProcess("--shutdown-grace", "20")
     try:
@@ -127,16 +143,7 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
 
         # SIGTERM while a stream is live: health says NOT_SERVING and new streams get UNAVAILABLE
         # while the port stays open; the live stream finishes; exit 0; then no server at all
-        result = {}
-
-        def client():
-            try:
-                result["ok"] = send(speech_wav, server=server.address, realtime=True, chunk_s=0.2)
-            except ServerError as e:
-                result["error"] = e
-
-        t = threading.Thread(target=client)
-        t.start()
+        t, result = live_client(speech_wav, server.address, chunk_s=0.2)
         time.sleep(1.0)
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: health_status(server.address, timeout=2) == "NOT_SERVING", 10.0, poll_s=0.05)
@@ -159,16 +166,7 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
 def test_a_second_sigterm_stops_at_once(speech_wav):
     server = ServeProcess("--shutdown-grace", "60")
     try:
-        result = {}
-
-        def client():
-            try:
-                result["ok"] = send(speech_wav, server=server.address, realtime=True, chunk_s=0.1)
-            except ServerError as e:
-                result["error"] = e
-
-        t = threading.Thread(target=client)
-        t.start()
+        t, result = live_client(speech_wav, server.address, chunk_s=0.1)
         time.sleep(0.5)
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: health_status(server.address, timeout=2) == "NOT_SERVING", 10.0, poll_s=0.05)
