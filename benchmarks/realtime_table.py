@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator, budget  # noqa: E402
+from emotalk_fast.engine import StreamEngine  # noqa: E402
 from emotalk_fast.measure import versions  # noqa: E402
 from emotalk_fast.runtime import cpu_description  # noqa: E402
 
@@ -29,22 +30,38 @@ def main() -> None:
     p.add_argument("--context-ms", type=int, default=2000)
     p.add_argument("--lookahead-ms", type=int, default=200)
     p.add_argument("--streams", type=int, default=16, help="the extrapolation's far end, as serve's --max-streams")
+    p.add_argument("--emotion", default="own,content",
+                   help="the emotion branch: own (its default window and cadence), content (the content's "
+                        "windows, every hop), or both, compared side by side")
     args = p.parse_args()
+    emotion_settings = {"own": {}, "content": {"emotion_context_ms": args.context_ms}}
     print(f"CPU {cpu_description()}, {torch.get_num_threads()} torch threads, torch {versions()['torch']}, "
           f"{time.strftime('%Y-%m-%d')}; context {args.context_ms} ms, lookahead {args.lookahead_ms} ms\n")
-    print("| model | precision | hop | a hop, 1 stream | live streams held | latency (1 stream) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | precision | hop | emotion branch | a hop, 1 stream (peak) | live streams held | latency (1 stream) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for preset in args.presets.split(","):
         for dtype in args.dtypes.split(","):
             animator = Animator.from_config(preset, seed=0, device="cpu", dtype=dtype)
             name = str(animator.dtype).replace("torch.", "") + (" (auto)" if dtype == "auto" else "")
             for hop in (int(h) for h in args.hops.split(",")):
-                b = budget.measure(animator.model, animator.device, animator.dtype, hop_ms=hop,
-                                   lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, streams=args.streams)
-                held = b.holds()
-                latency = f"{b.latency_ms(1):.0f} ms" if held else "-"
-                print(f"| {preset} | {name} | {hop} ms | {1000 * b.seconds(1):.0f} ms | {held} | {latency} |",
-                      flush=True)
+                for emotion in args.emotion.split(","):  # interleaved: side by side in one run
+                    settings = dict(emotion_settings[emotion])
+                    if emotion == "content":
+                        settings["emotion_hop_ms"] = hop
+                    b = budget.measure(animator.model, animator.device, animator.dtype, hop_ms=hop,
+                                       lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
+                                       streams=args.streams, **settings)
+                    held = b.holds()
+                    latency = f"{b.latency_ms(1):.0f} ms" if held else "-"
+                    engine_settings = StreamEngine(animator.model, "cpu", animator.dtype, max_streams=1, hop_ms=hop,
+                                                   lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
+                                                   max_cache_s=1.0, **settings)
+                    branch = (f"{engine_settings.emotion_context_ms} ms, every {engine_settings.emotion_hop_ms} ms"
+                              if engine_settings.encoder.separate_emotion else "the content's windows")
+                    cost = f"{1000 * b.seconds(1):.0f} ms"
+                    if b.peak_s != b.hop_s:
+                        cost += f" ({1000 * b.seconds(1, peak=True):.0f} ms)"
+                    print(f"| {preset} | {name} | {hop} ms | {branch} | {cost} | {held} | {latency} |", flush=True)
             del animator
 
 

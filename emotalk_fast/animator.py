@@ -225,23 +225,27 @@ class Animator:
                                   long_audio_s=long_audio_s, progress=progress)[0]
 
     def stream(self, level=1, person=0, *, hop_ms: int | str = 100, lookahead_ms: int = 200,
-               context_ms: int = 2000, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE,
-               cuda_graphs: bool = False):
+               context_ms: int = 2000, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None,
+               max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE, cuda_graphs: bool = False):
         """A streaming animator: push chunks at `sample_rate`, get final frames back (see
         streaming.py). hop_ms="auto": the smallest hop this machine keeps up with (budget.py).
+        emotion_context_ms, emotion_hop_ms: the emotion branch's own window and cadence (default:
+        the content's; windows.py).
         Latency is hop + lookahead + 5 ms of audio at 16 kHz (plus the
         resampling filter's delay at other rates; `stream.latency_ms`), plus compute time.
         `cuda_graphs`: each hop a replayed CUDA graph (the engine's static shapes; engine.py).
         """
         from .streaming import AnimationStream
 
-        hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=1)
+        emotion = {"emotion_context_ms": emotion_context_ms, "emotion_hop_ms": emotion_hop_ms}
+        hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=1, **emotion)
         return AnimationStream(self.model, self.device, self.dtype, level, person, hop_ms=hop_ms,
-                               lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s,
+                               lookahead_ms=lookahead_ms, context_ms=context_ms, **emotion, max_cache_s=max_cache_s,
                                sample_rate=sample_rate, cuda_graphs=cuda_graphs)
 
     def engine(self, max_streams: int = 16, *, hop_ms: int | str = 100, lookahead_ms: int = 200,
-               context_ms: int = 2000, max_cache_s: float = 600.0, cuda_graphs: bool = False):
+               context_ms: int = 2000, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None,
+               max_cache_s: float = 600.0, cuda_graphs: bool = False):
         """A StreamEngine over this model: up to `max_streams` streams advanced together, each
         giving the frames `stream()` gives with the same settings (see engine.py). hop_ms="auto":
         the smallest hop at which this machine keeps up with `max_streams` streams (budget.py). With
@@ -249,15 +253,16 @@ class Animator:
         no live stream waits on it later."""
         from .engine import StreamEngine
 
-        hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=max_streams)
+        emotion = {"emotion_context_ms": emotion_context_ms, "emotion_hop_ms": emotion_hop_ms}
+        hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=max_streams, **emotion)
         engine = StreamEngine(self.model, self.device, self.dtype, max_streams=max_streams, hop_ms=hop_ms,
-                              lookahead_ms=lookahead_ms, context_ms=context_ms, max_cache_s=max_cache_s,
+                              lookahead_ms=lookahead_ms, context_ms=context_ms, **emotion, max_cache_s=max_cache_s,
                               cuda_graphs=cuda_graphs)
         if cuda_graphs:
             engine.prepare_static_hops()
         return engine
 
-    def _hop_ms(self, hop_ms, lookahead_ms: int, context_ms: int, streams: int) -> int:
+    def _hop_ms(self, hop_ms, lookahead_ms: int, context_ms: int, streams: int, **emotion) -> int:
         """hop_ms as given, or for "auto" the smallest hop this machine holds `streams` streams
         at in real time (measured now; see budget.py)."""
         if hop_ms != "auto":
@@ -265,7 +270,7 @@ class Animator:
         from .budget import choose_hop
 
         return choose_hop(self.model, self.device, self.dtype, lookahead_ms=lookahead_ms, context_ms=context_ms,
-                          streams=streams).hop_ms
+                          streams=streams, **emotion).hop_ms
 
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
                       postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,

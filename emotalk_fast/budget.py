@@ -26,11 +26,14 @@ class Budget:
     hop_ms: int
     lookahead_ms: int
     context_ms: int
-    hop_s: dict[int, float]  # streams -> seconds of one batched hop (measured)
+    hop_s: dict[int, float]  # streams -> seconds of one batched hop (measured; the mean over the emotion cadence)
+    peak_s: dict[int, float] | None = None  # the same for the hop that runs the emotion branch (default hop_s)
 
-    def seconds(self, streams: int) -> float:
-        """One batched hop of `streams` streams (linear through the measured points)."""
-        (n0, t0), (n1, t1) = min(self.hop_s.items()), max(self.hop_s.items())
+    def seconds(self, streams: int, peak: bool = False) -> float:
+        """One batched hop of `streams` streams (linear through the measured points); `peak`: the
+        hop that runs the emotion branch, when it runs at a cadence of its own."""
+        points = self.peak_s if peak and self.peak_s else self.hop_s
+        (n0, t0), (n1, t1) = min(points.items()), max(points.items())
         if n1 == n0:
             return t0 * streams / n0
         return max(t0, t0 + (t1 - t0) * (streams - n0) / (n1 - n0))
@@ -42,12 +45,14 @@ class Budget:
 
     def latency_ms(self, streams: int) -> float:
         """Worst frame's latency with `streams` live: the algorithmic latency (hop + lookahead +
-        the 5 ms of the CNN's last frame) plus one hop's compute."""
-        return self.hop_ms + self.lookahead_ms + 5 + 1000 * self.seconds(streams)
+        the 5 ms of the CNN's last frame) plus the compute of the costliest hop."""
+        return self.hop_ms + self.lookahead_ms + 5 + 1000 * self.seconds(streams, peak=True)
 
     def describe(self, streams: int) -> str:
         held = self.holds()
         line = f"a hop of {self.hop_ms} ms takes {1000 * self.seconds(1):.0f} ms for 1 stream"
+        if self.peak_s and self.peak_s != self.hop_s:
+            line += f" on average ({1000 * self.seconds(1, peak=True):.0f} ms when it runs the emotion branch)"
         if streams > 1:
             measured = "" if streams in self.hop_s else " (extrapolated)"
             line += f", {1000 * self.seconds(streams):.0f} ms for {streams}{measured}"
@@ -57,26 +62,37 @@ class Budget:
         return line
 
 
-def measure(model, device, dtype, *, hop_ms: int, lookahead_ms: int, context_ms: int, streams: int) -> Budget:
-    """Time a steady batched hop at 1 and min(streams, MEASURED_MAX) streams on this machine."""
+def measure(model, device, dtype, *, hop_ms: int, lookahead_ms: int, context_ms: int, streams: int,
+            emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None) -> Budget:
+    """Time a steady batched hop at 1 and min(streams, MEASURED_MAX) streams on this machine
+    (with an emotion branch of its own: the mean over its cadence)."""
     from .engine import StreamEngine
 
     if streams < 1:
         raise InvalidInput(f"streams must be >= 1, got {streams}")
     engine = StreamEngine(model, device, dtype, max_streams=1, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
-                          context_ms=context_ms, max_cache_s=1.0)  # for its settings and windows only
-    points = sorted({1, min(streams, MEASURED_MAX)})
-    return Budget(hop_ms, lookahead_ms, context_ms, {n: engine.time_steady_hop(n, repeats=1) for n in points})
+                          context_ms=context_ms, emotion_context_ms=emotion_context_ms, emotion_hop_ms=emotion_hop_ms,
+                          max_cache_s=1.0)  # for its settings and windows only
+    costs = {n: engine.time_steady_hop(n, repeats=1) for n in sorted({1, min(streams, MEASURED_MAX)})}
+    return Budget(hop_ms, lookahead_ms, context_ms, {n: c[0] for n, c in costs.items()},
+                  {n: c[1] for n, c in costs.items()})
 
 
 def choose_hop(model, device, dtype, *, lookahead_ms: int, context_ms: int, streams: int,
-               report=None) -> Budget:
+               emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None, report=None) -> Budget:
     """The smallest hop of AUTO_HOPS_MS whose budget holds `streams` streams; the largest when
-    none does (its `holds()` says how short it falls). report(budget) after each one tried."""
+    none does (its `holds()` says how short it falls). report(budget) after each one tried.
+    An `emotion_hop_ms` of its own needs hops it is a multiple of, at most hop + lookahead: only
+    those are tried."""
     budget = None
-    for hop_ms in AUTO_HOPS_MS:
+    hops = [h for h in AUTO_HOPS_MS if emotion_hop_ms is None or (emotion_hop_ms % h == 0 and
+                                                                  emotion_hop_ms <= h + lookahead_ms)]
+    if not hops:
+        raise InvalidInput(f"hop_ms auto tries {', '.join(map(str, AUTO_HOPS_MS))} ms: none fits emotion_hop_ms "
+                           f"{emotion_hop_ms} (a multiple of the hop, at most hop + lookahead); give hop_ms")
+    for hop_ms in hops:
         budget = measure(model, device, dtype, hop_ms=hop_ms, lookahead_ms=lookahead_ms, context_ms=context_ms,
-                         streams=streams)
+                         streams=streams, emotion_context_ms=emotion_context_ms, emotion_hop_ms=emotion_hop_ms)
         if report is not None:
             report(budget)
         if budget.holds() >= streams:

@@ -36,8 +36,21 @@ from .audio import StreamingResampler, check_rate
 from .config import FPS, SAMPLE_RATE
 from .controls import check_style
 from .errors import InvalidInput, InvalidType
-from .model import EmoTalk, num_frames
+from .model import EmoTalk, normalize_waveform, num_frames
 from .windows import Window, WindowedEncoder
+
+
+# The emotion branch's window by default: it holds a whole utterance of up to 4.3 s (with the
+# default hop and lookahead), whose label is then offline's exactly; on the trained smoke model
+# the stream's label agrees with offline on 28 of 28 clips, against 20 with the content's 2 s
+# (docs/streaming.md). It runs once every `default_emotion_hop_ms`, which more than pays for it.
+EMOTION_CONTEXT_MS = 4000
+
+
+def default_emotion_hop_ms(hop_ms: int, lookahead_ms: int) -> int:
+    """The emotion branch runs as seldom as its lookahead allows: the largest multiple of the hop
+    up to hop + lookahead (100 ms hops, 200 ms lookahead: every third hop)."""
+    return hop_ms * (1 + lookahead_ms // hop_ms) if isinstance(hop_ms, int) and hop_ms > 0 else hop_ms
 
 
 class EngineFull(RuntimeError):
@@ -76,6 +89,9 @@ class _Stream:
     total_frames: int = 0  # once ending: the frames the whole utterance gets
     emotion_sum: torch.Tensor | None = None  # sum of emitted frames' emotion states [1, hidden]
     emotion_frames: int = 0
+    emotion_ahead: torch.Tensor | None = None  # emotion states [n, hidden] already computed for frames ...
+    ahead_from: int = 0  # ... ahead_from, ahead_from + 1, ...
+    label_logits: torch.Tensor | None = None  # [labels]: the whole utterance's, as offline computes it
 
     def style_at(self, frame: int):
         if self.fade_frames == 0 or frame >= self.fade_start + self.fade_frames:
@@ -94,20 +110,33 @@ class StreamEngine:
     >>> engine.flush(a)                       # the end of a's audio; later steps emit its last frames
     >>> engine.close(a)                       # frees its slot
 
+    emotion_context_ms, emotion_hop_ms: the emotion branch's own window and cadence (windows.py;
+    default EMOTION_CONTEXT_MS and `default_emotion_hop_ms`; the content's settings give one
+    window for both, as before these existed). An utterance that ends while its emotion window still holds all
+    of it (at most emotion context + hop + lookahead long) gets its remaining frames' emotion
+    states and its label from the emotion encoder over the whole utterance, exactly as offline
+    animation computes them, in place of that hop's windowed emotion run.
+
     cuda_graphs: static shapes for every full hop, on CUDA each batch bucket's hop a captured
     graph (see the module's docstring); `prepare_static_hops()` builds them all up front.
     """
 
     def __init__(self, model: EmoTalk, device, dtype, *, max_streams: int = 16, hop_ms: int = 100,
-                 lookahead_ms: int = 200, context_ms: int = 2000, max_cache_s: float = 600.0,
-                 cuda_graphs: bool = False):
+                 lookahead_ms: int = 200, context_ms: int = 2000, emotion_context_ms: int | None = None,
+                 emotion_hop_ms: int | None = None, max_cache_s: float = 600.0, cuda_graphs: bool = False):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise InvalidInput(f"max_streams must be a positive integer, got {max_streams!r}")
         if not max_cache_s > 0:
             raise InvalidInput(f"max_cache_s must be > 0, got {max_cache_s!r}")
         self.model, self.device, self.dtype = model, torch.device(device), dtype
-        self.encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms)
+        emotion_context_ms = EMOTION_CONTEXT_MS if emotion_context_ms is None else emotion_context_ms
+        if emotion_hop_ms is None:
+            emotion_hop_ms = default_emotion_hop_ms(hop_ms, lookahead_ms)
+        self.encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms, emotion_context_ms, emotion_hop_ms)
         self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms
+        self.emotion_context_ms, self.emotion_hop_ms = emotion_context_ms, emotion_hop_ms
+        enc = self.encoder  # the longest utterance whose label is computed whole, as offline
+        self.whole_utterance_frames = enc.emotion_context + enc.hop + enc.lookahead
         self.max_streams = max_streams
         self.max_cache_frames = max(int(max_cache_s * FPS), self.encoder.hop)
         self.cuda_graphs = bool(cuda_graphs)
@@ -245,8 +274,11 @@ class StreamEngine:
         return s.ending and s.next_hop * self.encoder.hop >= s.total_frames
 
     def emotion_logits(self, sid: int) -> np.ndarray | None:
-        """The emotion classifier on the mean emotion state of the stream's frames so far."""
+        """The emotion classifier on the mean emotion state of the stream's frames so far; once
+        an utterance held whole by its emotion window has ended, offline animation's logits."""
         s = self._get(sid)
+        if s.label_logits is not None:
+            return s.label_logits.float().cpu().numpy()
         if s.emotion_sum is None:
             return None
         with torch.inference_mode():
@@ -288,7 +320,7 @@ class StreamEngine:
         if s.ending:
             if s.next_hop * self.encoder.hop >= s.total_frames:
                 return None
-            return self.encoder.window(s.next_hop, s.total_frames, s.received)
+            return self.encoder.window(s.next_hop, *self._totals(s))
         w = self.encoder.window(s.next_hop)
         return w if w.s1 <= s.received else None
 
@@ -304,59 +336,126 @@ class StreamEngine:
         slots = [s.slot for s in streams]
         starts = [s.next_hop * self.encoder.hop for s in streams]  # where each stream's frames go in its slot
         hop = windows[0].h1 - windows[0].h0
-        static = self.cuda_graphs and hop == self.encoder.hop
+        sources = [self._emotion_source(s, w) for s, w in zip(streams, windows)]
+        joint = all(src == "joint" for src in sources)  # both branches on the same windows
+        # static shapes hold one kind of hop: both branches (joint), or the content's with the
+        # emotion states given (separate emotion branch)
+        static = self.cuda_graphs and hop == self.encoder.hop and joint != self.encoder.separate_emotion
         level, person = self._style_rows(streams, windows, per_frame=static)
+        ahead, emotion = {}, None
         with torch.inference_mode():
+            if not joint:
+                ahead = self._run_emotion(streams, sources)
+                emotion = torch.stack([_states_for(*ahead.get(b, (s.emotion_ahead, s.ahead_from))[:2], w)
+                                       for b, (s, w) in enumerate(zip(streams, windows))])
             if static:
-                blendshapes, emotion_sums = self._run_static(samples, windows, level, person, slots, starts)
+                blendshapes, emotion_sums = self._run_static(samples, windows, level, person, slots, starts, emotion)
             else:
                 inputs = self.encoder.batch_inputs([x.to(self.device) for x in samples], windows)
                 blendshapes, emotion_sums = self._hop(**inputs, level=level, person=person, slots=slots,
                                                       starts=torch.tensor(starts),
-                                                      span=min(self.cache.capacity, max(starts) + hop))
+                                                      span=min(self.cache.capacity, max(starts) + hop),
+                                                      emotion=emotion)
             # copies: a graph's outputs are overwritten by its next replay
-            return blendshapes[: len(batch)].float().cpu().numpy(), emotion_sums[: len(batch)].clone()
+            return blendshapes[: len(batch)].float().cpu().numpy(), emotion_sums[: len(batch)].clone(), ahead
 
-    def _commit(self, batch: list[tuple[int, Window]], frames: np.ndarray, emotion_sums: torch.Tensor):
+    def _emotion_source(self, s: _Stream, w: Window) -> str:
+        """Where a hop's emotion states come from: "joint" (the hop's own windows, both branches
+        at once), "window" (an emotion window run now), "ahead" (states an earlier run kept) or
+        "whole" (the whole utterance, as offline)."""
+        # the first hop that only the utterance's end lets run (whenever flush() came: the frames
+        # do not depend on the timing), while the buffer still holds the whole utterance
+        if s.ending and s.label_logits is None and s.buffer_start == 0 and \
+                s.total_frames <= self.whole_utterance_frames and self.encoder.window(s.next_hop).s1 > s.received:
+            return "whole"
+        if s.emotion_ahead is not None and s.ahead_from <= w.h0 and w.h1 <= s.ahead_from + len(s.emotion_ahead) \
+                and (s.label_logits is not None or w.h0 - s.ahead_from < self.encoder.emotion_hop):
+            return "ahead"
+        return "window" if self.encoder.separate_emotion else "joint"
+
+    def _run_emotion(self, streams: list[_Stream], sources: list[str]) -> dict:
+        """The emotion runs a hop needs -> {row: (states [n, hidden], first frame, label logits or
+        None)}: one batched forward over the rows' emotion windows, and the whole-utterance rows
+        one by one (rare: once per short utterance)."""
+        ahead = {}
+        rows = [b for b, src in enumerate(sources) if src in ("window", "joint")]  # joint: beside a "whole" row
+        if rows:
+            ws = [self.encoder.emotion_window(streams[b].next_hop, *self._totals(streams[b])) for b in rows]
+            xs = [torch.from_numpy(streams[b].buffer[w.s0 - streams[b].buffer_start : w.s1 - streams[b].buffer_start])
+                  .to(self.device) for b, w in zip(rows, ws)]
+            (states,) = self.encoder.encode_inputs(**self.encoder.batch_inputs(xs, ws), branches=("emotion",))
+            ahead.update((b, (states[i, : w.h1 - w.h0], w.h0, None)) for i, (b, w) in enumerate(zip(rows, ws)))
+        for b in (b for b, src in enumerate(sources) if src == "whole"):
+            s = streams[b]
+            n = torch.tensor([s.received], device=self.device)
+            wave = torch.from_numpy(s.buffer[: s.received]).to(self.device)[None]
+            wave = normalize_waveform(wave, n).to(self.model.content_map.weight.dtype)
+            hidden, logits = self.model.encode_emotion(wave, n, [s.total_frames])
+            h0 = s.next_hop * self.encoder.hop
+            ahead[b] = (hidden[0, h0:], h0, logits[0])
+        return ahead
+
+    @staticmethod
+    def _totals(s: _Stream) -> tuple:
+        return (s.total_frames, s.received) if s.ending else ()
+
+    def _commit(self, batch: list[tuple[int, Window]], frames: np.ndarray, emotion_sums: torch.Tensor, ahead: dict):
         """A group's forward succeeded: advance its streams -> {stream id: its new frames}."""
         out = {}
         for b, (sid, w) in enumerate(batch):
             s = self._streams[sid]
-            hop_sum, window_sum = emotion_sums[b, :1], emotion_sums[b, 1:]
-            s.emotion_sum = hop_sum if s.emotion_sum is None else s.emotion_sum + hop_sum
+            s.emotion_sum = emotion_sums[b] if s.emotion_sum is None else s.emotion_sum + emotion_sums[b]
             s.emotion_frames += w.h1 - w.h0
-            if s.ending and w.t0 == 0 and w.t1 == s.total_frames:
-                # the last window holds the whole utterance: its label as offline animation's,
-                # from every frame's state seen with the whole utterance (the label is trained
-                # on whole utterances; a frame's state seen without the end can differ widely)
-                s.emotion_sum, s.emotion_frames = window_sum, w.t1 - w.t0
+            if b in ahead:
+                s.emotion_ahead, s.ahead_from, logits = ahead[b]
+                s.label_logits = s.label_logits if logits is None else logits
             s.next_hop += 1
             self._trim(s)
             out[sid] = np.ascontiguousarray(frames[b])
         return out
 
-    def time_steady_hop(self, streams: int, repeats: int = 3) -> float:
+    def time_steady_hop(self, streams: int, repeats: int = 3) -> tuple[float, float]:
         """Seconds one batched hop of `streams` streams takes at this engine's settings, in the
-        steady state (every window full length; noise audio), the fastest of `repeats`. Runs
-        `_hop` on a scratch engine of its own: no live stream is touched."""
+        steady state (every window full length; noise audio), the fastest of `repeats` -> (mean,
+        peak): with an emotion branch of its own, the mean over its cadence (a hop without the
+        emotion run plus the run's share) and the hop that runs it; else the same number twice.
+        Runs `_hop` on a scratch engine of its own: no live stream is touched."""
         if streams < 1 or repeats < 1:
             raise InvalidInput(f"streams and repeats must be >= 1, got {streams}, {repeats}")
-        w = self.encoder.window(self.encoder.context // self.encoder.hop + 1)  # a steady window (t0 > 0)
+        # steady windows (t0 > 0) of both branches
+        k = max(self.encoder.context, self.encoder.emotion_context) // self.encoder.hop + 1
+        w, ew = self.encoder.window(k), self.encoder.emotion_window(k)
         scratch = StreamEngine(self.model, self.device, self.dtype, max_streams=streams, hop_ms=self.hop_ms,
                                lookahead_ms=self.lookahead_ms, context_ms=self.context_ms,
+                               emotion_context_ms=self.emotion_context_ms, emotion_hop_ms=self.emotion_hop_ms,
                                max_cache_s=(w.h1 + 1) / FPS)
-        noise = torch.from_numpy(np.random.default_rng(0).standard_normal(w.s1 - w.s0).astype(np.float32) * 0.1)
+        noise = torch.from_numpy(np.random.default_rng(0).standard_normal(ew.s1 - min(w.s0, ew.s0))
+                                 .astype(np.float32) * 0.1).to(self.device)
         dec = self.model.cfg.decoder
         level, person = (torch.zeros(streams, n, dtype=self.dtype) for n in (dec.num_levels, dec.num_persons))
-        best = float("inf")
+        separate = self.encoder.separate_emotion
+        best = (float("inf"), float("inf"))
         with torch.inference_mode():
             for run in range(repeats + 1):  # the first run warms up
                 t0 = time.perf_counter()
-                inputs = self.encoder.batch_inputs([noise.to(self.device)] * streams, [w] * streams)
+                emotion = None
+                if separate:
+                    x = noise[ew.s0 - min(w.s0, ew.s0) :]
+                    (states,) = self.encoder.encode_inputs(**self.encoder.batch_inputs([x] * streams, [ew] * streams),
+                                                           branches=("emotion",))
+                    emotion_s = time.perf_counter() - t0
+                    emotion = states[:, : self.encoder.hop]
+                    t0 = time.perf_counter()
+                inputs = self.encoder.batch_inputs([noise[w.s0 - min(w.s0, ew.s0) :]] * streams, [w] * streams)
                 blendshapes, _ = scratch._hop(**inputs, level=level, person=person, slots=list(range(streams)),
-                                              starts=torch.full((streams,), w.h0), span=w.h1)
+                                              starts=torch.full((streams,), w.h0), span=w.h1, emotion=emotion)
                 blendshapes.float().cpu()
-                best = min(best, time.perf_counter() - t0) if run else best
+                took = time.perf_counter() - t0
+                if separate:
+                    took = took + emotion_s * self.encoder.hop / self.encoder.emotion_hop, took + emotion_s
+                else:
+                    took = took, took
+                best = min(best, took) if run else best
         return best
 
     def prepare_static_hops(self) -> None:
@@ -367,22 +466,29 @@ class StreamEngine:
         w = self.encoder.window(self.encoder.context // self.encoder.hop + 1)  # a steady window, in silence
         dec = self.model.cfg.decoder
         level, person = (torch.zeros(1, w.h1 - w.h0, n, dtype=self.dtype) for n in (dec.num_levels, dec.num_persons))
+        emotion = None
+        if self.encoder.separate_emotion:
+            emotion = torch.zeros(1, w.h1 - w.h0, self.model.cfg.emotion.hidden_size, dtype=self.dtype,
+                                  device=self.device)
         with torch.inference_mode():
             for bucket in self.buckets:
                 self._static_hop(bucket, self._static_inputs(bucket, [torch.zeros(w.s1 - w.s0)], [w], level, person,
-                                                             [self._scratch_slot], [0]))
+                                                             [self._scratch_slot], [0], emotion))
 
-    def _run_static(self, samples, windows, level, person, slots: list[int], starts: list[int]):
+    def _run_static(self, samples, windows, level, person, slots: list[int], starts: list[int], emotion=None):
         """The hop padded to its bucket's static shapes, through that bucket's StaticHop."""
         bucket = next(b for b in self.buckets if b >= len(windows))
-        inputs = self._static_inputs(bucket, samples, windows, level, person, slots, starts)
+        inputs = self._static_inputs(bucket, samples, windows, level, person, slots, starts, emotion)
         return self._static_hop(bucket, inputs)(inputs)
 
-    def _static_inputs(self, bucket: int, samples, windows, level, person, slots: list[int], starts: list[int]):
+    def _static_inputs(self, bucket: int, samples, windows, level, person, slots: list[int], starts: list[int],
+                       emotion=None):
         pad = bucket - len(windows)
         inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.encoder.longest))
         inputs.update(level=_pad_rows(level, bucket), person=_pad_rows(person, bucket),
                       slots=torch.tensor(slots + [self._scratch_slot] * pad), starts=torch.tensor(starts + [0] * pad))
+        if emotion is not None:  # the emotion states of a separate emotion branch
+            inputs["emotion"] = _pad_rows(emotion, bucket)
         return inputs
 
     def _static_hop(self, bucket: int, inputs: dict) -> StaticHop:
@@ -397,16 +503,19 @@ class StreamEngine:
                                                   example, self.device, self._graph_pool)
         return self._static_hops[bucket]
 
-    def _hop(self, *, level, person, slots, starts, span: int, **windows):
-        """One batched hop: both encoders over the windows, one decoder step over the slots'
-        rings -> blendshapes [B, hop, 52], the emotion states summed over the hop and over the
-        whole window, [B, 2, hidden]. Tensors in, tensors out, nothing read back to the host:
-        the function a CUDA graph captures."""
-        content, emotion, window_sum = self.encoder.encode_inputs(**windows)
+    def _hop(self, *, level, person, slots, starts, span: int, emotion=None, **windows):
+        """One batched hop: both encoders over the windows (only the content's when the hop's
+        `emotion` states [B, hop, hidden] are given), one decoder step over the slots' rings ->
+        blendshapes [B, hop, 52], the emotion states summed over the hop [B, 1, hidden]. Tensors
+        in, tensors out, nothing read back to the host: the function a CUDA graph captures."""
+        if emotion is None:
+            content, emotion = self.encoder.encode_inputs(**windows)
+        else:
+            (content,) = self.encoder.encode_inputs(**windows, branches=("content",))
         level, person = level.to(self.device), person.to(self.device)
         x, memory = self.model.decoder_inputs(content, emotion, level, person)
         out = self.model.decoder.step_at(x, memory, self.cache, slots, starts.to(self.device), span)
-        return self.model.blendshape_head(out), torch.cat([emotion.sum(1, keepdim=True), window_sum], 1)
+        return self.model.blendshape_head(out), emotion.sum(1, keepdim=True)
 
     def _style_rows(self, streams: list[_Stream], windows: list[Window], per_frame: bool = False):
         """Level and person weights: [B, n] when every stream's style is constant over its hop
@@ -422,7 +531,7 @@ class StreamEngine:
 
     def _trim(self, s: _Stream) -> None:
         """Drop samples no future window of the stream reads, so memory does not grow."""
-        keep_from = self.encoder.window(s.next_hop).s0
+        keep_from = min(self.encoder.window(s.next_hop).s0, self.encoder.emotion_window(s.next_hop).s0)
         if keep_from > s.buffer_start:
             s.buffer = s.buffer[keep_from - s.buffer_start :].copy()
             s.buffer_start = keep_from
@@ -432,6 +541,11 @@ def batch_buckets(max_streams: int) -> list[int]:
     """The static batch sizes: 1, 2, 4, ... below max_streams, then max_streams."""
     sizes = [1 << i for i in range(max_streams.bit_length()) if 1 << i < max_streams]
     return sizes + [max_streams]
+
+
+def _states_for(states: torch.Tensor, first: int, w: Window) -> torch.Tensor:
+    """A hop's rows [h1 - h0, hidden] of states kept for frames first, first + 1, ..."""
+    return states[w.h0 - first : w.h1 - first]
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:

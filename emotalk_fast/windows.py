@@ -7,7 +7,7 @@ of `context` before the hop, the hop, and `lookahead` after it, normalised over 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,13 +43,31 @@ class Window:
 
 
 class WindowedEncoder:
-    """Both encoders over windows of context + hop + lookahead on the fixed 30 fps grid."""
+    """Both encoders over windows of context + hop + lookahead on the fixed 30 fps grid.
 
-    def __init__(self, model: EmoTalk, hop_ms: int, lookahead_ms: int, context_ms: int):
+    The emotion branch may have windows of its own (`emotion_context_ms`) and run once every
+    `emotion_hop_ms` (a multiple of the hop, at most hop + lookahead): its window ends where the
+    hop's does and its states are kept from the hop's start to the window's end, so the next
+    hops read theirs from it, seen with less lookahead. Emotion changes slowly and the emotion
+    encoder was trained on whole utterances, so a longer window run less often can cost less.
+    """
+
+    def __init__(self, model: EmoTalk, hop_ms: int, lookahead_ms: int, context_ms: int,
+                 emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None):
         self.model = model
         self.hop = _frames_of(hop_ms, "hop_ms", allow_zero=False)
         self.lookahead = _frames_of(lookahead_ms, "lookahead_ms", allow_zero=True)
         self.context = _frames_of(context_ms, "context_ms", allow_zero=True)
+        self.emotion_context = self.context if emotion_context_ms is None else \
+            _frames_of(emotion_context_ms, "emotion_context_ms", allow_zero=True)
+        self.emotion_hop = self.hop if emotion_hop_ms is None else \
+            _frames_of(emotion_hop_ms, "emotion_hop_ms", allow_zero=False)
+        if self.emotion_hop % self.hop or self.emotion_hop > self.hop + self.lookahead:
+            raise InvalidInput(f"emotion_hop_ms must be a multiple of hop_ms ({hop_ms}) and at most hop_ms + "
+                               f"lookahead_ms ({hop_ms + lookahead_ms}: later hops read the states its window "
+                               f"already holds), got {emotion_hop_ms!r}")
+        # the emotion branch runs apart from the content branch (else both share each window)
+        self.separate_emotion = (self.emotion_context, self.emotion_hop) != (self.context, self.hop)
         enc = model.cfg.content
         if (enc.conv_stride, enc.conv_kernel) != (model.cfg.emotion.conv_stride, model.cfg.emotion.conv_kernel):
             raise InvalidInput("streaming needs both encoders to share one CNN frame grid")
@@ -58,11 +76,13 @@ class WindowedEncoder:
         if self.stride * ENCODER_FPS != SAMPLE_RATE:
             raise InvalidInput("streaming assumes a 50 Hz CNN front end")
 
-    def window(self, k: int, total_frames: int | None = None, total_samples: int | None = None) -> Window:
-        """Hop k's window; with the clip's totals (at the end of a stream) it is clipped to them."""
+    def window(self, k: int, total_frames: int | None = None, total_samples: int | None = None,
+               context: int | None = None) -> Window:
+        """Hop k's window (`context` frames before the hop: default the content's); with the clip's
+        totals (at the end of a stream) it is clipped to them."""
         h0 = k * self.hop
         h1 = h0 + self.hop
-        t0, t1 = max(0, h0 - self.context), h1 + self.lookahead
+        t0, t1 = max(0, h0 - (self.context if context is None else context)), h1 + self.lookahead
         if total_frames is not None:
             h1, t1 = min(h1, total_frames), min(t1, total_frames)
         c_lo = _UP * t0 // _DOWN
@@ -72,6 +92,12 @@ class WindowedEncoder:
             c_lo, c_hi = min(c_lo, last), min(c_hi, last)
         s0, s1 = self.stride * c_lo, self.stride * c_hi + self.field
         return Window(t0, h0, h1, t1, c_lo, c_hi, s0, s1)
+
+    def emotion_window(self, k: int, total_frames: int | None = None, total_samples: int | None = None) -> Window:
+        """Hop k's emotion window: `emotion_context` before the hop, ending where the hop's window
+        ends; its 'hop' is every frame from the hop's start to the window's end (the states kept)."""
+        w = self.window(k, total_frames, total_samples, self.emotion_context)
+        return replace(w, h1=w.t1)
 
     def encode(self, samples: torch.Tensor, w: Window):
         """Window samples [s1 - s0] (raw 16 kHz) -> content, emotion hidden [1, h1 - h0, hidden]."""
@@ -89,16 +115,14 @@ class WindowedEncoder:
 
         Shorter windows are zero-padded and masked, so each row equals its own `encode` (the
         padded batch of the offline model, tested within 1e-5)."""
-        return self.encode_inputs(**self.batch_inputs(samples, windows))[:2]
+        return self.encode_inputs(**self.batch_inputs(samples, windows))
 
     def batch_inputs(self, samples: list[torch.Tensor], windows: list[Window], pad_to: tuple | None = None):
-        """The tensors `encode_inputs` takes for these windows (one hop length). pad_to (rows,
-        frames, samples): pad to exactly that shape, whatever the windows (static shapes for a
-        CUDA graph); padding rows are silent windows that read nothing of the others."""
-        hops = {w.h1 - w.h0 for w in windows}
-        if len(hops) != 1:
-            raise InvalidInput(f"a batch of windows needs one hop length, got {sorted(hops)}")
-        hop = hops.pop()
+        """The tensors `encode_inputs` takes for these windows. The hidden states come out for
+        the longest hop; a row with a shorter hop repeats its last frame. pad_to (rows, frames,
+        samples): pad to exactly that shape, whatever the windows (static shapes for a CUDA
+        graph); padding rows are silent windows that read nothing of the others."""
+        hop = max(w.h1 - w.h0 for w in windows)
         frames = [w.t1 - w.t0 for w in windows]
         rows, n_frames, n_samples = pad_to or (len(windows), max(frames), max(len(s) for s in samples))
         wave = torch.zeros(rows, n_samples, device=samples[0].device)
@@ -111,7 +135,7 @@ class WindowedEncoder:
             lengths[b] = len(s)
             t[b] = w.t0 + torch.arange(n_frames).clamp(max=w.t1 - w.t0 - 1)  # padding repeats the last frame
             c_lo[b], c_hi[b] = w.c_lo, w.c_hi
-            hop_rows[b] += w.h0 - w.t0
+            hop_rows[b] = w.h0 - w.t0 + hop_rows[b].clamp(max=w.h1 - w.h0 - 1)
         pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
         valid = torch.full((rows,), n_frames)
         valid[: len(frames)] = torch.tensor(frames)
@@ -119,11 +143,9 @@ class WindowedEncoder:
                     i1=torch.minimum(pos0 + 1, c_hi) - c_lo, frac=((_UP * t) % _DOWN / _DOWN)[..., None],  # thirds
                     frames=None if pad_to is None and len(set(frames)) == 1 else valid, hop_rows=hop_rows)
 
-    def encode_inputs(self, wave, lengths, i0, i1, frac, frames, hop_rows):
-        """`batch_inputs`' tensors -> content, emotion hidden [B, hop, hidden] and the emotion
-        states summed over each whole window [B, 1, hidden] (a window that holds a whole
-        utterance gives its label as offline does). Reads no value back to the host (a CUDA
-        graph can capture it)."""
+    def encode_inputs(self, wave, lengths, i0, i1, frac, frames, hop_rows, branches=("content", "emotion")):
+        """`batch_inputs`' tensors -> hidden [B, hop, hidden] of each branch asked for, in that
+        order. Reads no value back to the host (a CUDA graph can capture it)."""
         device = self.model.content_map.weight.device
         wave, lengths, i0, i1, frac, hop_rows = (x.to(device) for x in (wave, lengths, i0, i1, frac, hop_rows))
         frames = None if frames is None else frames.to(device)
@@ -131,36 +153,46 @@ class WindowedEncoder:
         wave = normalize_waveform(wave, lengths).to(self.model.content_map.weight.dtype)
         frac = frac.to(wave.dtype)
         rows = torch.arange(wave.shape[0], device=device)[:, None]
+        encoders = {"content": self.model.content_encoder, "emotion": self.model.emotion_encoder}
         hidden, feats = [], None
-        for enc in (self.model.content_encoder, self.model.emotion_encoder):
+        for name in branches:
+            enc = encoders[name]
             if feats is None or not self.model.shares_front_end:
                 feats = enc.front_end(wave)
             grid = feats[rows, i0] * (1 - frac) + feats[rows, i1] * frac
-            states = enc.transformer(grid, frames)
-            hidden.append(states[rows, hop_rows])
-        if frames is not None:  # padding frames of shorter windows count for nothing
-            states = states * (torch.arange(states.shape[1], device=device) < frames[:, None])[..., None]
-        return hidden[0], hidden[1], states.sum(1, keepdim=True)
+            hidden.append(enc.transformer(grid, frames)[rows, hop_rows])
+        return tuple(hidden)
 
     def hops(self, total_frames: int) -> int:
         return -(-total_frames // self.hop)
 
 
 def encode_windowed(model: EmoTalk, wave: torch.Tensor, hop_ms: int, lookahead_ms: int, context_ms: int,
-                    progress=None):
+                    progress=None, *, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None):
     """A whole clip [N] through the stream's windows -> content, emotion hidden [1, T, hidden].
 
     Memory is that of one window, whatever the clip's length; the windows are exactly the
-    ones a stream with the same settings would use.
+    ones a stream with the same settings would use (the emotion branch on its own windows and
+    cadence when given; a stream's whole-utterance rule at the end aside: engine.py).
     """
-    encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms)
+    encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms, emotion_context_ms, emotion_hop_ms)
     n = wave.shape[0]
     total = num_frames(n)
     content, emotion = [], []
     hops = encoder.hops(total)
+    kept, first = None, 0  # the separate emotion branch's states for frames first, first + 1, ...
     for k in range(hops):
         w = encoder.window(k, total, n)
-        c, e = encoder.encode(wave[w.s0 : w.s1], w)
+        if not encoder.separate_emotion:
+            c, e = encoder.encode(wave[w.s0 : w.s1], w)
+        else:
+            (c,) = encoder.encode_inputs(**encoder.batch_inputs([wave[w.s0 : w.s1]], [w]), branches=("content",))
+            if k % (encoder.emotion_hop // encoder.hop) == 0:
+                ew = encoder.emotion_window(k, total, n)
+                (kept,) = encoder.encode_inputs(**encoder.batch_inputs([wave[ew.s0 : ew.s1]], [ew]),
+                                                branches=("emotion",))
+                first = ew.h0
+            e = kept[:, w.h0 - first : w.h1 - first]
         content.append(c)
         emotion.append(e)
         if progress is not None:

@@ -26,15 +26,44 @@ def test_budget_arithmetic():
 
 
 def test_measure_times_a_steady_hop(animator):
-    b = budget.measure(animator.model, "cpu", animator.dtype, hop_ms=100, lookahead_ms=200, context_ms=1000, streams=8)
-    assert set(b.hop_s) == {1, 4} and all(0 < t < 10 for t in b.hop_s.values())
+    b = budget.measure(animator.model, "cpu", animator.dtype, hop_ms=100, lookahead_ms=200, context_ms=1000, streams=8,
+                       emotion_context_ms=1000, emotion_hop_ms=100)  # one window for both branches
+    assert set(b.hop_s) == {1, 4} and all(0 < t < 10 for t in b.hop_s.values()) and b.peak_s == b.hop_s
+
+
+def test_an_emotion_cadence_is_budgeted_by_its_mean_and_its_peak(animator):
+    """The emotion branch every third hop: the mean hop pays a third of its run, the latency the
+    whole run (the hop that runs it)."""
+    b = budget.measure(animator.model, "cpu", animator.dtype, hop_ms=100, lookahead_ms=200, context_ms=1000,
+                       streams=1, emotion_context_ms=4000, emotion_hop_ms=300)
+    assert 0 < b.hop_s[1] < b.peak_s[1] < 10
+    assert b.latency_ms(1) == pytest.approx(100 + 200 + 5 + 1000 * b.peak_s[1])
+    assert "when it runs the emotion branch" in b.describe(1)
+    arithmetic = Budget(100, 200, 2000, {1: 0.05}, {1: 0.09})
+    assert arithmetic.holds() == 1 and arithmetic.latency_ms(1) == pytest.approx(100 + 200 + 5 + 90)
+
+
+def test_auto_tries_only_hops_the_emotion_cadence_fits(monkeypatch, animator):
+    tried = []
+
+    def fake(model, device, dtype, *, hop_ms, lookahead_ms, context_ms, streams, **emotion):
+        tried.append((hop_ms, emotion["emotion_hop_ms"]))
+        return Budget(hop_ms, lookahead_ms, context_ms, {1: 1.0})  # holds nothing: every fitting hop is tried
+
+    monkeypatch.setattr(budget, "measure", fake)
+    budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000, streams=1,
+                      emotion_hop_ms=400)
+    assert tried == [(200, 400), (400, 400)]  # 100 ms: 400 > 100 + 200
+    with pytest.raises(ValueError, match="none fits emotion_hop_ms 300"):
+        budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=0, context_ms=2000, streams=1,
+                          emotion_hop_ms=300)
 
 
 def test_auto_picks_the_smallest_hop_that_holds(monkeypatch, animator):
     cost = {100: 0.2, 200: 0.2, 400: 0.2, 800: 0.2, 1600: 0.2}  # 200 ms per hop whatever its length
     tried = []
 
-    def fake(model, device, dtype, *, hop_ms, lookahead_ms, context_ms, streams):
+    def fake(model, device, dtype, *, hop_ms, lookahead_ms, context_ms, streams, **emotion):
         tried.append(hop_ms)
         return Budget(hop_ms, lookahead_ms, context_ms, {1: cost[hop_ms]})
 

@@ -92,12 +92,20 @@ def test_total_frames_match_offline(animator, speech, n):
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
-def test_stream_equals_windowed_offline(animator, speech, cuda_graphs):
+@pytest.mark.parametrize("settings", [
+    {"hop_ms": 300, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1000, "emotion_hop_ms": 300},
+    {"hop_ms": 300, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1500},
+    {"hop_ms": 100, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1500, "emotion_hop_ms": 300},
+], ids=["one-window", "emotion-window", "emotion-every-3-hops"])
+def test_stream_equals_windowed_offline(animator, speech, cuda_graphs, settings):
     """The stream and the long-audio path share windows, so they agree frame for frame (also
-    through the engine's static-shape path, eager on the CPU)."""
-    settings = {"hop_ms": 300, "lookahead_ms": 200, "context_ms": 1000}
+    through the engine's static-shape path, eager on the CPU), whether the emotion branch reads
+    the content's windows or its own, every hop or every third (the utterance is longer than
+    the emotion window: no whole-utterance rule at its end)."""
     stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, **settings)
+    assert stream.engine.encoder.separate_emotion == (settings["emotion_context_ms"] != settings["context_ms"])
     streamed = _stream_all(stream, speech, [4000], 0)
+    assert len(speech) > 16 * (settings["emotion_context_ms"] + settings["hop_ms"] + settings["lookahead_ms"])
     assert bool(stream.engine._static_hops) == cuda_graphs
     with torch.inference_mode():
         content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), **settings)
@@ -137,7 +145,8 @@ def test_latency_and_memory_stay_bounded(animator):
     for _ in range(40):  # 8 s of audio in 200 ms chunks
         stream.push((0.1 * rng.standard_normal(3200)).astype(np.float32))
     state = stream.engine._get(stream._id)
-    assert len(state.buffer) <= (500 + 100 + 200) * 16 + 400 + 320 * 2
+    context_ms = max(500, stream.engine.emotion_context_ms)  # the longer of the two branches' windows
+    assert len(state.buffer) <= (context_ms + 100 + 200) * 16 + 400 + 320 * 2
     assert stream.engine.cache.k.shape[2] == 60  # 2 s at 30 fps, allocated once
     assert stream.emotion_logits.shape == (7,)
 
@@ -178,7 +187,9 @@ def test_empty_and_too_short_utterances(animator):
 
 
 @pytest.mark.parametrize("kwargs", [{"hop_ms": 50}, {"hop_ms": 0}, {"lookahead_ms": 150}, {"context_ms": -100},
-                                    {"max_cache_s": 0}, {"level": 3}])
+                                    {"max_cache_s": 0}, {"level": 3}, {"emotion_context_ms": 150},
+                                    {"emotion_hop_ms": 400},  # more than hop + lookahead (300 ms)
+                                    {"emotion_hop_ms": 200, "hop_ms": 300}, {"emotion_hop_ms": 0}])
 def test_bad_settings(animator, kwargs):
     with pytest.raises(ValueError):
         animator.stream(**kwargs)
@@ -255,23 +266,38 @@ def test_stream_at_48khz(animator, speech):
         animator.stream(sample_rate=100)
 
 
-def test_an_utterance_in_one_window_gets_its_label_from_the_whole_window(animator, speech):
-    """When the last window holds the whole utterance, the stream's emotion label is the
-    classifier on that window's states (what offline animation computes, up to the 30 fps grid),
-    not the mean of states each seen without the utterance's end; longer utterances keep the
-    running mean of the emitted frames' states."""
+def test_an_utterance_its_emotion_window_holds_gets_offline_label(animator, speech):
+    """When an utterance ends while its emotion window holds all of it, the stream's label is
+    offline animation's (the emotion encoder over the whole utterance, the way it was trained),
+    and so are the emotion states of its frames from then on; longer utterances keep the
+    classifier on the running mean of the emitted frames' states."""
     short = speech[: 16000 * 2]
-    stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=2000)
-    _stream_all(stream, short, [1600], 0)
-    with torch.inference_mode():
-        _, emotion = encode_windowed(animator.model, torch.from_numpy(short), 2000, 0, 0)
-        whole = animator.model.emotion_encoder.classify(emotion.mean(1))[0].numpy()
-    np.testing.assert_allclose(stream.emotion_logits, whole, atol=1e-5, rtol=0)
+    offline = animator.animate(short)
+    for emotion_context_ms in (2000, 4000):  # whole: up to 2.3 s, 4.3 s
+        stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_context_ms=emotion_context_ms)
+        pushed = [stream.push(short[i : i + 1600]) for i in range(0, len(short), 1600)]
+        before_end = len(np.concatenate(pushed))
+        streamed = np.concatenate(pushed + [stream.flush()])
+        np.testing.assert_allclose(stream.emotion_logits, offline.emotion_logits, atol=1e-5, rtol=0)
+    # the hops that ran once the end arrived read offline's emotion states (the ones before, the stream's own)
+    from emotalk_fast.model import normalize_waveform
 
-    long_stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000)  # 2 s > 1.1 s window
+    with torch.inference_mode():
+        wave = torch.from_numpy(short)
+        content, emotion = encode_windowed(animator.model, wave, 100, 200, 1000, emotion_context_ms=4000,
+                                           emotion_hop_ms=300)
+        n = torch.tensor([len(short)])
+        whole, _ = animator.model.encode_emotion(normalize_waveform(wave[None], n), n, [offline.num_frames])
+        emotion[:, before_end:] = whole[:, before_end:]
+        want, _ = animator.model.decode(content, emotion, *style_weights(animator.config, 1, 0, torch.float32, "cpu"))
+    assert 9 <= offline.num_frames - before_end <= 12  # hop + lookahead, and the CNN's last frame
+    assert_close(streamed, want[0], 1e-5, "the stream, offline's emotion states from the end on")
+
+    long_stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_context_ms=1000,
+                                  emotion_hop_ms=100)  # 2 s > 1.3 s window
     _stream_all(long_stream, short, [1600], 0)
     with torch.inference_mode():
         _, emotion = encode_windowed(animator.model, torch.from_numpy(short), 100, 200, 1000)
         running = animator.model.emotion_encoder.classify(emotion.mean(1))[0].numpy()
     np.testing.assert_allclose(long_stream.emotion_logits, running, atol=1e-5, rtol=0)
-    assert np.abs(long_stream.emotion_logits - whole).max() > 1e-4  # the two readouts differ here
+    assert np.abs(long_stream.emotion_logits - offline.emotion_logits).max() > 1e-4  # the two readouts differ here

@@ -125,12 +125,27 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_stream_options(p: argparse.ArgumentParser) -> None:
-    """--hop-ms, --lookahead-ms, --context-ms: a stream's windows (stream, stream-eval, serve)."""
+    """--hop-ms, --lookahead-ms, --context-ms, --emotion-context-ms, --emotion-hop-ms: a
+    stream's windows (stream, serve)."""
+    from ..engine import EMOTION_CONTEXT_MS
+
     p.add_argument("--hop-ms", type=hop_ms_arg, default=100,
                    help="multiple of 100 (default 100), or auto: the smallest hop this machine holds in real time "
                         "(measured at start-up)")
     p.add_argument("--lookahead-ms", type=int, default=200, help="multiple of 100 (default 200)")
     p.add_argument("--context-ms", type=int, default=2000, help="multiple of 100 (default 2000)")
+    p.add_argument("--emotion-context-ms", type=int, default=EMOTION_CONTEXT_MS,
+                   help=f"the emotion branch's context, multiple of 100 (default {EMOTION_CONTEXT_MS}: an utterance "
+                        "that ends within it gets offline's label)")
+    p.add_argument("--emotion-hop-ms", type=int, default=None,
+                   help="how often the emotion branch runs: a multiple of the hop up to hop + lookahead (default: "
+                        "the largest, every third 100 ms hop at the defaults; the hop itself runs it every hop)")
+
+
+def stream_settings(args) -> dict:
+    """The stream options but the hop, as keyword arguments of Animator.stream / engine."""
+    return {"lookahead_ms": args.lookahead_ms, "context_ms": args.context_ms,
+            "emotion_context_ms": args.emotion_context_ms, "emotion_hop_ms": args.emotion_hop_ms}
 
 
 def resolve_hop_ms(animator, args, streams: int = 1) -> int:
@@ -146,8 +161,8 @@ def auto_hop_budget(animator, args, streams: int):
     def report(b):
         print(f"emotalk-fast {args.command}: --hop-ms auto: {b.describe(streams)}", file=sys.stderr, flush=True)
 
-    return choose_hop(animator.model, animator.device, animator.dtype, lookahead_ms=args.lookahead_ms,
-                      context_ms=args.context_ms, streams=streams, report=report)
+    return choose_hop(animator.model, animator.device, animator.dtype, **stream_settings(args), streams=streams,
+                      report=report)
 
 
 def hop_ms_arg(text: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 from ..export import check_output
-from .options import add_model_options, add_stream_options, auto_hop_budget, load_animator, warn
+from .options import add_model_options, add_stream_options, auto_hop_budget, load_animator, stream_settings, warn
 
 
 def _import_serve(module: str):
@@ -44,9 +44,8 @@ def serve(args) -> None:
     try:
         animator = load_animator(args)
         budget = _budget(animator, args)
-        engine = animator.engine(args.max_streams, hop_ms=budget.hop_ms, lookahead_ms=args.lookahead_ms,
-                                 context_ms=args.context_ms, max_cache_s=args.max_audio_s,
-                                 cuda_graphs=args.cuda_graphs)
+        engine = animator.engine(args.max_streams, hop_ms=budget.hop_ms, **stream_settings(args),
+                                 max_cache_s=args.max_audio_s, cuda_graphs=args.cuda_graphs)
         server.attach(engine)
     except BaseException:
         server.stop(grace=0)
@@ -54,7 +53,8 @@ def serve(args) -> None:
     tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
     metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
     print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
-          f"streams; hop {budget.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms; "
+          f"streams; hop {budget.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms, "
+          f"emotion context {engine.emotion_context_ms} ms every {engine.emotion_hop_ms} ms; "
           f"{_graphs_note(animator) if args.cuda_graphs else ''}"
           f"loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
     server.wait_for_signal()
@@ -74,7 +74,7 @@ def _budget(animator, args):
         budget = auto_hop_budget(animator, args, streams)
     else:
         budget = budgets.measure(animator.model, animator.device, animator.dtype, hop_ms=args.hop_ms,
-                                 lookahead_ms=args.lookahead_ms, context_ms=args.context_ms, streams=streams)
+                                 **stream_settings(args), streams=streams)
         print(f"emotalk-fast serve: {budget.describe(streams)}", file=sys.stderr, flush=True)
     held = budget.holds()
     if held < streams:

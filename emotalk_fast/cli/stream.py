@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import SAMPLE_RATE
 from .options import add_model_options, add_runtime_options, add_stream_options, load_animator, model_config, \
-    ms_list, parse_level, parse_person, resolve_hop_ms
+    ms_list, parse_level, parse_person, resolve_hop_ms, stream_settings
 
 
 def stream(args) -> None:
@@ -28,8 +28,7 @@ def stream(args) -> None:
         raise FileNotFoundError(f"audio file not found: {args.input}")
     animator = load_animator(args)
     hop_ms = resolve_hop_ms(animator, args)
-    stream = animator.stream(level=args.level, person=args.person, hop_ms=hop_ms,
-                             lookahead_ms=args.lookahead_ms, context_ms=args.context_ms)
+    stream = animator.stream(level=args.level, person=args.person, hop_ms=hop_ms, **stream_settings(args))
     samples = prepare_audio(args.input, min_samples=animator.min_samples)
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops"
           f"{' in real time' if args.realtime else ''}; algorithmic latency {stream.latency_ms:.0f} ms")

@@ -62,6 +62,16 @@ def speech_wav(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def long_speech_wav(speech_wav):
+    """The speech four times (about 10 s): a live client that outlasts a few CLI calls."""
+    import soundfile
+
+    path = speech_wav.with_name("long_speech.wav")
+    soundfile.write(str(path), np.tile(_read(speech_wav), 4), 22050, subtype="PCM_16")
+    return path
+
+
 def test_serve_refuses_bad_arguments_before_loading_the_model(tmp_path):
     t0 = time.monotonic()
     r = run_cli("serve", "--port", free_port())
@@ -127,7 +137,7 @@ def live_client(path, address: str, chunk_s: float) -> tuple[threading.Thread, d
     return t, result
 
 
-def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
+def test_send_health_and_a_graceful_sigterm(speech_wav, long_speech_wav, tmp_path):
     server = ServeProcess("--shutdown-grace", "20")
     try:
         r = run_cli("health", "--server", server.address)
@@ -143,7 +153,7 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
 
         # SIGTERM while a stream is live: health says NOT_SERVING and new streams get UNAVAILABLE
         # while the port stays open; the live stream finishes; exit 0; then no server at all
-        t, result = live_client(speech_wav, server.address, chunk_s=0.2)
+        t, result = live_client(long_speech_wav, server.address, chunk_s=0.2)
         time.sleep(1.0)
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: health_status(server.address, timeout=2) == "NOT_SERVING", 10.0, poll_s=0.05)
@@ -154,7 +164,7 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
         assert e.value.code == "UNAVAILABLE" and "shutting down" in e.value.message
         t.join(60)
         assert "ok" in result, result
-        assert result["ok"].audio == pb.float_to_pcm16(_read(speech_wav))
+        assert result["ok"].audio == pb.float_to_pcm16(_read(long_speech_wav))
         assert server.proc.wait(30) == 0
         assert health_status(server.address, timeout=2) is None
         r = run_cli("health", "--server", server.address)
@@ -163,10 +173,10 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, tmp_path):
         server.stop()
 
 
-def test_a_second_sigterm_stops_at_once(speech_wav):
+def test_a_second_sigterm_stops_at_once(long_speech_wav):
     server = ServeProcess("--shutdown-grace", "60")
     try:
-        t, result = live_client(speech_wav, server.address, chunk_s=0.1)
+        t, result = live_client(long_speech_wav, server.address, chunk_s=0.1)
         time.sleep(0.5)
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: health_status(server.address, timeout=2) == "NOT_SERVING", 10.0, poll_s=0.05)
