@@ -7,8 +7,8 @@ offline curves' own spread around their mean?
     python benchmarks/stream_agreement.py --checkpoint runs/tiny --data smoke
     python benchmarks/stream_agreement.py --random-weights tiny --data smoke
 
-Per setting (hop / context / lookahead, and the emotion branch's context / cadence where not its
-defaults, ms): emotion agreement (the stream's label at the end against offline's), and the
+Per setting (hop / context / lookahead, and where not their defaults the emotion branch's
+context / cadence and the whole-utterance limit, ms): emotion agreement (the stream's label at the end against offline's), and the
 curves' mean abs deviation from offline over the offline curves' mean abs spread, averaged over
 clips; beside it the same deviation with only the content branch windowed (the emotion branch
 as offline) and with only the emotion branch windowed (on the stream's windows and cadence; the
@@ -37,7 +37,8 @@ from emotalk_fast.windows import encode_windowed  # noqa: E402
 
 
 def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, lookahead: int,
-             emotion_context: int | None = None, emotion_hop: int | None = None) -> dict:
+             emotion_context: int | None = None, emotion_hop: int | None = None,
+             whole_utterance: int | None = None) -> dict:
     """One clip at one setting (hop None: the clip in one window)."""
     offline = animator.animate(x, long_audio_s=None)
     spread = float(np.abs(offline.blendshapes - offline.blendshapes.mean(0)).mean())
@@ -52,7 +53,8 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
         content_win, emotion_win = encode_windowed(animator.model, wave, hop or whole, lookahead, context)
         if hop is not None:  # the emotion branch on the stream's own windows and cadence
             stream = animator.stream(hop_ms=hop, context_ms=context, lookahead_ms=lookahead,
-                                     emotion_context_ms=emotion_context, emotion_hop_ms=emotion_hop)
+                                     emotion_context_ms=emotion_context, emotion_hop_ms=emotion_hop,
+                                     whole_utterance_ms=whole_utterance)
             _, emotion_win = encode_windowed(animator.model, wave, hop, lookahead, context,
                                              emotion_context_ms=stream.engine.emotion_context_ms,
                                              emotion_hop_ms=stream.engine.emotion_hop_ms)
@@ -70,7 +72,8 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
     row.update(deviation=float(np.abs(streamed - offline.blendshapes).mean()) / spread,
                agrees=bool(np.argmax(stream.emotion_logits) == np.argmax(offline.emotion_logits)),
                latency_ms=stream.latency_ms, emotion=f"{stream.engine.emotion_context_ms} ms, every "
-                                                      f"{stream.engine.emotion_hop_ms} ms")
+                                                      f"{stream.engine.emotion_hop_ms} ms",
+               whole=f"{stream.engine.whole_utterance_ms} ms")
     return row
 
 
@@ -80,10 +83,10 @@ def main() -> None:
     model.add_argument("--checkpoint", help="a trained model (directory or .pth)")
     model.add_argument("--random-weights", help="a preset with random weights (mini, tiny, emotalk)")
     p.add_argument("--data", required=True, help="a folder of .wav clips (the smoke set)")
-    p.add_argument("--settings", default="100/2000/200,100/2000/200/2000/100,100/1000/200,100/1000/400,200/2000/400,"
-                                         "400/2000/400",
-                   help="hop/context/lookahead[/emotion context[/emotion hop]] in ms, comma-separated (the "
-                        "emotion branch's defaults where not given)")
+    p.add_argument("--settings", default="100/2000/200,100/2000/200/2000/100,100/2000/200/2000/100/0,"
+                                         "100/2000/200/4000/300,100/1000/200,100/1000/400,200/2000/400,400/2000/400",
+                   help="hop/context/lookahead[/emotion context[/emotion hop[/whole utterance]]] in ms, "
+                        "comma-separated (the defaults where not given)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,17 +99,17 @@ def main() -> None:
     print(f"{args.checkpoint or 'random weights ' + args.random_weights}, {len(clips)} clips of "
           f"{np.mean([len(x) for x in audio]) / 16000:.1f} s on average; CPU {cpu_description()}, "
           f"{args.threads} threads, torch {versions()['torch']}\n")
-    print("| hop | context | lookahead | emotion context, cadence | latency | emotion agrees | deviation / spread | "
+    print("| hop | context | lookahead | emotion context, cadence | whole utterance | latency | emotion agrees | deviation / spread | "
           "content branch only | emotion branch only |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     settings = [(None, 0, 0)] + [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
     for hop, context, lookahead, *emotion in settings:
         rows = [clip_row(animator, x, hop, context, lookahead, *emotion) for x in audio]
         mean = {k: np.mean([r[k] for r in rows]) for k in ("deviation", "content_only", "emotion_only")}
         if hop is None:
-            head, agrees, latency = "whole clip | - | - | -", "-", "-"
+            head, agrees, latency = "whole clip | - | - | - | -", "-", "-"
         else:
-            head = f"{hop} ms | {context} ms | {lookahead} ms | {rows[0]['emotion']}"
+            head = f"{hop} ms | {context} ms | {lookahead} ms | {rows[0]['emotion']} | {rows[0]['whole']}"
             agrees, latency = f"{sum(r['agrees'] for r in rows)} of {len(rows)}", f"{rows[0]['latency_ms']:.0f} ms"
         print(f"| {head} | {latency} | {agrees} | {mean['deviation']:.2f} | {mean['content_only']:.2f} | "
               f"{mean['emotion_only']:.2f} |", flush=True)

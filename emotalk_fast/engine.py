@@ -40,11 +40,11 @@ from .model import EmoTalk, normalize_waveform, num_frames
 from .windows import Window, WindowedEncoder
 
 
-# The emotion branch's window by default: it holds a whole utterance of up to 4.3 s (with the
-# default hop and lookahead), whose label is then offline's exactly; on the trained smoke model
-# the stream's label agrees with offline on 28 of 28 clips, against 20 with the content's 2 s
-# (docs/streaming.md). It runs once every `default_emotion_hop_ms`, which more than pays for it.
-EMOTION_CONTEXT_MS = 4000
+# Utterances up to this long are kept whole until they end, so that their label is offline's
+# exactly: on the trained smoke model the stream's label then agrees with offline on 28 of 28
+# clips, against 20 when only a window's worth is kept (docs/streaming.md). It costs 64 KB of
+# samples per stream per second, and one emotion run over the utterance at its end.
+WHOLE_UTTERANCE_MS = 4000
 
 
 def default_emotion_hop_ms(hop_ms: int, lookahead_ms: int) -> int:
@@ -111,11 +111,12 @@ class StreamEngine:
     >>> engine.close(a)                       # frees its slot
 
     emotion_context_ms, emotion_hop_ms: the emotion branch's own window and cadence (windows.py;
-    default EMOTION_CONTEXT_MS and `default_emotion_hop_ms`; the content's settings give one
-    window for both, as before these existed). An utterance that ends while its emotion window still holds all
-    of it (at most emotion context + hop + lookahead long) gets its remaining frames' emotion
-    states and its label from the emotion encoder over the whole utterance, exactly as offline
-    animation computes them, in place of that hop's windowed emotion run.
+    default the content's context and `default_emotion_hop_ms`; the hop itself runs both
+    branches on one window every hop, as before these existed). whole_utterance_ms: an
+    utterance up to this long (default WHOLE_UTTERANCE_MS; 0: none) gets its label and the
+    emotion states of its frames from its end on (the first hop only the end lets run) from the
+    emotion encoder over the whole utterance, exactly as offline animation computes them, in
+    place of that hop's windowed emotion run.
 
     cuda_graphs: static shapes for every full hop, on CUDA each batch bucket's hop a captured
     graph (see the module's docstring); `prepare_static_hops()` builds them all up front.
@@ -123,20 +124,23 @@ class StreamEngine:
 
     def __init__(self, model: EmoTalk, device, dtype, *, max_streams: int = 16, hop_ms: int = 100,
                  lookahead_ms: int = 200, context_ms: int = 2000, emotion_context_ms: int | None = None,
-                 emotion_hop_ms: int | None = None, max_cache_s: float = 600.0, cuda_graphs: bool = False):
+                 emotion_hop_ms: int | None = None, whole_utterance_ms: int = WHOLE_UTTERANCE_MS,
+                 max_cache_s: float = 600.0, cuda_graphs: bool = False):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise InvalidInput(f"max_streams must be a positive integer, got {max_streams!r}")
         if not max_cache_s > 0:
             raise InvalidInput(f"max_cache_s must be > 0, got {max_cache_s!r}")
         self.model, self.device, self.dtype = model, torch.device(device), dtype
-        emotion_context_ms = EMOTION_CONTEXT_MS if emotion_context_ms is None else emotion_context_ms
+        emotion_context_ms = context_ms if emotion_context_ms is None else emotion_context_ms
+        if isinstance(whole_utterance_ms, bool) or not isinstance(whole_utterance_ms, int) or whole_utterance_ms < 0:
+            raise InvalidInput(f"whole_utterance_ms must be a non-negative integer, got {whole_utterance_ms!r}")
         if emotion_hop_ms is None:
             emotion_hop_ms = default_emotion_hop_ms(hop_ms, lookahead_ms)
         self.encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms, emotion_context_ms, emotion_hop_ms)
         self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms
         self.emotion_context_ms, self.emotion_hop_ms = emotion_context_ms, emotion_hop_ms
-        enc = self.encoder  # the longest utterance whose label is computed whole, as offline
-        self.whole_utterance_frames = enc.emotion_context + enc.hop + enc.lookahead
+        self.whole_utterance_ms = whole_utterance_ms
+        self._whole_samples = whole_utterance_ms * SAMPLE_RATE // 1000  # kept whole until the end
         self.max_streams = max_streams
         self.max_cache_frames = max(int(max_cache_s * FPS), self.encoder.hop)
         self.cuda_graphs = bool(cuda_graphs)
@@ -365,8 +369,8 @@ class StreamEngine:
         "whole" (the whole utterance, as offline)."""
         # the first hop that only the utterance's end lets run (whenever flush() came: the frames
         # do not depend on the timing), while the buffer still holds the whole utterance
-        if s.ending and s.label_logits is None and s.buffer_start == 0 and \
-                s.total_frames <= self.whole_utterance_frames and self.encoder.window(s.next_hop).s1 > s.received:
+        if s.ending and s.label_logits is None and s.buffer_start == 0 and 0 < s.received <= self._whole_samples \
+                and self.encoder.window(s.next_hop).s1 > s.received:
             return "whole"
         if s.emotion_ahead is not None and s.ahead_from <= w.h0 and w.h1 <= s.ahead_from + len(s.emotion_ahead) \
                 and (s.label_logits is not None or w.h0 - s.ahead_from < self.encoder.emotion_hop):
@@ -428,7 +432,7 @@ class StreamEngine:
         scratch = StreamEngine(self.model, self.device, self.dtype, max_streams=streams, hop_ms=self.hop_ms,
                                lookahead_ms=self.lookahead_ms, context_ms=self.context_ms,
                                emotion_context_ms=self.emotion_context_ms, emotion_hop_ms=self.emotion_hop_ms,
-                               max_cache_s=(w.h1 + 1) / FPS)
+                               whole_utterance_ms=0, max_cache_s=(w.h1 + 1) / FPS)
         noise = torch.from_numpy(np.random.default_rng(0).standard_normal(ew.s1 - min(w.s0, ew.s0))
                                  .astype(np.float32) * 0.1).to(self.device)
         dec = self.model.cfg.decoder
@@ -530,7 +534,10 @@ class StreamEngine:
         return tuple(torch.as_tensor(r).to(self.dtype) for r in rows)
 
     def _trim(self, s: _Stream) -> None:
-        """Drop samples no future window of the stream reads, so memory does not grow."""
+        """Drop samples no future window of the stream reads, so memory does not grow; an
+        utterance that may yet end within `whole_utterance_ms` is kept whole."""
+        if s.received <= self._whole_samples:
+            return
         keep_from = min(self.encoder.window(s.next_hop).s0, self.encoder.emotion_window(s.next_hop).s0)
         if keep_from > s.buffer_start:
             s.buffer = s.buffer[keep_from - s.buffer_start :].copy()

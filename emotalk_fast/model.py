@@ -28,6 +28,11 @@ def num_frames(num_samples: int) -> int:
     return int(math.ceil(num_samples / SAMPLE_RATE * FPS))
 
 
+def _ints(num_samples) -> list[int]:
+    """Sample counts as Python ints, from a tensor or a list."""
+    return [int(n) for n in (num_samples.tolist() if isinstance(num_samples, torch.Tensor) else num_samples)]
+
+
 def num_emotion_frames(num_cnn_frames: int) -> int:
     """The emotion encoder's own frame count: int(L / 50 * 30), float then truncation."""
     return int(num_cnn_frames / float(ENCODER_FPS) * FPS)
@@ -79,7 +84,7 @@ class EmoTalk(nn.Module):
         `feats`: this encoder's CNN features of `wave` when already computed."""
         enc = self.content_encoder
         feats = enc.front_end(wave) if feats is None else feats
-        cnn_lens = [enc.cfg.num_cnn_frames(int(n)) for n in num_samples.tolist()]
+        cnn_lens = [enc.cfg.num_cnn_frames(n) for n in _ints(num_samples)]
         feats = self._resample_ragged(feats, cnn_lens, frames)
         return enc.transformer(feats, self._lengths(frames, wave.device))
 
@@ -88,7 +93,7 @@ class EmoTalk(nn.Module):
         """Normalised wave [B, N] -> (emotion_hidden [B, max(frames), hidden], logits [B, labels])."""
         enc = self.emotion_encoder
         feats = enc.front_end(wave) if feats is None else feats
-        cnn_lens = [enc.cfg.num_cnn_frames(int(n)) for n in num_samples.tolist()]
+        cnn_lens = [enc.cfg.num_cnn_frames(n) for n in _ints(num_samples)]
         emo_frames = [num_emotion_frames(n) for n in cnn_lens]
         feats = self._resample_ragged(feats, cnn_lens, emo_frames)
         hidden = enc.transformer(feats, self._lengths(emo_frames, wave.device))
@@ -120,7 +125,8 @@ class EmoTalk(nn.Module):
     def forward(self, wave: torch.Tensor, num_samples: torch.Tensor, level: torch.Tensor, person: torch.Tensor,
                 frames: list[int] | None = None, emotion_wave: torch.Tensor | None = None,
                 emotion_num_samples: torch.Tensor | None = None) -> EmoTalkOutput:
-        """wave [B, N] (16 kHz, zero-padded past num_samples [B]).
+        """wave [B, N] (16 kHz, zero-padded past num_samples [B]: a tensor, or a list of ints,
+        which keeps every size a constant when the model is traced for export).
 
         level, person: indices [B] (the release's one-hot inputs) or weights [B, n] or [B, T, n].
         frames: output frames per item (default ceil(N / 16000 * 30)).
@@ -128,11 +134,12 @@ class EmoTalk(nn.Module):
             reconstruction); its features are resampled to the content's frames.
         """
         if frames is None:
-            frames = [num_frames(int(n)) for n in num_samples.tolist()]
+            frames = [num_frames(n) for n in _ints(num_samples)]
+        lengths = num_samples if isinstance(num_samples, torch.Tensor) else torch.tensor(num_samples, device=wave.device)
         # Statistics over every sample of the clip are taken in float32 whatever the weights'
         # dtype; the normalised wave then enters the encoders in their dtype.
         dtype = self.content_map.weight.dtype
-        wave = normalize_waveform(wave.float(), num_samples).to(dtype)
+        wave = normalize_waveform(wave.float(), lengths).to(dtype)
         feats = self.content_encoder.front_end(wave)
         content = self.encode_content(wave, num_samples, frames, feats)
         if emotion_wave is None:

@@ -15,9 +15,9 @@ exactly these places:
    the whole clip.
 4. Emotion branch: encoded on the same 30 fps grid; offline it runs on int(L/50*30) frames and
    is resampled to T, which is the same grid up to rounding. It may have a window and cadence
-   of its own (`emotion_context_ms`, `emotion_hop_ms`). An utterance that ends while its
-   emotion window still holds all of it gets its last frames' emotion states and its label
-   exactly as offline: the emotion encoder over the whole utterance.
+   of its own (`emotion_context_ms`, `emotion_hop_ms`). An utterance up to
+   `whole_utterance_ms` long gets its last frames' emotion states and its label exactly as
+   offline: the emotion encoder over the whole utterance, once it has ended.
 5. The CNN front end is recomputed per window, since per-window normalisation changes its
    input; it is not incremental.
 6. Decoder: exact. A KV cache continues the offline decoder frame for frame, capped at
@@ -34,7 +34,7 @@ import numpy as np
 
 from .audio import check_rate
 from .config import FPS, SAMPLE_RATE
-from .engine import StepFailed, StreamEngine
+from .engine import WHOLE_UTTERANCE_MS, StepFailed, StreamEngine
 from .model import EmoTalk
 
 
@@ -54,12 +54,13 @@ class AnimationStream:
 
     def __init__(self, model: EmoTalk, device, dtype, level: int, person: int, *, hop_ms: int = 100,
                  lookahead_ms: int = 200, context_ms: int = 2000, emotion_context_ms: int | None = None,
-                 emotion_hop_ms: int | None = None, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE,
-                 cuda_graphs: bool = False):
+                 emotion_hop_ms: int | None = None, whole_utterance_ms: int = WHOLE_UTTERANCE_MS,
+                 max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE, cuda_graphs: bool = False):
         self.sample_rate = check_rate(sample_rate)
         self.engine = StreamEngine(model, device, dtype, max_streams=1, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
                                    context_ms=context_ms, emotion_context_ms=emotion_context_ms,
-                                   emotion_hop_ms=emotion_hop_ms, max_cache_s=max_cache_s, cuda_graphs=cuda_graphs)
+                                   emotion_hop_ms=emotion_hop_ms, whole_utterance_ms=whole_utterance_ms,
+                                   max_cache_s=max_cache_s, cuda_graphs=cuda_graphs)
         self.encoder = self.engine.encoder
         self.max_cache_frames = self.engine.max_cache_frames
         self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms

@@ -100,12 +100,11 @@ def test_total_frames_match_offline(animator, speech, n):
 def test_stream_equals_windowed_offline(animator, speech, cuda_graphs, settings):
     """The stream and the long-audio path share windows, so they agree frame for frame (also
     through the engine's static-shape path, eager on the CPU), whether the emotion branch reads
-    the content's windows or its own, every hop or every third (the utterance is longer than
-    the emotion window: no whole-utterance rule at its end)."""
-    stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, **settings)
+    the content's windows or its own, every hop or every third (no whole-utterance rule at the
+    end: the long-audio path has none)."""
+    stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, whole_utterance_ms=0, **settings)
     assert stream.engine.encoder.separate_emotion == (settings["emotion_context_ms"] != settings["context_ms"])
     streamed = _stream_all(stream, speech, [4000], 0)
-    assert len(speech) > 16 * (settings["emotion_context_ms"] + settings["hop_ms"] + settings["lookahead_ms"])
     assert bool(stream.engine._static_hops) == cuda_graphs
     with torch.inference_mode():
         content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), **settings)
@@ -187,7 +186,7 @@ def test_empty_and_too_short_utterances(animator):
 
 
 @pytest.mark.parametrize("kwargs", [{"hop_ms": 50}, {"hop_ms": 0}, {"lookahead_ms": 150}, {"context_ms": -100},
-                                    {"max_cache_s": 0}, {"level": 3}, {"emotion_context_ms": 150},
+                                    {"max_cache_s": 0}, {"level": 3}, {"emotion_context_ms": 150}, {"whole_utterance_ms": -1},
                                     {"emotion_hop_ms": 400},  # more than hop + lookahead (300 ms)
                                     {"emotion_hop_ms": 200, "hop_ms": 300}, {"emotion_hop_ms": 0}])
 def test_bad_settings(animator, kwargs):
@@ -266,15 +265,15 @@ def test_stream_at_48khz(animator, speech):
         animator.stream(sample_rate=100)
 
 
-def test_an_utterance_its_emotion_window_holds_gets_offline_label(animator, speech):
-    """When an utterance ends while its emotion window holds all of it, the stream's label is
-    offline animation's (the emotion encoder over the whole utterance, the way it was trained),
-    and so are the emotion states of its frames from then on; longer utterances keep the
-    classifier on the running mean of the emitted frames' states."""
+def test_a_short_utterance_gets_offline_label(animator, speech):
+    """An utterance up to whole_utterance_ms long is kept whole: once it ends, the stream's label
+    is offline animation's (the emotion encoder over the whole utterance, the way it was
+    trained), and so are the emotion states of its frames from then on; longer utterances keep
+    the classifier on the running mean of the emitted frames' states."""
     short = speech[: 16000 * 2]
     offline = animator.animate(short)
-    for emotion_context_ms in (2000, 4000):  # whole: up to 2.3 s, 4.3 s
-        stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_context_ms=emotion_context_ms)
+    for whole_utterance_ms in (2000, 4000):
+        stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, whole_utterance_ms=whole_utterance_ms)
         pushed = [stream.push(short[i : i + 1600]) for i in range(0, len(short), 1600)]
         before_end = len(np.concatenate(pushed))
         streamed = np.concatenate(pushed + [stream.flush()])
@@ -284,8 +283,7 @@ def test_an_utterance_its_emotion_window_holds_gets_offline_label(animator, spee
 
     with torch.inference_mode():
         wave = torch.from_numpy(short)
-        content, emotion = encode_windowed(animator.model, wave, 100, 200, 1000, emotion_context_ms=4000,
-                                           emotion_hop_ms=300)
+        content, emotion = encode_windowed(animator.model, wave, 100, 200, 1000, emotion_hop_ms=300)
         n = torch.tensor([len(short)])
         whole, _ = animator.model.encode_emotion(normalize_waveform(wave[None], n), n, [offline.num_frames])
         emotion[:, before_end:] = whole[:, before_end:]
@@ -293,8 +291,8 @@ def test_an_utterance_its_emotion_window_holds_gets_offline_label(animator, spee
     assert 9 <= offline.num_frames - before_end <= 12  # hop + lookahead, and the CNN's last frame
     assert_close(streamed, want[0], 1e-5, "the stream, offline's emotion states from the end on")
 
-    long_stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_context_ms=1000,
-                                  emotion_hop_ms=100)  # 2 s > 1.3 s window
+    long_stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=100,
+                                  whole_utterance_ms=1900)  # 2 s is longer
     _stream_all(long_stream, short, [1600], 0)
     with torch.inference_mode():
         _, emotion = encode_windowed(animator.model, torch.from_numpy(short), 100, 200, 1000)

@@ -1,4 +1,4 @@
-"""The file commands: animate (one file, many, folders, pipes), preview, info, convert."""
+"""The file commands: animate (one file, many, folders, pipes), preview, info, convert, export-onnx."""
 from __future__ import annotations
 
 import json
@@ -196,6 +196,44 @@ def convert(args) -> None:
           f"({sum(v.numel() for v in sd.values()) / 1e6:.1f} M parameters, {str(dtype).replace('torch.', '')})")
 
 
+def export_onnx(args) -> None:
+    import importlib.util
+
+    # --- everything is checked before the model loads ---
+    out = Path(args.output)
+    if out.suffix != ".onnx":
+        raise InvalidInput(f"the output must be a .onnx file, got {out}")
+    if out.exists() and not args.overwrite:
+        raise InvalidInput(f"{out} exists; pass --overwrite to replace it")
+    if not args.seconds > 0:
+        raise InvalidInput(f"--seconds must be > 0, got {args.seconds}")
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InvalidInput(f"export-onnx needs {' and '.join(missing)}: pip install 'emotalk-fast[onnx]'")
+    if args.dtype is not None and args.dtype.lower() not in ("float32", "fp32"):
+        raise InvalidInput("the ONNX export is float32 (runtimes pick their own precision): drop --dtype")
+    if args.device not in ("auto", "cpu"):
+        raise InvalidInput("the export traces the model on the CPU: drop --device")
+    args.device = "cpu"
+    from ..onnx_export import export_onnx as export, parity
+
+    animator = load_animator(args)
+    t0 = time.perf_counter()
+    print(f"[export-onnx] tracing the model for {args.seconds:g} s of audio (the release size: about a "
+          "minute and 6 GB of memory)", file=sys.stderr, flush=True)
+    meta = export(animator.model, out, args.seconds)
+    size = sum(p.stat().st_size for p in out.parent.iterdir() if p.name.startswith(out.name)) / 1e6
+    print(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.0f} s: wave [1, {meta['num_samples']}] at "
+          f"16 kHz, level [1, {meta['num_levels']}], person [1, {meta['num_persons']}] -> blendshapes "
+          f"[1, {meta['num_frames']}, 52], emotion_logits")
+    if importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime is not installed: the graph was not run (pip install onnxruntime to check it)")
+        return
+    blendshapes, logits = parity(animator.model, out)
+    print(f"ONNX Runtime vs PyTorch on noise speech: max abs difference {blendshapes:.2g} (blendshapes), "
+          f"{logits:.2g} (emotion logits)")
+
+
 def preview(args) -> None:
     from ..export import load_blendshapes
     from ..preview import save_preview
@@ -280,3 +318,13 @@ def register(sub) -> None:
                                                       "(load with the same --dtype: no cast at start-up)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     c.set_defaults(func=convert)
+
+    x = sub.add_parser("export-onnx", help="the model as an ONNX graph for clips of one length (float32)")
+    x.add_argument("-o", "--output", required=True, help="the .onnx file (the release size's weights go in a side "
+                                                         "file next to it)")
+    x.add_argument("--seconds", type=float, default=4.0,
+                   help="the clip length the graph animates (another length needs another export: the frame grid "
+                        "depends on it)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    add_model_options(x)
+    x.set_defaults(func=export_onnx)

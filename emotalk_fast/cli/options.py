@@ -127,23 +127,26 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_stream_options(p: argparse.ArgumentParser) -> None:
     """--hop-ms, --lookahead-ms, --context-ms, --emotion-context-ms, --emotion-hop-ms: a
     stream's windows (stream, serve)."""
-    from ..engine import EMOTION_CONTEXT_MS
+    from ..engine import WHOLE_UTTERANCE_MS
 
     p.add_argument("--hop-ms", type=hop_ms_arg, default=100,
                    help="multiple of 100 (default 100), or auto: the smallest hop this machine holds in real time "
                         "(measured at start-up)")
     p.add_argument("--lookahead-ms", type=int, default=200, help="multiple of 100 (default 200)")
     p.add_argument("--context-ms", type=int, default=2000, help="multiple of 100 (default 2000)")
-    p.add_argument("--emotion-context-ms", type=int, default=EMOTION_CONTEXT_MS,
-                   help=f"the emotion branch's context, multiple of 100 (default {EMOTION_CONTEXT_MS}: an utterance "
-                        "that ends within it gets offline's label)")
+    p.add_argument("--emotion-context-ms", type=int, default=None,
+                   help="the emotion branch's context, multiple of 100 (default: --context-ms)")
     p.add_argument("--emotion-hop-ms", type=int, default=None,
                    help="how often the emotion branch runs: a multiple of the hop up to hop + lookahead (default: "
                         "the largest, every third 100 ms hop at the defaults; the hop itself runs it every hop)")
+    p.add_argument("--whole-utterance-ms", type=int, default=WHOLE_UTTERANCE_MS,
+                   help=f"an utterance up to this long gets offline's emotion label, exactly, when it ends (default "
+                        f"{WHOLE_UTTERANCE_MS}; 0: never)")
 
 
 def stream_settings(args) -> dict:
-    """The stream options but the hop, as keyword arguments of Animator.stream / engine."""
+    """The stream's windows (the options but the hop and --whole-utterance-ms), as keyword
+    arguments of Animator.stream / engine and of the budget."""
     return {"lookahead_ms": args.lookahead_ms, "context_ms": args.context_ms,
             "emotion_context_ms": args.emotion_context_ms, "emotion_hop_ms": args.emotion_hop_ms}
 

@@ -45,7 +45,8 @@ def serve(args) -> None:
         animator = load_animator(args)
         budget = _budget(animator, args)
         engine = animator.engine(args.max_streams, hop_ms=budget.hop_ms, **stream_settings(args),
-                                 max_cache_s=args.max_audio_s, cuda_graphs=args.cuda_graphs)
+                                 whole_utterance_ms=args.whole_utterance_ms, max_cache_s=args.max_audio_s,
+                                 cuda_graphs=args.cuda_graphs)
         server.attach(engine)
     except BaseException:
         server.stop(grace=0)
