@@ -24,6 +24,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,32 +45,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(preset: str, dtype: str | None, device: str, max_streams: int) -> tuple[subprocess.Popen, str]:
+def start_server(preset: str, dtype: str | None, device: str, max_streams: int,
+                 hop_ms: str | None = None, extra: tuple = ()) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [str(Path(sys.executable).with_name("emotalk-fast")), "serve", "--random-weights", preset,
            "--port", str(port), "--max-streams", str(max_streams), "--device", device]
     if dtype:
         cmd += ["--dtype", dtype]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if hop_ms:
+        cmd += ["--hop-ms", hop_ms]
+    cmd += list(extra)
+    # the server's own lines (what its settings hold, the hop it chose) go to a file: a pipe nobody
+    # reads until the end could fill and stall it
+    log = tempfile.NamedTemporaryFile("w+", prefix="serve_load_", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log.name
     address = f"127.0.0.1:{port}"
     end = time.monotonic() + 600
     while not health(address, timeout=1):
         if proc.poll() is not None or time.monotonic() > end:
             proc.kill()
-            raise RuntimeError(f"serve did not start: {proc.communicate()[1]}")
+            raise RuntimeError(f"serve did not start: {Path(log.name).read_text()[-3000:]}")
         time.sleep(0.5)
     return proc, address
 
 
-def one_stream(address: str, pcm: np.ndarray, person: int, realtime: bool) -> dict:
+def server_says(proc) -> list[str]:
+    """The server's start-up lines about its settings and what they hold."""
+    return [line for line in Path(proc.log_path).read_text().splitlines()
+            if line.startswith("serving") or "holds" in line or "keeps up" in line]
+
+
+def one_stream(address: str, pcm: np.ndarray, person: int, realtime: bool, chunk_s: float = 1.0) -> dict:
     t0 = time.perf_counter()
-    result = send(pcm, 16000, server=address, person=person, chunk_s=1.0, realtime=realtime, timeout=3600)
+    result = send(pcm, 16000, server=address, person=person, chunk_s=chunk_s, realtime=realtime, timeout=3600)
     total = time.perf_counter() - t0
     return {"first_ms": 1000 * result.first_reply_s, "frames": result.num_frames, "total_s": total,
-            "fps": result.num_frames / max(total - result.first_reply_s, 1e-9)}
+            "fps": result.num_frames / max(total - result.first_reply_s, 1e-9),
+            "after_end_s": total - len(pcm) / 16000}  # paced as spoken: the last frame after the audio ends
 
 
-def run_case(address: str, clients: int, seconds: float, realtime: bool) -> dict:
+def run_case(address: str, clients: int, seconds: float, realtime: bool, chunk_s: float = 1.0) -> dict:
     pcm = np.frombuffer(float_to_pcm16(generated_speech(seconds)), "<i2")
     rows, errors = [None] * clients, []
     barrier = threading.Barrier(clients)
@@ -77,7 +93,7 @@ def run_case(address: str, clients: int, seconds: float, realtime: bool) -> dict
     def client(i):
         barrier.wait()
         try:
-            rows[i] = one_stream(address, pcm, i % 24, realtime)
+            rows[i] = one_stream(address, pcm, i % 24, realtime, chunk_s)
         except Exception as e:  # noqa: BLE001 - counted and shown
             errors.append(repr(e))
 
@@ -93,18 +109,23 @@ def run_case(address: str, clients: int, seconds: float, realtime: bool) -> dict
             "first_ms_p50": float(np.percentile(first, 50)) if done else None,
             "first_ms_p99": float(np.percentile(first, 99)) if done else None,
             "fps_p1": float(np.percentile(fps, 1)) if done else None,
-            "fps_median": float(np.median(fps)) if done else None}
+            "fps_median": float(np.median(fps)) if done else None,
+            "after_end_s_max": max(r["after_end_s"] for r in done) if done else None}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| clients | audio | first packet p50 | p99 | output fps p1 | median | ok |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    realtime = any(r["realtime"] for r in rows)
+    after = " last frame after the audio ends (worst) |" if realtime else ""
+    lines = [f"| clients | audio | first packet p50 | p99 | output fps p1 | median |{after} ok |",
+             "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if realtime else "")]
     for r in rows:
         if not r["ok"]:
-            lines.append(f"| {r['clients']} | {r['audio_s']:g} s | - | - | - | - | 0 ({r['errors'][0]}) |")
+            lines.append(f"| {r['clients']} | {r['audio_s']:g} s | - | - | - | - |{' - |' if realtime else ''} "
+                         f"0 ({r['errors'][0]}) |")
             continue
+        tail = f" {r['after_end_s_max']:.1f} s |" if realtime else ""
         lines.append(f"| {r['clients']} | {r['audio_s']:g} s | {r['first_ms_p50']:.0f} ms | {r['first_ms_p99']:.0f} ms "
-                     f"| {r['fps_p1']:.1f} | {r['fps_median']:.1f} | {r['ok']}/{r['clients']} |")
+                     f"| {r['fps_p1']:.1f} | {r['fps_median']:.1f} |{tail} {r['ok']}/{r['clients']} |")
     return "\n".join(lines)
 
 
@@ -117,6 +138,9 @@ def main(argv=None) -> None:
     p.add_argument("--clients", default="1,4,8", help="concurrent clients, comma-separated")
     p.add_argument("--seconds", default="5,10,20", help="clip lengths, comma-separated")
     p.add_argument("--realtime", action="store_true", help="clients send audio no faster than spoken")
+    p.add_argument("--chunk-ms", type=int, default=1000, help="audio per message (NVIDIA's client: 1000)")
+    p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own, 100; or auto)")
+    p.add_argument("--int8-encoders", action="store_true", help="the server's --int8-encoders")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",")]
@@ -125,13 +149,14 @@ def main(argv=None) -> None:
     address = args.server
     if address is None:
         print(f"starting serve --random-weights {args.preset} ...", file=sys.stderr, flush=True)
-        proc, address = start_server(args.preset, args.dtype, args.device, max(clients))
+        proc, address = start_server(args.preset, args.dtype, args.device, max(clients), args.hop_ms,
+                                     ("--int8-encoders",) if args.int8_encoders else ())
     try:
         rows = []
         for s in seconds:
             for n in clients:
                 print(f"[serve_load] {n} clients x {s:g} s ...", file=sys.stderr, flush=True)
-                rows.append(run_case(address, n, s, args.realtime))
+                rows.append(run_case(address, n, s, args.realtime, args.chunk_ms / 1000))
     finally:
         if proc is not None:
             proc.terminate()
@@ -141,11 +166,15 @@ def main(argv=None) -> None:
     else:
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               "cpu" if args.device == "auto" else args.device)
-        where = f"{args.preset} {args.dtype or 'float32'} on {device_name(device)}"
+        where = f"{args.preset} {args.dtype or 'float32'}{' with int8 encoders' if args.int8_encoders else ''} on " \
+                f"{device_name(device)}"
     v = versions()
     print(f"{where}; torch {v['torch']}, python {v['python']}; clients and server on this machine; "
-          f"{'real-time' if args.realtime else 'as-fast-as-possible'} clients, 1 s messages")
+          f"{'real-time' if args.realtime else 'as-fast-as-possible'} clients, {args.chunk_ms} ms messages"
+          f"{f', server --hop-ms {args.hop_ms}' if args.hop_ms else ''}")
     print(markdown(rows))
+    if proc is not None:
+        print("\nThe server said:\n" + "\n".join(f"    {line}" for line in server_says(proc)))
     if args.json:
         Path(args.json).write_text(json.dumps({"server": where, "rows": rows}, indent=2))
 

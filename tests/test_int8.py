@@ -1,0 +1,87 @@
+"""int8 encoder layers (opt-in): each layer close to its float32 linear, the whole model close to
+float32 with the same labels, streaming on it still equal to its long-audio path, and the
+settings it refuses."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from emotalk_fast import Animator
+from emotalk_fast.int8 import Int8Linear
+from helpers import espeak_speech
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64, 301])
+@pytest.mark.parametrize("bias", [True, False])
+def test_an_int8_linear_is_close_to_its_linear(rows, bias):
+    torch.manual_seed(rows)
+    linear = nn.Linear(96, 160, bias=bias)
+    x = torch.randn(2, rows, 96) * 3
+    want, got = linear(x).detach(), Int8Linear(linear)(x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    # rounding both operands to 8 bits: a few tenths of a percent of the output's scale per element
+    assert float((got - want).abs().max()) < 0.02 * float(want.abs().max())
+    assert float((got - want).abs().mean()) < 0.01 * float(want.abs().mean())
+
+
+@pytest.fixture(scope="module")
+def animators():
+    return Animator.from_config("tiny", seed=2, device="cpu"), Animator.from_config("tiny", seed=2, device="cpu",
+                                                                                     int8_encoders=True)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return espeak_speech("Streaming speech, pushed in pieces of every size.", speed=190)
+
+
+def test_int8_encoders_stay_close_to_float32(animators, speech):
+    reference, int8 = animators
+    layers = reference.config.content.num_layers + reference.config.emotion.num_layers
+    assert sum(isinstance(m, Int8Linear) for m in int8.model.modules()) == 4 * layers
+    assert "int8 encoders" in repr(int8)
+    want, got = reference.animate(speech), int8.animate(speech)
+    spread = np.abs(want.blendshapes - want.blendshapes.mean(0)).mean()
+    deviation = np.abs(got.blendshapes - want.blendshapes).mean() / spread
+    assert 1e-4 < deviation < 0.1  # moved (it is int8), but little: 0.03 of the spread measured
+    assert np.argmax(got.emotion_logits) == np.argmax(want.emotion_logits)
+
+
+def test_a_stream_on_int8_encoders_equals_its_long_audio_path(animators, speech):
+    """Activations are scaled per row, so a row's result does not depend on what shares its
+    batch: the stream and the windowed offline path agree as in float32."""
+    from emotalk_fast.controls import style_weights
+    from emotalk_fast.windows import encode_windowed
+
+    _, int8 = animators
+    settings = {"hop_ms": 100, "lookahead_ms": 200, "context_ms": 1000, "emotion_hop_ms": 300}
+    stream = int8.stream(whole_utterance_ms=0, **settings)
+    frames = np.concatenate([stream.push(speech[i : i + 1600]) for i in range(0, len(speech), 1600)] + [stream.flush()])
+    with torch.inference_mode():
+        content, emotion = encode_windowed(int8.model, torch.from_numpy(speech), **settings)
+        want, _ = int8.model.decode(content, emotion, *style_weights(int8.config, 1, 0, torch.float32, "cpu"))
+    np.testing.assert_allclose(frames, want[0].numpy(), atol=1e-4, rtol=0)
+
+
+def test_int8_encoders_refuse_other_precisions():
+    with pytest.raises(ValueError, match="CPU in float32"):
+        Animator.from_config("tiny", device="cpu", dtype="bfloat16", int8_encoders=True)
+
+
+def test_the_command_line_option(tmp_path):
+    wav = tmp_path / "speech.wav"
+    import soundfile
+
+    soundfile.write(str(wav), espeak_speech("Streaming speech, pushed in pieces of every size.", speed=190), 16000)
+    run = [sys.executable, "-m", "emotalk_fast", "animate", str(wav), "--random-weights", "tiny", "--int8-encoders"]
+    r = subprocess.run(run + ["-o", str(tmp_path / "out.csv")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.csv").read_text().count("\n") > 30
+    r = subprocess.run(run + ["-o", str(tmp_path / "x.csv"), "--dtype", "bf16"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and r.stderr.strip().endswith("--int8-encoders runs on the CPU in float32: drop --dtype "
+                                                            "and --device")
+    assert "RANDOM weights" not in r.stderr  # refused before any model was built
