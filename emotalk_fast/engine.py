@@ -36,7 +36,7 @@ from .audio import StreamingResampler, check_rate
 from .config import FPS, SAMPLE_RATE
 from .controls import check_style
 from .errors import InvalidInput, InvalidType
-from .model import EmoTalk, normalize_waveform, num_frames
+from .model import EmoTalk, normalize_waveform, num_emotion_frames, num_frames
 from .windows import Window, WindowedEncoder
 
 
@@ -369,8 +369,10 @@ class StreamEngine:
         "whole" (the whole utterance, as offline)."""
         # the first hop that only the utterance's end lets run (whenever flush() came: the frames
         # do not depend on the timing), while the buffer still holds the whole utterance
+        # (and long enough for the offline emotion path: 45 ms at least, as `animate` requires)
         if s.ending and s.label_logits is None and s.buffer_start == 0 and 0 < s.received <= self._whole_samples \
-                and self.encoder.window(s.next_hop).s1 > s.received:
+                and self.encoder.window(s.next_hop).s1 > s.received and \
+                num_emotion_frames(self.model.cfg.emotion.num_cnn_frames(s.received)) >= 1:
             return "whole"
         if s.emotion_ahead is not None and s.ahead_from <= w.h0 and w.h1 <= s.ahead_from + len(s.emotion_ahead) \
                 and (s.label_logits is not None or w.h0 - s.ahead_from < self.encoder.emotion_hop):

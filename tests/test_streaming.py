@@ -183,6 +183,15 @@ def test_empty_and_too_short_utterances(animator):
     stream.push(np.zeros(100, np.float32))
     with pytest.raises(ValueError, match="too short"):
         stream.flush()
+    # 25-45 ms: too short for offline animation's emotion branch, not for a stream's window (no
+    # whole-utterance label then); from 45 ms on the label is offline's
+    noise = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 0.1
+    for n in (400, 719, 720, 1000):
+        stream = animator.stream()
+        stream.push(noise[:n])
+        assert stream.flush().shape == (num_frames(n), 52) and stream.emotion_logits.shape == (7,)
+        if n >= animator.min_samples:
+            np.testing.assert_allclose(stream.emotion_logits, animator.animate(noise[:n]).emotion_logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs", [{"hop_ms": 50}, {"hop_ms": 0}, {"lookahead_ms": 150}, {"context_ms": -100},
