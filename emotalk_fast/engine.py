@@ -328,11 +328,11 @@ class StreamEngine:
         w = self.encoder.window(s.next_hop)
         return w if w.s1 <= s.received else None
 
-    def _run(self, batch: list[tuple[int, Window]]) -> tuple[np.ndarray, torch.Tensor]:
-        """One group's forward -> (frames [B, hop, 52], emotion state sums [B, 2, hidden]: over
-        the hop, over the window). Reads
-        the streams' state and changes none of it (it writes their KV rows at positions the
-        streams have not reached yet, which a retry would write again)."""
+    def _run(self, batch: list[tuple[int, Window]]) -> tuple[np.ndarray, torch.Tensor, dict]:
+        """One group's forward -> (frames [B, hop, 52], the hop's emotion state sums [B, 1, hidden],
+        the emotion runs' results for `_commit`, see `_run_emotion`). Reads the streams' state and
+        changes none of it (it writes their KV rows at positions the streams have not reached
+        yet, which a retry would write again)."""
         streams = [self._streams[sid] for sid, _ in batch]
         windows = [w for _, w in batch]
         samples = [torch.from_numpy(s.buffer[w.s0 - s.buffer_start : w.s1 - s.buffer_start]) for s, w in
@@ -367,17 +367,21 @@ class StreamEngine:
         """Where a hop's emotion states come from: "joint" (the hop's own windows, both branches
         at once), "window" (an emotion window run now), "ahead" (states an earlier run kept) or
         "whole" (the whole utterance, as offline)."""
-        # the first hop that only the utterance's end lets run (whenever flush() came: the frames
-        # do not depend on the timing), while the buffer still holds the whole utterance
-        # (and long enough for the offline emotion path: 45 ms at least, as `animate` requires)
-        if s.ending and s.label_logits is None and s.buffer_start == 0 and 0 < s.received <= self._whole_samples \
-                and self.encoder.window(s.next_hop).s1 > s.received and \
-                num_emotion_frames(self.model.cfg.emotion.num_cnn_frames(s.received)) >= 1:
+        if self._whole_utterance_hop(s):
             return "whole"
         if s.emotion_ahead is not None and s.ahead_from <= w.h0 and w.h1 <= s.ahead_from + len(s.emotion_ahead) \
                 and (s.label_logits is not None or w.h0 - s.ahead_from < self.encoder.emotion_hop):
             return "ahead"
         return "window" if self.encoder.separate_emotion else "joint"
+
+    def _whole_utterance_hop(self, s: _Stream) -> bool:
+        """This hop runs the emotion branch over the whole utterance: it is the first hop only
+        the utterance's end lets run (whenever flush() came: the frames do not depend on the
+        timing), the buffer still holds the whole utterance, and it is long enough for the
+        offline emotion path (45 ms, as `animate` requires)."""
+        return (s.ending and s.label_logits is None and s.buffer_start == 0 and 0 < s.received <= self._whole_samples
+                and self.encoder.window(s.next_hop).s1 > s.received
+                and num_emotion_frames(self.model.cfg.emotion.num_cnn_frames(s.received)) >= 1)
 
     def _run_emotion(self, streams: list[_Stream], sources: list[str]) -> dict:
         """The emotion runs a hop needs -> {row: (states [n, hidden], first frame, label logits or
