@@ -141,6 +141,7 @@ def main(argv=None) -> None:
     p.add_argument("--chunk-ms", type=int, default=1000, help="audio per message (NVIDIA's client: 1000)")
     p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own, 100; or auto)")
     p.add_argument("--int8-encoders", action="store_true", help="the server's --int8-encoders")
+    p.add_argument("--context-ms", default=None, help="the server's --context-ms (default its own, 2000)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",")]
@@ -149,8 +150,9 @@ def main(argv=None) -> None:
     address = args.server
     if address is None:
         print(f"starting serve --random-weights {args.preset} ...", file=sys.stderr, flush=True)
-        proc, address = start_server(args.preset, args.dtype, args.device, max(clients), args.hop_ms,
-                                     ("--int8-encoders",) if args.int8_encoders else ())
+        extra = (("--int8-encoders",) if args.int8_encoders else ()) + \
+            (("--context-ms", args.context_ms) if args.context_ms else ())
+        proc, address = start_server(args.preset, args.dtype, args.device, max(clients), args.hop_ms, extra)
     try:
         rows = []
         for s in seconds:
