@@ -93,6 +93,10 @@ class _Stream:
     ahead_from: int = 0  # ... ahead_from, ahead_from + 1, ...
     label_logits: torch.Tensor | None = None  # [labels]: the whole utterance's, as offline computes it
 
+    def samples(self, w: Window) -> np.ndarray:
+        """The window's samples [s1 - s0] from the buffer."""
+        return self.buffer[w.s0 - self.buffer_start : w.s1 - self.buffer_start]
+
     def style_at(self, frame: int):
         if self.fade_frames == 0 or frame >= self.fade_start + self.fade_frames:
             return self.style_to
@@ -335,8 +339,7 @@ class StreamEngine:
         yet, which a retry would write again)."""
         streams = [self._streams[sid] for sid, _ in batch]
         windows = [w for _, w in batch]
-        samples = [torch.from_numpy(s.buffer[w.s0 - s.buffer_start : w.s1 - s.buffer_start]) for s, w in
-                   zip(streams, windows)]
+        samples = [torch.from_numpy(s.samples(w)) for s, w in zip(streams, windows)]
         slots = [s.slot for s in streams]
         starts = [s.next_hop * self.encoder.hop for s in streams]  # where each stream's frames go in its slot
         hop = windows[0].h1 - windows[0].h0
@@ -391,8 +394,7 @@ class StreamEngine:
         rows = [b for b, src in enumerate(sources) if src in ("window", "joint")]  # joint: beside a "whole" row
         if rows:
             ws = [self.encoder.emotion_window(streams[b].next_hop, *self._totals(streams[b])) for b in rows]
-            xs = [torch.from_numpy(streams[b].buffer[w.s0 - streams[b].buffer_start : w.s1 - streams[b].buffer_start])
-                  .to(self.device) for b, w in zip(rows, ws)]
+            xs = [torch.from_numpy(streams[b].samples(w)).to(self.device) for b, w in zip(rows, ws)]
             (states,) = self.encoder.encode_inputs(**self.encoder.batch_inputs(xs, ws), branches=("emotion",))
             ahead.update((b, (states[i, : w.h1 - w.h0], w.h0, None)) for i, (b, w) in enumerate(zip(rows, ws)))
         for b in (b for b, src in enumerate(sources) if src == "whole"):
@@ -439,7 +441,8 @@ class StreamEngine:
                                lookahead_ms=self.lookahead_ms, context_ms=self.context_ms,
                                emotion_context_ms=self.emotion_context_ms, emotion_hop_ms=self.emotion_hop_ms,
                                whole_utterance_ms=0, max_cache_s=(w.h1 + 1) / FPS)
-        noise = torch.from_numpy(np.random.default_rng(0).standard_normal(ew.s1 - min(w.s0, ew.s0))
+        first = min(w.s0, ew.s0)  # the noise covers both windows, which end together
+        noise = torch.from_numpy(np.random.default_rng(0).standard_normal(ew.s1 - first)
                                  .astype(np.float32) * 0.1).to(self.device)
         dec = self.model.cfg.decoder
         level, person = (torch.zeros(streams, n, dtype=self.dtype) for n in (dec.num_levels, dec.num_persons))
@@ -450,13 +453,13 @@ class StreamEngine:
                 t0 = time.perf_counter()
                 emotion = None
                 if separate:
-                    x = noise[ew.s0 - min(w.s0, ew.s0) :]
+                    x = noise[ew.s0 - first :]
                     (states,) = self.encoder.encode_inputs(**self.encoder.batch_inputs([x] * streams, [ew] * streams),
                                                            branches=("emotion",))
                     emotion_s = time.perf_counter() - t0
                     emotion = states[:, : self.encoder.hop]
                     t0 = time.perf_counter()
-                inputs = self.encoder.batch_inputs([noise[w.s0 - min(w.s0, ew.s0) :]] * streams, [w] * streams)
+                inputs = self.encoder.batch_inputs([noise[w.s0 - first :]] * streams, [w] * streams)
                 blendshapes, _ = scratch._hop(**inputs, level=level, person=person, slots=list(range(streams)),
                                               starts=torch.full((streams,), w.h0), span=w.h1, emotion=emotion)
                 blendshapes.float().cpu()

@@ -225,7 +225,7 @@ def export_onnx(args) -> None:
     print(f"[export-onnx] tracing the model for {args.seconds:g} s of audio (the release size: about a "
           "minute and 6 GB of memory)", file=sys.stderr, flush=True)
     meta = export(animator.model, out, args.seconds)
-    size = sum(p.stat().st_size for p in out.parent.iterdir() if p.name.startswith(out.name)) / 1e6
+    size = sum(p.stat().st_size for p in (out, out.with_name(out.name + ".data")) if p.exists()) / 1e6  # + weights
     print(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.0f} s: wave [1, {meta['num_samples']}] at "
           f"16 kHz, level [1, {meta['num_levels']}], person [1, {meta['num_persons']}] -> blendshapes "
           f"[1, {meta['num_frames']}, 52], emotion_logits")
