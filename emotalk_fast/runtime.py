@@ -41,17 +41,29 @@ def cpu_flags() -> frozenset[str]:
 
 
 NATIVE_BF16 = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX"}  # CPU flag -> its name
+# oneDNN instruction sets below native bfloat16: capping oneDNN at one of them (ONEDNN_MAX_CPU_ISA,
+# as when emulating an AVX2-only machine) makes its bfloat16 emulated whatever the CPU has
+_ONEDNN_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def native_bf16() -> list[str]:
+    """The names of this CPU's native bfloat16 units (AVX512-BF16, AMX) that torch may use;
+    none where oneDNN is capped below them."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap in _ONEDNN_WITHOUT_BF16:
+        return []
+    return [name for flag, name in NATIVE_BF16.items() if flag in cpu_flags()]
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates
     it: 7-9x slower than float32 on an AVX2-only EPYC."""
-    return bool(NATIVE_BF16.keys() & cpu_flags())
+    return bool(native_bf16())
 
 
 def cpu_description() -> str:
     """The CPU class as the figures name it: torch's kernel capability and native bfloat16."""
-    extras = [name for flag, name in NATIVE_BF16.items() if flag in cpu_flags()]
+    extras = native_bf16()
     return f"{torch.backends.cpu.get_cpu_capability()}" + (f" with {', '.join(extras)}" if extras else
                                                           ", bfloat16 emulated")
 

@@ -1,5 +1,6 @@
 """Machine-aware precision: `auto` picks the fastest dtype native on the device, bfloat16 on a
 CPU that emulates it warns once, float32 stays the default."""
+import os
 import subprocess
 import sys
 import warnings
@@ -48,6 +49,28 @@ def test_emulated_bfloat16_warns_once_in_one_line(cpu):
         resolve_dtype("bf16", "cpu")
         resolve_dtype("float32", "cpu")
     assert not caught
+
+
+def test_a_onednn_capped_below_bfloat16_counts_as_emulating_it(cpu, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bfloat16 on any CPU: auto must not choose it."""
+    cpu("avx512f", "avx512_bf16")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert resolve_dtype("auto", "cpu") == torch.float32 and not runtime.cpu_has_native_bf16()
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        resolve_dtype("bf16", "cpu")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+
+
+def test_an_avx2_machine_emulated_in_a_process_is_described_as_one():
+    """The three caps docs/performance.md uses to measure an AVX2-only machine on a newer CPU."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+           "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    r = subprocess.run([sys.executable, "-c", "from emotalk_fast import runtime; "
+                        "print(runtime.cpu_description(), runtime.resolve_dtype('auto', 'cpu'))"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "AVX2, bfloat16 emulated torch.float32"
 
 
 def test_cpu_description_names_the_class():
