@@ -24,6 +24,8 @@ flushed stream runs eagerly.
 """
 from __future__ import annotations
 
+import os
+
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -150,6 +152,7 @@ class StreamEngine:
         self.cuda_graphs = bool(cuda_graphs)
         self.buckets = batch_buckets(max_streams)
         self._scratch_slot = max_streams  # padding rows of a static batch decode here
+        _check_cache_fits(model, max_streams + self.cuda_graphs, self.max_cache_frames, self.device, dtype)
         self.cache = model.decoder.new_cache(max_streams + self.cuda_graphs, self.max_cache_frames, self.device,
                                              dtype)
         self._static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
@@ -551,6 +554,22 @@ class StreamEngine:
         if keep_from > s.buffer_start:
             s.buffer = s.buffer[keep_from - s.buffer_start :].copy()
             s.buffer_start = keep_from
+
+
+def _check_cache_fits(model: EmoTalk, slots: int, frames: int, device: torch.device, dtype) -> None:
+    """The KV cache is reserved up front (on the CPU its pages are touched only as streams
+    reach them), but every stream may run to its end: refuse, in one line, a cache larger than
+    the device's memory instead of failing inside the allocator."""
+    cfg = model.decoder.cfg
+    need = 2 * slots * cfg.feature_dim * frames * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise InvalidInput(f"a decoder KV cache for {slots} streams of up to {frames / FPS:g} s is "
+                           f"{need / 2**30:.1f} GiB, more than this {device.type} memory ({have / 2**30:.1f} GiB): "
+                           "lower max_streams or the longest stream (serve: --max-streams, --max-audio-s)")
 
 
 def batch_buckets(max_streams: int) -> list[int]:

@@ -219,6 +219,8 @@ def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graph
 def test_engine_checks_its_arguments(animator):
     with pytest.raises(ValueError, match="max_streams"):
         StreamEngine(animator.model, "cpu", torch.float32, max_streams=0)
+    with pytest.raises(ValueError, match=r"KV cache for 100000 streams of up to 600 s is .* GiB, more than"):
+        StreamEngine(animator.model, "cpu", torch.float32, max_streams=100_000)  # refused before any allocation
     with pytest.raises(ValueError, match="hop_ms"):
         StreamEngine(animator.model, "cpu", torch.float32, hop_ms=150)
     engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=1)
