@@ -142,6 +142,7 @@ def main(argv=None) -> None:
     p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own, 100; or auto)")
     p.add_argument("--int8-encoders", action="store_true", help="the server's --int8-encoders")
     p.add_argument("--context-ms", default=None, help="the server's --context-ms (default its own, 2000)")
+    p.add_argument("--threads", default=None, help="the server's --threads (default torch's, one per core)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",")]
@@ -151,7 +152,8 @@ def main(argv=None) -> None:
     if address is None:
         print(f"starting serve --random-weights {args.preset} ...", file=sys.stderr, flush=True)
         extra = (("--int8-encoders",) if args.int8_encoders else ()) + \
-            (("--context-ms", args.context_ms) if args.context_ms else ())
+            (("--context-ms", args.context_ms) if args.context_ms else ()) + \
+            (("--threads", args.threads) if args.threads else ())
         proc, address = start_server(args.preset, args.dtype, args.device, max(clients), args.hop_ms, extra)
     try:
         rows = []
@@ -173,7 +175,9 @@ def main(argv=None) -> None:
     v = versions()
     print(f"{where}; torch {v['torch']}, python {v['python']}; clients and server on this machine; "
           f"{'real-time' if args.realtime else 'as-fast-as-possible'} clients, {args.chunk_ms} ms messages"
-          f"{f', server --hop-ms {args.hop_ms}' if args.hop_ms else ''}")
+          f"{f', server --hop-ms {args.hop_ms}' if args.hop_ms else ''}"
+          f"{f', --context-ms {args.context_ms}' if args.context_ms else ''}"
+          f"{f', --threads {args.threads}' if args.threads else ''}")
     print(markdown(rows))
     if proc is not None:
         print("\nThe server said:\n" + "\n".join(f"    {line}" for line in server_says(proc)))

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import InvalidInput
+from .windows import GRID_MS
 
 HEADROOM = 0.8  # the share of a hop's duration its compute may take
 MEASURED_MAX = 4  # streams measured directly; more are extrapolated
-AUTO_HOPS_MS = (100, 200, 400, 800, 1600)  # what "auto" tries, smallest first
+AUTO_MAX_HOP_MS = 3200  # the longest hop "auto" tries; it tries every multiple of 100 ms up to it
 
 
 @dataclass(frozen=True)
@@ -80,21 +81,52 @@ def measure(model, device, dtype, *, hop_ms: int, lookahead_ms: int, context_ms:
 
 def choose_hop(model, device, dtype, *, lookahead_ms: int, context_ms: int, streams: int,
                emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None, report=None) -> Budget:
-    """The smallest hop of AUTO_HOPS_MS whose budget holds `streams` streams; the largest when
-    none does (its `holds()` says how short it falls). report(budget) after each one tried.
-    An `emotion_hop_ms` of its own needs hops it is a multiple of, at most hop + lookahead: only
-    those are tried."""
-    budget = None
-    hops = [h for h in AUTO_HOPS_MS if emotion_hop_ms is None or (emotion_hop_ms % h == 0 and
-                                                                  emotion_hop_ms <= h + lookahead_ms)]
+    """The smallest hop (a multiple of 100 ms up to AUTO_MAX_HOP_MS) whose budget holds `streams`
+    streams; the longest when none does (its `holds()` says how short it falls). report(budget)
+    after each one measured.
+
+    A hop's cost grows with its window (context + hop + lookahead), so whether it holds is
+    monotone in the hop: the shortest and the longest are measured, a line through their costs
+    predicts the first that holds, and a bisection seeded there confirms it by measurement (4 measurements when
+    the costs lie on a line). An `emotion_hop_ms` of its own needs hops it is a multiple of, at most hop +
+    lookahead: only those are tried."""
+    hops = [h for h in range(GRID_MS, AUTO_MAX_HOP_MS + 1, GRID_MS)
+            if emotion_hop_ms is None or (emotion_hop_ms % h == 0 and emotion_hop_ms <= h + lookahead_ms)]
     if not hops:
-        raise InvalidInput(f"hop_ms auto tries {', '.join(map(str, AUTO_HOPS_MS))} ms: none fits emotion_hop_ms "
-                           f"{emotion_hop_ms} (a multiple of the hop, at most hop + lookahead); give hop_ms")
-    for hop_ms in hops:
-        budget = measure(model, device, dtype, hop_ms=hop_ms, lookahead_ms=lookahead_ms, context_ms=context_ms,
-                         streams=streams, emotion_context_ms=emotion_context_ms, emotion_hop_ms=emotion_hop_ms)
-        if report is not None:
-            report(budget)
-        if budget.holds() >= streams:
-            break
-    return budget
+        raise InvalidInput(f"hop_ms auto tries multiples of {GRID_MS} ms up to {AUTO_MAX_HOP_MS} ms: none fits "
+                           f"emotion_hop_ms {emotion_hop_ms} (a multiple of the hop, at most hop + lookahead); "
+                           "give hop_ms")
+    measured: dict[int, Budget] = {}
+
+    def holds(i: int) -> bool:
+        if i not in measured:
+            measured[i] = measure(model, device, dtype, hop_ms=hops[i], lookahead_ms=lookahead_ms,
+                                  context_ms=context_ms, streams=streams, emotion_context_ms=emotion_context_ms,
+                                  emotion_hop_ms=emotion_hop_ms)
+            if report is not None:
+                report(measured[i])
+        return measured[i].holds() >= streams
+
+    lo, hi = 0, len(hops) - 1
+    if holds(lo):
+        return measured[lo]
+    if not holds(hi):
+        return measured[hi]  # none holds: the longest, whose holds() says how short it falls
+    predicted = guess = _first_predicted_to_hold(measured[lo], measured[hi], hops, streams)
+    while hi - lo > 1:  # hops[lo] does not hold, hops[hi] does
+        mid = guess if lo < guess < hi else (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+        # after the prediction its neighbour on the open side: on a line, the two settle it
+        guess = (mid - 1 if hi == mid else mid + 1) if mid == predicted else -1
+    return measured[hi]
+
+
+def _first_predicted_to_hold(short: Budget, long: Budget, hops: list[int], streams: int) -> int:
+    """The index of the first hop whose cost, on the line through two measured budgets, fits
+    HEADROOM of its duration (-1 if none)."""
+    slope = (long.seconds(streams) - short.seconds(streams)) / (long.hop_ms - short.hop_ms)
+    return next((i for i, h in enumerate(hops)
+                 if short.seconds(streams) + slope * (h - short.hop_ms) <= HEADROOM * h / 1000), -1)

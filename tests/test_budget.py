@@ -7,7 +7,7 @@ import time
 import pytest
 
 from emotalk_fast import Animator, budget
-from emotalk_fast.budget import AUTO_HOPS_MS, Budget
+from emotalk_fast.budget import AUTO_MAX_HOP_MS, Budget
 from helpers import die_with_this_process, free_port
 
 
@@ -48,39 +48,68 @@ def test_auto_tries_only_hops_the_emotion_cadence_fits(monkeypatch, animator):
 
     def fake(model, device, dtype, *, hop_ms, lookahead_ms, context_ms, streams, **emotion):
         tried.append((hop_ms, emotion["emotion_hop_ms"]))
-        return Budget(hop_ms, lookahead_ms, context_ms, {1: 1.0})  # holds nothing: every fitting hop is tried
+        return Budget(hop_ms, lookahead_ms, context_ms, {1: 1.0})  # holds nothing: the longest fitting hop
 
     monkeypatch.setattr(budget, "measure", fake)
-    budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000, streams=1,
-                      emotion_hop_ms=400)
-    assert tried == [(200, 400), (400, 400)]  # 100 ms: 400 > 100 + 200
-    with pytest.raises(ValueError, match="none fits emotion_hop_ms 300"):
+    b = budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000, streams=1,
+                          emotion_hop_ms=400)
+    assert tried == [(200, 400), (400, 400)] and b.hop_ms == 400  # 100 ms: 400 > 100 + 200
+    with pytest.raises(ValueError, match="none fits emotion_hop_ms 3300"):
         budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=0, context_ms=2000, streams=1,
-                          emotion_hop_ms=300)
+                          emotion_hop_ms=3300)
 
 
-def test_auto_picks_the_smallest_hop_that_holds(monkeypatch, animator):
-    cost = {100: 0.2, 200: 0.2, 400: 0.2, 800: 0.2, 1600: 0.2}  # 200 ms per hop whatever its length
+def _costing(seconds_of_hop):
+    """A fake budget.measure whose hop costs seconds_of_hop(hop_ms, streams) (linear in the streams
+    through 1 and 4), and the hops it was asked for."""
     tried = []
 
     def fake(model, device, dtype, *, hop_ms, lookahead_ms, context_ms, streams, **emotion):
         tried.append(hop_ms)
-        return Budget(hop_ms, lookahead_ms, context_ms, {1: cost[hop_ms]})
+        return Budget(hop_ms, lookahead_ms, context_ms, {n: seconds_of_hop(hop_ms, n) for n in (1, 4)})
+    return fake, tried
 
+
+@pytest.mark.parametrize("a, b", [(0.2, 0.0), (0.9, 0.4), (0.15, 0.15), (2.0, 0.05), (0.02, 0.79)])
+def test_auto_picks_the_smallest_hop_that_holds(monkeypatch, animator, a, b):
+    """A hop costing a + b x its length: the first multiple of 100 ms that fits 0.8 of it, found in
+    a few measurements, whatever the line (the prediction lands on it or the bisection does)."""
+    fake, tried = _costing(lambda hop_ms, n: n * (a + b * hop_ms / 1000))
     monkeypatch.setattr(budget, "measure", fake)
-    b = budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000, streams=1)
-    assert b.hop_ms == 400 and tried == [100, 200, 400]  # 200 ms <= 0.8 x 400 ms
-    stream = animator.stream(hop_ms="auto")
-    assert stream.engine.hop_ms == 400
-    assert animator.engine(max_streams=2, hop_ms="auto").hop_ms == 800  # 2 x 200 ms > 0.8 x 400 ms
+    chosen = budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000, streams=1)
+    holding = [h for h in range(100, AUTO_MAX_HOP_MS + 1, 100) if a + b * h / 1000 <= budget.HEADROOM * h / 1000]
+    assert chosen.hop_ms == holding[0] and chosen.holds() >= 1
+    assert tried[:2] == ([100, AUTO_MAX_HOP_MS] if holding[0] > 100 else [100]) and len(tried) <= 4
+
+
+def test_auto_confirms_by_measurement_when_the_line_is_wrong(monkeypatch, animator):
+    """Costs that are not a line (a step at 1300 ms): the prediction is only a first guess."""
+    fake, tried = _costing(lambda hop_ms, n: n * (0.2 if hop_ms < 1300 else 0.5))
+    monkeypatch.setattr(budget, "measure", fake)
     assert budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000,
-                             streams=10).hop_ms == AUTO_HOPS_MS[-1]  # none holds 10: the largest
+                             streams=1).hop_ms == 300  # 0.2 <= 0.8 x 0.3 s
+    fake, tried = _costing(lambda hop_ms, n: n * (0.2 if hop_ms < 1300 else 1.0))
+    monkeypatch.setattr(budget, "measure", fake)
+    assert budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000,
+                             streams=1).hop_ms == 300 and len(tried) <= 8
+
+
+def test_auto_for_several_streams_and_through_the_api(monkeypatch, animator):
+    fake, tried = _costing(lambda hop_ms, n: 0.2 * n)  # 200 ms per stream whatever the hop's length
+    monkeypatch.setattr(budget, "measure", fake)
+    assert animator.stream(hop_ms="auto").engine.hop_ms == 300  # 200 ms <= 0.8 x 300 ms
+    assert animator.engine(max_streams=2, hop_ms="auto").hop_ms == 500  # 400 ms <= 0.8 x 500 ms
+    b = budget.choose_hop(animator.model, "cpu", animator.dtype, lookahead_ms=200, context_ms=2000, streams=20)
+    assert b.hop_ms == AUTO_MAX_HOP_MS and b.holds() < 20  # none holds 20: the longest, which says so
 
 
 def test_serve_says_what_it_holds_and_warns_past_it():
+    """...and on a CPU leaves one core to its network and audio threads, unless told otherwise."""
+    import torch
+
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "emotalk_fast", "serve", "--random-weights", "mini", "--port",
-                             str(port), "--max-streams", "2000", "--context-ms", "1000"],
+                             str(port), "--max-streams", "500", "--max-audio-s", "30", "--context-ms", "1000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_this_process)
     try:
         end = time.monotonic() + 120
@@ -90,8 +119,10 @@ def test_serve_says_what_it_holds_and_warns_past_it():
                 break
         proc.kill()
         _, err = proc.communicate(timeout=30)
-        assert "a hop of 100 ms takes" in err and "ms for 2000 (extrapolated): holds" in err
-        assert "warning: this machine keeps up with" in err and "of --max-streams 2000 live streams" in err
+        threads = max(1, torch.get_num_threads() - 1)
+        assert line.startswith("serving") and f"; {threads} torch thread{'s' if threads > 1 else ''};" in line
+        assert "a hop of 100 ms takes" in err and "ms for 500 (extrapolated): holds" in err
+        assert "warning: this machine keeps up with" in err and "of --max-streams 500 live streams" in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -123,8 +123,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                        help=f"random weights of this size instead ({', '.join(sorted(PRESETS))}): the output "
                             "means nothing (tests and benchmarks)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice, one per core). On a machine shared with "
-                        "other busy processes 1 holds steady where 2 can run 2-3x slower")
+                   help="torch CPU threads (default: torch's choice, one per core; serve: one core fewer, left to "
+                        "its network and audio threads). On a machine shared with other busy processes fewer "
+                        "threads hold steady where one per core can run 2-3x slower")
     p.add_argument("--int8-encoders", action="store_true",
                    help="the encoders' transformer layers as int8 GEMMs on the CPU: about twice as fast there, "
                         "and the output moves (see docs/performance.md)")

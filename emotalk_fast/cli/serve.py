@@ -42,6 +42,8 @@ def serve(args) -> None:
     # listen first: a port in use fails now, not after the model loads; health says NOT_SERVING meanwhile
     server = server_module.A2FServer(None, settings).start()
     try:
+        if args.threads is None:
+            args.threads = _cpu_threads(args)
         animator = load_animator(args)
         budget = _budget(animator, args)
         engine = animator.engine(args.max_streams, hop_ms=budget.hop_ms, **stream_settings(args),
@@ -57,12 +59,33 @@ def serve(args) -> None:
           f"streams; hop {budget.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms, "
           f"emotion context {engine.emotion_context_ms} ms every {engine.emotion_hop_ms} ms; "
           f"{_graphs_note(animator) if args.cuda_graphs else ''}"
-          f"loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
+          f"{_threads_note(animator)}loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
     server.wait_for_signal()
     if server.streams_cut:
         print(f"stopped at once by a second signal: {server.streams_cut} live stream(s) cut", flush=True)
         raise SystemExit(1)
     print("stopped", flush=True)
+
+
+def _cpu_threads(args) -> int | None:
+    """The server's torch threads on a CPU: one core fewer than torch's default (one per core),
+    left to the gRPC, audio and client threads. With every core in torch, any of those stalls
+    all of torch's threads at each parallel step: on 2 cores beside a live client, 2 threads
+    served no faster than 1, while the start-up budget, timed alone, said 1.4-1.7x faster
+    (docs/streaming.md). None (torch's choice) on a GPU."""
+    import torch
+
+    on_cpu = args.device == "cpu" or args.int8_encoders or (args.device == "auto" and not torch.cuda.is_available())
+    if not on_cpu:
+        return None
+    return max(1, torch.get_num_threads() - 1)
+
+
+def _threads_note(animator) -> str:
+    import torch
+
+    n = torch.get_num_threads()
+    return f"{n} torch thread{'s' if n != 1 else ''}; " if animator.device.type == "cpu" else ""
 
 
 def _budget(animator, args):
