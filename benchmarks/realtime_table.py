@@ -34,7 +34,10 @@ def main() -> None:
     p.add_argument("--emotion", default="own,content",
                    help="the emotion branch: own (its default window and cadence), content (the content's "
                         "windows, every hop), or both, compared side by side")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's, one per core)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     emotion_settings = {"own": {}, "content": {"emotion_context_ms": args.context_ms}}
     print(f"CPU {cpu_description()}, {torch.get_num_threads()} torch threads, torch {versions()['torch']}, "
           f"{time.strftime('%Y-%m-%d')}; context {args.context_ms} ms, lookahead {args.lookahead_ms} ms\n")

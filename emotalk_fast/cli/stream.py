@@ -89,7 +89,8 @@ def bench(args) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
     result = run_bench(seconds=args.seconds, device=args.device, dtype=args.dtype, preset=args.preset,
-                       repeats=args.repeats, threads=args.threads, skip_startup=args.skip_startup, progress=report)
+                       repeats=args.repeats, threads=args.threads, skip_startup=args.skip_startup,
+                       int8_encoders=args.int8_encoders, progress=report)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
 
 
@@ -134,5 +135,7 @@ def register(sub) -> None:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--skip-startup", action="store_true", help="do not time start-up (it writes a checkpoint "
                                                               "of the model's size to a temporary directory)")
+    b.add_argument("--int8-encoders", action="store_true",
+                   help="the encoders' linear layers as int8 GEMMs (CPU, float32; changes the output slightly)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=bench)
