@@ -78,6 +78,17 @@ def test_bench_runs_on_a_small_preset():
     assert "peak memory of a user's process" in r.stdout and "this benchmark process's maximum resident set" in r.stdout
 
 
+def test_bench_times_int8_encoders_of_the_same_architecture():
+    """--int8-encoders through the start-up test's fresh process too; the parameter count is the
+    architecture's (int8 weights are buffers, counted)."""
+    import json
+
+    runs = [json.loads(run_cli("bench", "--preset", "tiny", "--seconds", 1, "--repeats", 1, "--device", "cpu",
+                               "--json", *flag).stdout) for flag in ((), ("--int8-encoders",))]
+    assert [r["int8_encoders"] for r in runs] == [False, True] and runs[0]["parameters"] == runs[1]["parameters"]
+    assert runs[1]["user_process_peak_mb"] > 0
+
+
 def test_animate_livelinkface_csv(files):
     from emotalk_fast.bridges.livelink import read_livelink_csv
 
