@@ -38,7 +38,7 @@ from emotalk_fast.windows import encode_windowed  # noqa: E402
 
 def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, lookahead: int,
              emotion_context: int | None = None, emotion_hop: int | None = None,
-             whole_utterance: int | None = None) -> dict:
+             whole_utterance: int | None = None, ramp: bool = False) -> dict:
     """One clip at one setting (hop None: the clip in one window)."""
     offline = animator.animate(x, long_audio_s=None)
     spread = float(np.abs(offline.blendshapes - offline.blendshapes.mean(0)).mean())
@@ -50,14 +50,14 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
         content_off = animator.model.encode_content(normalized, n, frames)
         emotion_off, _ = animator.model.encode_emotion(normalized, n, frames)
         whole = 100 * -(-len(x) * 10 // 16000)
-        content_win, emotion_win = encode_windowed(animator.model, wave, hop or whole, lookahead, context)
+        content_win, emotion_win = encode_windowed(animator.model, wave, hop or whole, lookahead, context, ramp=ramp)
         if hop is not None:  # the emotion branch on the stream's own windows and cadence
             stream = animator.stream(hop_ms=hop, context_ms=context, lookahead_ms=lookahead,
                                      emotion_context_ms=emotion_context, emotion_hop_ms=emotion_hop,
-                                     whole_utterance_ms=whole_utterance)
+                                     whole_utterance_ms=whole_utterance, ramp=ramp)
             _, emotion_win = encode_windowed(animator.model, wave, hop, lookahead, context,
                                              emotion_context_ms=stream.engine.emotion_context_ms,
-                                             emotion_hop_ms=stream.engine.emotion_hop_ms)
+                                             emotion_hop_ms=stream.engine.emotion_hop_ms, ramp=ramp)
         style = style_weights(animator.config, 1, 0, animator.dtype, animator.device)
 
         def deviation(content, emotion):
@@ -87,6 +87,8 @@ def main() -> None:
                                          "100/2000/200/4000/300,100/1000/200,100/1000/400,200/2000/400,400/2000/400",
                    help="hop/context/lookahead[/emotion context[/emotion hop[/whole utterance]]] in ms, "
                         "comma-separated (the defaults where not given)")
+    p.add_argument("--ramp", action="store_true", help="each setting also with a ramp (hops of 100, 200, 400, "
+                                                       "... ms first), side by side")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,13 +105,16 @@ def main() -> None:
           "content branch only | emotion branch only |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     settings = [(None, 0, 0)] + [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
-    for hop, context, lookahead, *emotion in settings:
-        rows = [clip_row(animator, x, hop, context, lookahead, *emotion) for x in audio]
+    ramps = [(s, ramp) for s in settings for ramp in ((False, True) if args.ramp and s[0] else (False,))]
+    for (hop, context, lookahead, *emotion), ramp in ramps:
+        emotion = dict(zip(("emotion_context", "emotion_hop", "whole_utterance"), emotion), ramp=ramp)
+        rows = [clip_row(animator, x, hop, context, lookahead, **emotion) for x in audio]
         mean = {k: np.mean([r[k] for r in rows]) for k in ("deviation", "content_only", "emotion_only")}
         if hop is None:
             head, agrees, latency = "whole clip | - | - | - | -", "-", "-"
         else:
-            head = f"{hop} ms | {context} ms | {lookahead} ms | {rows[0]['emotion']} | {rows[0]['whole']}"
+            head = (f"{hop} ms{', ramp' if ramp else ''} | {context} ms | {lookahead} ms | {rows[0]['emotion']} | "
+                    f"{rows[0]['whole']}")
             agrees, latency = f"{sum(r['agrees'] for r in rows)} of {len(rows)}", f"{rows[0]['latency_ms']:.0f} ms"
         print(f"| {head} | {latency} | {agrees} | {mean['deviation']:.2f} | {mean['content_only']:.2f} | "
               f"{mean['emotion_only']:.2f} |", flush=True)

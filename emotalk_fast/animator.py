@@ -233,13 +233,14 @@ class Animator:
 
     def stream(self, level=1, person=0, *, hop_ms: int | str = 100, lookahead_ms: int = 200,
                context_ms: int = 2000, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None,
-               whole_utterance_ms: int | None = None, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE,
-               cuda_graphs: bool = False):
+               whole_utterance_ms: int | None = None, ramp: bool | None = None, max_cache_s: float = 600.0,
+               sample_rate: int = SAMPLE_RATE, cuda_graphs: bool = False):
         """A streaming animator: push chunks at `sample_rate`, get final frames back (see
         streaming.py). hop_ms="auto": the smallest hop this machine keeps up with (budget.py).
         emotion_context_ms, emotion_hop_ms: the emotion branch's own window and cadence (default:
         the content's context, every third 100 ms hop; windows.py). whole_utterance_ms: an
         utterance up to this long gets offline's label and end states (default 4000; engine.py).
+        ramp: the first hops 100, 200, 400, ... ms, doubling up to the hop (engine.RAMP).
         Latency is hop + lookahead + 5 ms of audio at 16 kHz (plus the
         resampling filter's delay at other rates; `stream.latency_ms`), plus compute time.
         `cuda_graphs`: each hop a replayed CUDA graph (the engine's static shapes; engine.py).
@@ -251,11 +252,12 @@ class Animator:
         return AnimationStream(self.model, self.device, self.dtype, level, person, hop_ms=hop_ms,
                                lookahead_ms=lookahead_ms, context_ms=context_ms, **emotion, max_cache_s=max_cache_s,
                                sample_rate=sample_rate, cuda_graphs=cuda_graphs,
-                               **_given(whole_utterance_ms=whole_utterance_ms))
+                               **_given(whole_utterance_ms=whole_utterance_ms, ramp=ramp))
 
     def engine(self, max_streams: int = 16, *, hop_ms: int | str = 100, lookahead_ms: int = 200,
                context_ms: int = 2000, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None,
-               whole_utterance_ms: int | None = None, max_cache_s: float = 600.0, cuda_graphs: bool = False):
+               whole_utterance_ms: int | None = None, ramp: bool | None = None, max_cache_s: float = 600.0,
+               cuda_graphs: bool = False):
         """A StreamEngine over this model: up to `max_streams` streams advanced together, each
         giving the frames `stream()` gives with the same settings (see engine.py). hop_ms="auto":
         the smallest hop at which this machine keeps up with `max_streams` streams (budget.py). With
@@ -267,7 +269,7 @@ class Animator:
         hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=max_streams, **emotion)
         engine = StreamEngine(self.model, self.device, self.dtype, max_streams=max_streams, hop_ms=hop_ms,
                               lookahead_ms=lookahead_ms, context_ms=context_ms, **emotion, max_cache_s=max_cache_s,
-                              cuda_graphs=cuda_graphs, **_given(whole_utterance_ms=whole_utterance_ms))
+                              cuda_graphs=cuda_graphs, **_given(whole_utterance_ms=whole_utterance_ms, ramp=ramp))
         if cuda_graphs:
             engine.prepare_static_hops()
         return engine

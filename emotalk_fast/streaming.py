@@ -34,7 +34,7 @@ import numpy as np
 
 from .audio import check_rate
 from .config import FPS, SAMPLE_RATE
-from .engine import WHOLE_UTTERANCE_MS, StepFailed, StreamEngine
+from .engine import RAMP, WHOLE_UTTERANCE_MS, StepFailed, StreamEngine
 from .model import EmoTalk
 
 
@@ -55,12 +55,13 @@ class AnimationStream:
     def __init__(self, model: EmoTalk, device, dtype, level: int, person: int, *, hop_ms: int = 100,
                  lookahead_ms: int = 200, context_ms: int = 2000, emotion_context_ms: int | None = None,
                  emotion_hop_ms: int | None = None, whole_utterance_ms: int = WHOLE_UTTERANCE_MS,
-                 max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE, cuda_graphs: bool = False):
+                 ramp: bool = RAMP, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE,
+                 cuda_graphs: bool = False):
         self.sample_rate = check_rate(sample_rate)
         self.engine = StreamEngine(model, device, dtype, max_streams=1, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
                                    context_ms=context_ms, emotion_context_ms=emotion_context_ms,
                                    emotion_hop_ms=emotion_hop_ms, whole_utterance_ms=whole_utterance_ms,
-                                   max_cache_s=max_cache_s, cuda_graphs=cuda_graphs)
+                                   ramp=ramp, max_cache_s=max_cache_s, cuda_graphs=cuda_graphs)
         self.encoder = self.engine.encoder
         self.max_cache_frames = self.engine.max_cache_frames
         self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms

@@ -4,6 +4,8 @@ a time) and by offline animation of long clips (larger hops).
 Output frame t reads CNN position 5t/3 (50 Hz -> 30 fps); hops, lookahead and context are
 multiples of 100 ms, where both grids coincide. Each hop's frames are encoded from a window
 of `context` before the hop, the hop, and `lookahead` after it, normalised over the window.
+With a ramp, hops of 100, 200, 400, ... ms come first, doubling up to the hop: a stream's
+first frames then wait for 100 ms of audio and the lookahead, not for a whole hop.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .model import EmoTalk, normalize_waveform, num_frames
 
 GRID_MS = 100  # the grids of 50 Hz CNN frames and 30 fps output frames coincide every 100 ms
 _UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t / 3
+_GRID_FRAMES = FPS * GRID_MS // 1000  # output frames per 100 ms (3)
 
 
 def _frames_of(ms: int, name: str, allow_zero: bool) -> int:
@@ -53,9 +56,12 @@ class WindowedEncoder:
     """
 
     def __init__(self, model: EmoTalk, hop_ms: int, lookahead_ms: int, context_ms: int,
-                 emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None):
+                 emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None, ramp: bool = False):
         self.model = model
         self.hop = _frames_of(hop_ms, "hop_ms", allow_zero=False)
+        self.ramp = bool(ramp)
+        # with a ramp, the hops of 100, 200, 400, ... ms shorter than the hop come first
+        self._ramp_hops = sum(1 for i in range(32) if _GRID_FRAMES << i < self.hop) if self.ramp else 0
         self.lookahead = _frames_of(lookahead_ms, "lookahead_ms", allow_zero=True)
         self.context = _frames_of(context_ms, "context_ms", allow_zero=True)
         self.emotion_context = self.context if emotion_context_ms is None else \
@@ -76,12 +82,24 @@ class WindowedEncoder:
         if self.stride * ENCODER_FPS != SAMPLE_RATE:
             raise InvalidInput("streaming assumes a 50 Hz CNN front end")
 
+    def start(self, k: int) -> int:
+        """The first frame of hop k."""
+        ramp = min(k, self._ramp_hops)
+        return _GRID_FRAMES * ((1 << ramp) - 1) + (k - ramp) * self.hop
+
+    def steady(self) -> int:
+        """The first hop whose windows (both branches') are full length: past the ramp and
+        both contexts."""
+        k = self._ramp_hops
+        while self.start(k) <= max(self.context, self.emotion_context):
+            k += 1
+        return k
+
     def window(self, k: int, total_frames: int | None = None, total_samples: int | None = None,
                context: int | None = None) -> Window:
         """Hop k's window (`context` frames before the hop: default the content's); with the clip's
         totals (at the end of a stream) it is clipped to them."""
-        h0 = k * self.hop
-        h1 = h0 + self.hop
+        h0, h1 = self.start(k), self.start(k + 1)
         t0, t1 = max(0, h0 - (self.context if context is None else context)), h1 + self.lookahead
         if total_frames is not None:
             h1, t1 = min(h1, total_frames), min(t1, total_frames)
@@ -92,6 +110,12 @@ class WindowedEncoder:
             c_lo, c_hi = min(c_lo, last), min(c_hi, last)
         s0, s1 = self.stride * c_lo, self.stride * c_hi + self.field
         return Window(t0, h0, h1, t1, c_lo, c_hi, s0, s1)
+
+    def holds_emotion(self, first: int, n: int, w: Window, any_age: bool = False) -> bool:
+        """Whether kept emotion states for frames first .. first + n - 1 serve hop window w: they
+        cover it and (unless `any_age`: the whole utterance's) were computed less than an emotion
+        hop before it. Else the hop runs an emotion window of its own."""
+        return first <= w.h0 and w.h1 <= first + n and (any_age or w.h0 - first < self.emotion_hop)
 
     def emotion_window(self, k: int, total_frames: int | None = None, total_samples: int | None = None) -> Window:
         """Hop k's emotion window: `emotion_context` before the hop, ending where the hop's window
@@ -106,7 +130,7 @@ class WindowedEncoder:
     @property
     def longest(self) -> tuple[int, int]:
         """(frames, samples) of the longest window: every window of this encoder fits in it."""
-        w = self.window(self.context // self.hop + 1)  # a steady-state window, t0 > 0
+        w = self.window(self.steady())
         return w.t1 - w.t0, w.s1 - w.s0
 
     def encode_batch(self, samples: list[torch.Tensor], windows: list[Window]):
@@ -164,18 +188,23 @@ class WindowedEncoder:
         return tuple(hidden)
 
     def hops(self, total_frames: int) -> int:
-        return -(-total_frames // self.hop)
+        """How many hops cover `total_frames` frames."""
+        k = 0
+        while k < self._ramp_hops and self.start(k) < total_frames:
+            k += 1
+        return k + max(0, -(-(total_frames - self.start(k)) // self.hop))
 
 
 def encode_windowed(model: EmoTalk, wave: torch.Tensor, hop_ms: int, lookahead_ms: int, context_ms: int,
-                    progress=None, *, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None):
+                    progress=None, *, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None,
+                    ramp: bool = False):
     """A whole clip [N] through the stream's windows -> content, emotion hidden [1, T, hidden].
 
     Memory is that of one window, whatever the clip's length; the windows are exactly the
     ones a stream with the same settings would use (the emotion branch on its own windows and
     cadence when given; a stream's whole-utterance rule at the end aside: engine.py).
     """
-    encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms, emotion_context_ms, emotion_hop_ms)
+    encoder = WindowedEncoder(model, hop_ms, lookahead_ms, context_ms, emotion_context_ms, emotion_hop_ms, ramp)
     n = wave.shape[0]
     total = num_frames(n)
     content, emotion = [], []
@@ -187,7 +216,7 @@ def encode_windowed(model: EmoTalk, wave: torch.Tensor, hop_ms: int, lookahead_m
             c, e = encoder.encode(wave[w.s0 : w.s1], w)
         else:
             (c,) = encoder.encode_inputs(**encoder.batch_inputs([wave[w.s0 : w.s1]], [w]), branches=("content",))
-            if k % (encoder.emotion_hop // encoder.hop) == 0:
+            if kept is None or not encoder.holds_emotion(first, kept.shape[1], w):
                 ew = encoder.emotion_window(k, total, n)
                 (kept,) = encoder.encode_inputs(**encoder.batch_inputs([wave[ew.s0 : ew.s1]], [ew]),
                                                 branches=("emotion",))

@@ -14,6 +14,7 @@ from helpers import espeak_speech
 
 TOL = 1e-5
 SETTINGS = dict(hop_ms=100, lookahead_ms=200, context_ms=600, max_cache_s=3.0)
+RAMP = dict(hop_ms=400, lookahead_ms=200, context_ms=600, max_cache_s=3.0, ramp=True)  # hops of 100, 200, then 400
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +45,10 @@ def _at_rate(speech, rate):
     return speech if rate == 16000 else resample(speech, 16000, rate)
 
 
-def _solo(animator, plan, pushes):
+def _solo(animator, plan, pushes, settings=SETTINGS):
     """What a stream alone gives for the same chunks (and the same style change after the same
     number of pushes)."""
-    stream = animator.stream(level=plan["level"], person=plan["person"], sample_rate=plan["rate"], **SETTINGS)
+    stream = animator.stream(level=plan["level"], person=plan["person"], sample_rate=plan["rate"], **settings)
     out = []
     for i, chunk in enumerate(pushes):
         if plan["change"] and i == plan["change"][0]:
@@ -58,12 +59,14 @@ def _solo(animator, plan, pushes):
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
-def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs):
+@pytest.mark.parametrize("cuda_graphs, settings", [(False, SETTINGS), (True, SETTINGS), (False, RAMP)],
+                         ids=["eager", "static-shapes", "ramp"])
+def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs, settings):
     """cuda_graphs on the CPU: the static-shape path (windows padded to one length, batches to
-    buckets, the whole ring read) runs eagerly; only the capture itself needs CUDA."""
+    buckets, the whole ring read) runs eagerly; only the capture itself needs CUDA. With a ramp,
+    streams at different hop lengths share a step."""
     plans = _plans(voices)
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, cuda_graphs=cuda_graphs, **SETTINGS)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, cuda_graphs=cuda_graphs, **settings)
     if cuda_graphs:  # built up front, in silence on the scratch slot: nothing any stream sees
         engine.prepare_static_hops()
         assert sorted(engine._static_hops) == [1, 2, 4] and engine.cache.k[:4].abs().sum() == 0  # only the scratch slot
@@ -110,7 +113,7 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs
     assert pos[2] < len(audio[2]) and ids[2] not in engine.live  # closed mid-way
     for i, p in enumerate(plans):
         got = np.concatenate(frames[i])
-        want = _solo(animator, p, pushes[i])
+        want = _solo(animator, p, pushes[i], settings)
         assert got.shape == want.shape, (i, got.shape, want.shape)
         if p["close"] is None:
             assert len(got) == num_frames(len(p["speech"])) or p["rate"] != 16000

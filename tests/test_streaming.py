@@ -83,9 +83,10 @@ def test_push_partition_does_not_matter(animator, speech):
         np.testing.assert_array_equal(r, results[0])
 
 
+@pytest.mark.parametrize("ramp", [False, True], ids=["hops", "ramp"])
 @pytest.mark.parametrize("n", [720, 1601, 4800, 16000, 23999])
-def test_total_frames_match_offline(animator, speech, n):
-    stream = animator.stream(hop_ms=200, lookahead_ms=100, context_ms=300)
+def test_total_frames_match_offline(animator, speech, n, ramp):
+    stream = animator.stream(hop_ms=800 if ramp else 200, lookahead_ms=100, context_ms=300, ramp=ramp)
     frames = _stream_all(stream, speech[:n], [333], 0)
     assert frames.shape == (num_frames(n), 52) and np.isfinite(frames).all()
     assert stream.frames_emitted == num_frames(n)
@@ -96,7 +97,9 @@ def test_total_frames_match_offline(animator, speech, n):
     {"hop_ms": 300, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1000, "emotion_hop_ms": 300},
     {"hop_ms": 300, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1500},
     {"hop_ms": 100, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1500, "emotion_hop_ms": 300},
-], ids=["one-window", "emotion-window", "emotion-every-3-hops"])
+    {"hop_ms": 1200, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1000, "ramp": False},
+    {"hop_ms": 800, "lookahead_ms": 200, "context_ms": 1000, "emotion_context_ms": 1500, "ramp": False},
+], ids=["one-window", "emotion-window", "emotion-every-3-hops", "no-ramp", "no-ramp-emotion-window"])
 def test_stream_equals_windowed_offline(animator, speech, cuda_graphs, settings):
     """The stream and the long-audio path share windows, so they agree frame for frame (also
     through the engine's static-shape path, eager on the CPU), whether the emotion branch reads
@@ -107,9 +110,24 @@ def test_stream_equals_windowed_offline(animator, speech, cuda_graphs, settings)
     streamed = _stream_all(stream, speech, [4000], 0)
     assert bool(stream.engine._static_hops) == cuda_graphs
     with torch.inference_mode():
-        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), **settings)
+        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech),
+                                           **{"ramp": stream.engine.ramp, **settings})  # the stream's default
         offline, _ = animator.model.decode(content, emotion, *style_weights(animator.config, 0, 7, torch.float32, "cpu"))
     assert_close(streamed, offline[0], 1e-5, "stream vs windowed offline")
+
+
+def test_a_ramp_gives_the_first_frames_after_100_ms_and_doubles_to_the_hop(animator, speech):
+    """1200 ms hops with a ramp: hops of 100, 200, 400 and 800 ms, then 1200; the first frames
+    come once 100 ms + the lookahead (+ the CNN's last 5 ms) have arrived; the steady latency is
+    the hop's."""
+    stream = animator.stream(hop_ms=1200, lookahead_ms=200, context_ms=1000, ramp=True)
+    encoder = stream.engine.encoder
+    assert [encoder.start(k) for k in range(7)] == [0, 3, 9, 21, 45, 81, 117]
+    assert encoder.hops(46) == 5 and encoder.hops(45) == 4 and encoder.hops(3) == 1
+    assert stream.push(speech[: 16 * 300]).shape == (0, 52)  # 300 ms: the CNN's last frame needs 5 ms more
+    assert stream.push(speech[16 * 300 : 16 * 305]).shape == (3, 52)
+    assert stream.push(speech[16 * 305 : 16 * 505]).shape == (6, 52)  # 300 + 200 + 5 ms
+    assert stream.latency_ms == animator.stream(hop_ms=1200, lookahead_ms=200, context_ms=1000).latency_ms
 
 
 def test_long_audio_threshold(animator, speech):

@@ -133,9 +133,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_stream_options(p: argparse.ArgumentParser) -> None:
-    """--hop-ms, --lookahead-ms, --context-ms, --emotion-context-ms, --emotion-hop-ms: a
-    stream's windows (stream, serve)."""
-    from ..engine import WHOLE_UTTERANCE_MS
+    """--hop-ms, --lookahead-ms, --context-ms, --emotion-context-ms, --emotion-hop-ms,
+    --whole-utterance-ms, --ramp: a stream's windows (stream, serve)."""
+    from ..engine import RAMP, WHOLE_UTTERANCE_MS
 
     p.add_argument("--hop-ms", type=hop_ms_arg, default=100,
                    help="multiple of 100 (default 100), or auto: the smallest hop this machine holds in real time "
@@ -150,11 +150,14 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whole-utterance-ms", type=int, default=WHOLE_UTTERANCE_MS,
                    help=f"an utterance up to this long gets offline's emotion label, exactly, when it ends (default "
                         f"{WHOLE_UTTERANCE_MS}; 0: never)")
+    p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=RAMP,
+                   help="hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for "
+                        f"100 ms of audio, not a whole hop (default {'on' if RAMP else 'off'})")
 
 
 def stream_settings(args) -> dict:
-    """The stream's windows (the options but the hop and --whole-utterance-ms), as keyword
-    arguments of Animator.stream / engine and of the budget."""
+    """The stream's windows (the options but the hop, --whole-utterance-ms and --ramp), as
+    keyword arguments of Animator.stream / engine and of the budget."""
     return {"lookahead_ms": args.lookahead_ms, "context_ms": args.context_ms,
             "emotion_context_ms": args.emotion_context_ms, "emotion_hop_ms": args.emotion_hop_ms}
 

@@ -47,8 +47,8 @@ def serve(args) -> None:
         animator = load_animator(args)
         budget = _budget(animator, args)
         engine = animator.engine(args.max_streams, hop_ms=budget.hop_ms, **stream_settings(args),
-                                 whole_utterance_ms=args.whole_utterance_ms, max_cache_s=args.max_audio_s,
-                                 cuda_graphs=args.cuda_graphs)
+                                 whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp,
+                                 max_cache_s=args.max_audio_s, cuda_graphs=args.cuda_graphs)
         server.attach(engine)
     except BaseException:
         server.stop(grace=0)
@@ -58,6 +58,7 @@ def serve(args) -> None:
     print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
           f"streams; hop {budget.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms, "
           f"emotion context {engine.emotion_context_ms} ms every {engine.emotion_hop_ms} ms; "
+          f"{'ramp from 100 ms; ' if engine.ramp and budget.hop_ms > 100 else ''}"
           f"{_graphs_note(animator) if args.cuda_graphs else ''}"
           f"{_threads_note(animator)}loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
     server.wait_for_signal()

@@ -29,7 +29,7 @@ def stream(args) -> None:
     animator = load_animator(args)
     hop_ms = resolve_hop_ms(animator, args)
     stream = animator.stream(level=args.level, person=args.person, hop_ms=hop_ms, **stream_settings(args),
-                             whole_utterance_ms=args.whole_utterance_ms)
+                             whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
     samples = prepare_audio(args.input, min_samples=animator.min_samples)
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops"
           f"{' in real time' if args.realtime else ''}; algorithmic latency {stream.latency_ms:.0f} ms")
