@@ -64,8 +64,11 @@ def reason_not_run(line: str) -> str | None:
     return next((why for pattern, why in NOT_RUN if re.search(pattern, line)), None)
 
 
+ENV_PREFIX = r"^(\w+=\S*\s+)*"  # VAR=value assignments before a command, as in the AVX2 emulation
+
+
 def runs_here(line: str) -> bool:
-    return bool(re.search(r"(^|[|;&]\s*)(emotalk-fast|python -m emotalk_fast)\b", line))
+    return bool(re.search(r"(^|[|;&]\s*)(\w+=\S*\s+)*(emotalk-fast|python -m emotalk_fast)\b", line))
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,8 @@ def _stop(proc) -> None:
 
 def _run(line: str, cwd: Path) -> str | None:
     """Run one line; the problem, or None."""
-    limit = next((s for prefix, s in UNTIL_KILLED.items() if line.startswith(prefix)), None)
+    command = re.sub(ENV_PREFIX, "", line)
+    limit = next((s for prefix, s in UNTIL_KILLED.items() if command.startswith(prefix)), None)
     proc = subprocess.Popen(["bash", "-c", line], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
