@@ -87,9 +87,9 @@ def choose_hop(model, device, dtype, *, lookahead_ms: int, context_ms: int, stre
 
     A hop's cost grows with its window (context + hop + lookahead), so whether it holds is
     monotone in the hop: the shortest and the longest are measured, a line through their costs
-    predicts the first that holds, and a bisection seeded there confirms it by measurement (4 measurements when
-    the costs lie on a line). An `emotion_hop_ms` of its own needs hops it is a multiple of, at most hop +
-    lookahead: only those are tried."""
+    predicts the first that holds, and a bisection seeded there confirms it by measurement (4
+    measurements when the costs lie on a line). An `emotion_hop_ms` of its own needs hops it is
+    a multiple of, at most hop + lookahead: only those are tried."""
     hops = [h for h in range(GRID_MS, AUTO_MAX_HOP_MS + 1, GRID_MS)
             if emotion_hop_ms is None or (emotion_hop_ms % h == 0 and emotion_hop_ms <= h + lookahead_ms)]
     if not hops:
