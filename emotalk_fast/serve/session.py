@@ -33,6 +33,9 @@ from .metrics import ServeMetrics
 from .worker import EngineWorker, StreamHandle
 
 log = logging.getLogger("emotalk_fast.serve")
+# a stream this far behind real time, past its hop and lookahead, is logged once: a held stream
+# trails by at most a hop's compute, so this means the machine does not keep up
+LAG_WARNING_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Session:
         self.input_emotions: list = []  # not yet echoed
         self.input_emotion_bytes = 0
         self.last_audio = time.monotonic()  # the client's last sign of life: a header, audio
+        self.first_audio: float | None = None  # when the first audio came (real time starts)
+        self.lag_warned = False
         self.paused = False  # reading waits for the engine (the client is not silent)
         self.ended = False  # end_of_audio received (reading has stopped)
         self.outcome = "cancelled by the client"  # how it ended, for the log
@@ -180,6 +185,8 @@ class Session:
         if not whole:  # no audio: not a sign of life (an empty chunk cannot hold a slot)
             return
         self.last_audio = time.monotonic()
+        if self.first_audio is None:
+            self.first_audio = self.last_audio
         limit = self.limits.max_audio_s
         if self.received + whole // 2 > limit * self.style.sample_rate:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the stream is longer than the server's limit of "
@@ -262,6 +269,20 @@ class Session:
         else:
             behind = self.received / rate - self.frames_sent / FPS - self.worker.algorithmic_latency_s
             self.metrics.backlog.observe(max(0.0, behind))
+            self._check_lag()
+
+    def _check_lag(self) -> None:
+        """Log once when the stream's frames run more than a hop + LAG_WARNING_S behind real time.
+        Real time is the wall clock since the first audio, or the audio received where that is
+        less (a client that sends faster than it speaks is not behind, one that pauses neither)."""
+        if self.lag_warned or self.first_audio is None:
+            return
+        spoken = min(time.monotonic() - self.first_audio, self.received / self.style.sample_rate)
+        lag = spoken - self.frames_sent / FPS - self.worker.algorithmic_latency_s
+        if lag > self.worker.hop_s + LAG_WARNING_S:
+            self.lag_warned = True
+            log.warning("stream from %s runs %.1f s behind real time: this machine does not keep up at these "
+                        "settings (the start-up line says what they hold)", self.peer, lag)
 
     def _echo_end(self, frame: int, last: bool) -> int:
         """The client sample where the echo of frames up to `frame` ends (the last message takes

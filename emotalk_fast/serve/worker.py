@@ -87,6 +87,10 @@ class EngineWorker:
         return self.engine.num_live
 
     @property
+    def hop_s(self) -> float:
+        return self.engine.hop_ms / 1000
+
+    @property
     def algorithmic_latency_s(self) -> float:
         """Audio a stream's frames trail its input by when the engine keeps up (hop + lookahead)."""
         return (self.engine.hop_ms + self.engine.lookahead_ms) / 1000

@@ -272,3 +272,31 @@ def test_a_client_that_never_reads_is_cut_past_the_unread_limit(animator, speech
         assert send(pcm_int16(pb.float_to_pcm16(speech)), 16000, server=server.address).num_frames > 0
     finally:
         server.stop(grace=1)
+
+
+def test_a_stream_that_falls_behind_real_time_is_logged_once(animator, speech, caplog):
+    """A client speaking at pace: a stream that keeps up logs nothing; on an engine slower than
+    real time (each step that makes frames sleeps 0.3 s, for 100 ms hops) one warning line says
+    how far behind it runs, and the stream still completes."""
+    engine = animator.engine(max_streams=4, **STREAM)
+    server = A2FServer(engine, ServeSettings(port=0)).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="emotalk_fast.serve"):
+            send(speech, 16000, server=server.address, chunk_s=0.1, realtime=True, timeout=60)
+            assert not [r for r in caplog.records if "behind real time" in r.message]
+            step = engine.step
+
+            def slow_step():
+                out = step()
+                if out:
+                    time.sleep(0.3)
+                return out
+
+            engine.step = slow_step
+            result = send(speech, 16000, server=server.address, chunk_s=0.1, realtime=True, timeout=120)
+        lines = [r.message for r in caplog.records if "behind real time" in r.message]
+        assert len(lines) == 1 and "does not keep up" in lines[0], lines
+        assert float(lines[0].split(" runs ")[1].split(" s ")[0]) >= 1.1  # past a hop + LAG_WARNING_S (rounded)
+        assert result.num_frames == len(result.blendshapes) > 0
+    finally:
+        server.stop(grace=0)
