@@ -3,7 +3,8 @@ random instants leak no slot, floods of input emotions end their own stream, odd
 with huge chunks stall no one, 10 ms chunks keep up with 1 s chunks, the idle timer measures the
 client's silence (not the server's backlog, not empty messages), bytes that are not an
 AudioStream get INVALID_ARGUMENT, replies stay under the size limit, a client that never reads
-is cut, and each abnormal end is logged. The mini model with random weights."""
+is cut, each abnormal end is logged, and so is a stream that falls behind real time. The mini
+model with random weights."""
 import logging
 import random
 import threading
