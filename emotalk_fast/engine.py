@@ -25,7 +25,6 @@ flushed stream runs eagerly.
 from __future__ import annotations
 
 import os
-
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -295,7 +294,7 @@ class StreamEngine:
 
     def emotion_logits(self, sid: int) -> np.ndarray | None:
         """The emotion classifier on the mean emotion state of the stream's frames so far; once
-        an utterance held whole by its emotion window has ended, offline animation's logits."""
+        an utterance of up to `whole_utterance_ms` has ended, offline animation's logits."""
         s = self._get(sid)
         if s.label_logits is not None:
             return s.label_logits.float().cpu().numpy()

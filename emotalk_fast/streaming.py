@@ -103,7 +103,7 @@ class AnimationStream:
     @property
     def emotion_logits(self) -> np.ndarray | None:
         """The emotion classifier on the mean emotion state of the frames emitted so far; once an
-        utterance its emotion window held whole has ended, offline animation's (engine.py)."""
+        utterance of up to `whole_utterance_ms` has ended, offline animation's (engine.py)."""
         return self.engine.emotion_logits(self._id)
 
     def push(self, samples) -> np.ndarray:

@@ -76,8 +76,9 @@ def _cpu_threads(args) -> int | None:
     (docs/streaming.md). None (torch's choice) on a GPU."""
     import torch
 
-    on_cpu = args.device == "cpu" or args.int8_encoders or (args.device == "auto" and not torch.cuda.is_available())
-    if not on_cpu:
+    from ..runtime import resolve_device
+
+    if not args.int8_encoders and resolve_device(args.device).type != "cpu":  # int8 runs on the CPU
         return None
     return max(1, torch.get_num_threads() - 1)
 

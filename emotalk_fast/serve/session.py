@@ -269,16 +269,17 @@ class Session:
         else:
             behind = self.received / rate - self.frames_sent / FPS - self.worker.algorithmic_latency_s
             self.metrics.backlog.observe(max(0.0, behind))
-            self._check_lag()
+            self._check_lag(behind)
 
-    def _check_lag(self) -> None:
+    def _check_lag(self, behind: float) -> None:
         """Log once when the stream's frames run more than a hop + LAG_WARNING_S behind real time.
-        Real time is the wall clock since the first audio, or the audio received where that is
-        less (a client that sends faster than it speaks is not behind, one that pauses neither)."""
+        `behind` counts against the audio received; real time is the wall clock since the first
+        audio where that is less (a client that sends faster than it speaks is not behind, one
+        that pauses neither)."""
         if self.lag_warned or self.first_audio is None:
             return
-        spoken = min(time.monotonic() - self.first_audio, self.received / self.style.sample_rate)
-        lag = spoken - self.frames_sent / FPS - self.worker.algorithmic_latency_s
+        wall = time.monotonic() - self.first_audio - self.frames_sent / FPS - self.worker.algorithmic_latency_s
+        lag = min(behind, wall)
         if lag > self.worker.hop_s + LAG_WARNING_S:
             self.lag_warned = True
             log.warning("stream from %s runs %.1f s behind real time: this machine does not keep up at these "
