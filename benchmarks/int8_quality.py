@@ -1,4 +1,4 @@
-"""What int8 encoder layers (`int8_encoders=True`) change: offline animation of each clip with
+"""What int8 encoder layers (`encoders="int8"`) change: offline animation of each clip with
 int8 encoders against float32, as the curves' mean abs deviation over the float32 curves' own
 spread around their mean, and whether the emotion label stays; a trained model and random
 weights side by side.
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator  # noqa: E402
 from emotalk_fast.audio import prepare_audio  # noqa: E402
+from emotalk_fast.int8 import weight_levels  # noqa: E402
 from emotalk_fast.measure import versions  # noqa: E402
 from emotalk_fast.runtime import cpu_description  # noqa: E402
 
@@ -39,8 +40,8 @@ def main() -> None:
 
     def load(int8: bool) -> Animator:
         if args.checkpoint:
-            return Animator.from_pretrained(args.checkpoint, device="cpu", int8_encoders=int8)
-        return Animator.from_config(args.random_weights, seed=0, device="cpu", int8_encoders=int8)
+            return Animator.from_pretrained(args.checkpoint, device="cpu", encoders="int8" if int8 else "torch")
+        return Animator.from_config(args.random_weights, seed=0, device="cpu", encoders="int8" if int8 else "torch")
 
     reference, int8 = load(False), load(True)
     clips = sorted(Path(args.data).glob("*.wav"))[: args.clips]
@@ -59,7 +60,8 @@ def main() -> None:
         deviations.append(float(np.abs(got.blendshapes - want.blendshapes).mean()) / spread)
         agree += int(np.argmax(got.emotion_logits) == np.argmax(want.emotion_logits))
     print(f"{args.checkpoint or 'random weights ' + args.random_weights}, {len(clips)} clips; CPU {cpu_description()}, "
-          f"{args.threads} threads, torch {versions()['torch']}, {time.strftime('%Y-%m-%d')}\n")
+          f"{args.threads} threads, torch {versions()['torch']}, int8 weights within +-{weight_levels()}, "
+          f"{time.strftime('%Y-%m-%d')}\n")
     print("| model | deviation / spread (mean, max over clips) | emotion label kept | offline compute, float32 / int8 |")
     print("| --- | --- | --- | --- |")
     print(f"| {args.checkpoint or args.random_weights} | {np.mean(deviations):.3f}, {np.max(deviations):.3f} | "

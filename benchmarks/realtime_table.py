@@ -25,8 +25,9 @@ from emotalk_fast.runtime import cpu_description  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="mini,tiny,emotalk")
-    p.add_argument("--dtypes", default="float32,auto", help="float32, auto, bfloat16, or int8 (float32 with "
-                                                            "int8 encoder layers), comma-separated")
+    p.add_argument("--dtypes", default="float32,auto", help="float32, auto, bfloat16, int8 (float32 with int8 "
+                                                            "encoder layers) or openvino (float32 encoders compiled "
+                                                            "by OpenVINO), comma-separated")
     p.add_argument("--hops", default="100,200,400,800,1600")
     p.add_argument("--context-ms", type=int, default=2000)
     p.add_argument("--lookahead-ms", type=int, default=200)
@@ -45,10 +46,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for preset in args.presets.split(","):
         for dtype in args.dtypes.split(","):
-            int8 = dtype == "int8"  # float32 with the encoders' transformer layers in int8
-            animator = Animator.from_config(preset, seed=0, device="cpu", dtype=None if int8 else dtype,
-                                            int8_encoders=int8)
-            name = "int8 encoders" if int8 else str(animator.dtype).replace("torch.", "") + \
+            encoders = dtype if dtype in ("int8", "openvino") else "torch"  # float32 encoders, run otherwise
+            animator = Animator.from_config(preset, seed=0, device="cpu", dtype=None if encoders != "torch" else dtype,
+                                            encoders=encoders)
+            name = f"{encoders} encoders" if encoders != "torch" else str(animator.dtype).replace("torch.", "") + \
                 (" (auto)" if dtype == "auto" else "")
             for hop in (int(h) for h in args.hops.split(",")):
                 shown = set()

@@ -140,7 +140,7 @@ def main(argv=None) -> None:
     p.add_argument("--realtime", action="store_true", help="clients send audio no faster than spoken")
     p.add_argument("--chunk-ms", type=int, default=1000, help="audio per message (NVIDIA's client: 1000)")
     p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own, 100; or auto)")
-    p.add_argument("--int8-encoders", action="store_true", help="the server's --int8-encoders")
+    p.add_argument("--encoders", default="torch", help="the server's --encoders (torch, int8 or openvino)")
     p.add_argument("--context-ms", default=None, help="the server's --context-ms (default its own, 2000)")
     p.add_argument("--threads", default=None, help="the server's --threads (default torch's, one per core)")
     p.add_argument("--json", help="also write the rows here")
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
     address = args.server
     if address is None:
         print(f"starting serve --random-weights {args.preset} ...", file=sys.stderr, flush=True)
-        extra = (("--int8-encoders",) if args.int8_encoders else ()) + \
+        extra = ("--encoders", args.encoders) + \
             (("--context-ms", args.context_ms) if args.context_ms else ()) + \
             (("--threads", args.threads) if args.threads else ())
         proc, address = start_server(args.preset, args.dtype, args.device, max(clients), args.hop_ms, extra)
@@ -170,7 +170,7 @@ def main(argv=None) -> None:
     else:
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               "cpu" if args.device == "auto" else args.device)
-        where = f"{args.preset} {args.dtype or 'float32'}{' with int8 encoders' if args.int8_encoders else ''} on " \
+        where = f"{args.preset} {args.dtype or 'float32'}{'' if args.encoders == 'torch' else f' with {args.encoders} encoders'} on " \
                 f"{device_name(device)}"
     v = versions()
     print(f"{where}; torch {v['torch']}, python {v['python']}; clients and server on this machine; "

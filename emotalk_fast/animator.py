@@ -13,7 +13,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .audio import load_waveform, prepare_audio
-from .config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE, EmoTalkConfig
+from .config import BLENDSHAPE_NAMES, ENCODERS, FPS, SAMPLE_RATE, EmoTalkConfig
 from .controls import Schedule, check_style
 from .errors import InvalidInput, InvalidType
 from .export import save_blendshapes
@@ -135,31 +135,39 @@ class Animator:
     >>> anim.save("speech.csv")
     """
 
-    def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto", int8_encoders: bool = False):
-        """int8_encoders: the encoders' transformer layers as int8 GEMMs (CPU, float32; opt-in:
-        it changes the output; int8.py)."""
+    def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto", encoders: str = "torch"):
+        """encoders: how the two wav2vec2 encoders run (`ENCODERS`): "torch" (PyTorch), "int8"
+        (their transformer layers as int8 GEMMs; CPU, float32; opt-in: it changes the output;
+        int8.py) or "openvino" (compiled by OpenVINO; CPU, float32; the same arithmetic;
+        openvino_encoders.py)."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.decoder.set_backend(self.backend)  # the encoders are PyTorch (SDPA) either way
-        self.int8_encoders = bool(int8_encoders)
-        if self.int8_encoders:
+        if encoders not in ENCODERS:
+            raise InvalidInput(f"encoders must be one of {', '.join(ENCODERS)}, not {encoders!r}")
+        self.encoders = encoders
+        if encoders == "int8":
             from .int8 import quantize_encoders
 
             quantize_encoders(self.model)
+        elif encoders == "openvino":
+            from .openvino_encoders import compile_encoders
+
+            compile_encoders(self.model)
         self.config: EmoTalkConfig = model.cfg
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
         dtype = str(self.dtype).replace("torch.", "")
         return (f"Animator({params / 1e6:.1f} M parameters, device {self.device}, {dtype}"
-                f"{', int8 encoders' if self.int8_encoders else ''}, decoder backend {self.backend})")
+                f"{'' if self.encoders == 'torch' else f', {self.encoders} encoders'}, decoder backend {self.backend})")
 
     # --- construction -------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device="auto", dtype=None, backend="auto",
-                        config: EmoTalkConfig | None = None, int8_encoders: bool = False) -> "Animator":
+                        config: EmoTalkConfig | None = None, encoders: str = "torch") -> "Animator":
         """Load a released `EmoTalk.pth` or a `save_pretrained` directory.
 
         `config` is needed only for a release checkpoint whose head counts differ from the
@@ -172,24 +180,24 @@ class Animator:
             warnings.warn(f"{path} is stored in {name} and runs in float32, the default (the reference's "
                           f"precision), cast at every start-up; pass dtype='{name}' (--dtype {name}) to run it as "
                           "stored, or dtype='auto'", stacklevel=2)
-        return cls.from_state_dict(cfg, state_dict, device, dtype, backend, int8_encoders)
+        return cls.from_state_dict(cfg, state_dict, device, dtype, backend, encoders)
 
     @classmethod
     def from_config(cls, config: EmoTalkConfig | str = "emotalk", seed: int = 0, device="auto", dtype=None,
-                    backend="auto", rule: str = "fast", int8_encoders: bool = False) -> "Animator":
+                    backend="auto", rule: str = "fast", encoders: str = "torch") -> "Animator":
         """Random weights (for tests and benchmarks: speed does not depend on weights), drawn by
         `rule` (see checkpoint.random_release_state_dict: "fast", or "oracle" as the fixtures)."""
         cfg = EmoTalkConfig.from_name(config) if isinstance(config, str) else config
         state_dict = ckpt.release_to_fast(ckpt.random_release_state_dict(cfg, seed, rule), cfg)
-        return cls.from_state_dict(cfg, state_dict, device, dtype, backend, int8_encoders)
+        return cls.from_state_dict(cfg, state_dict, device, dtype, backend, encoders)
 
     @classmethod
     def from_state_dict(cls, config: EmoTalkConfig, state_dict: dict[str, torch.Tensor], device="auto",
-                        dtype=None, backend="auto", int8_encoders: bool = False) -> "Animator":
+                        dtype=None, backend="auto", encoders: str = "torch") -> "Animator":
         """Weights already in memory, in this library's layout (`checkpoint.release_to_fast`
         maps a release state dict onto it). The tensors are used as they are, not copied,
         unless the device or dtype asks for a cast."""
-        return cls(build_model(config, state_dict), device, dtype, backend, int8_encoders)
+        return cls(build_model(config, state_dict), device, dtype, backend, encoders)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write this model as config.json + model.safetensors (float32 on disk)."""

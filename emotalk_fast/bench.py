@@ -20,10 +20,10 @@ from .runtime import cpu_description
 
 
 def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str = "emotalk", repeats: int = 3,
-              threads: int | None = None, skip_startup: bool = False, int8_encoders: bool = False,
+              threads: int | None = None, skip_startup: bool = False, encoders: str = "torch",
               progress: Callable[[str], None] | None = None) -> dict:
     """Time `repeats` animations of `seconds` of generated speech; returns the figures as a dict.
-    int8_encoders: the encoders' linear layers as int8 GEMMs (CPU, float32; int8.py).
+    encoders: how the encoders run (Animator's `encoders`: torch, int8 or openvino).
     progress(message) is called at each step and after each timed run."""
     from .animator import Animator
     from .runtime import resolve_device, resolve_dtype
@@ -54,17 +54,17 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
             first = generated_speech(1.0)
             sync(device)
             t0 = time.perf_counter()
-            loaded = Animator.from_pretrained(tmp, device=device, dtype=dtype, int8_encoders=int8_encoders)
+            loaded = Animator.from_pretrained(tmp, device=device, dtype=dtype, encoders=encoders)
             loaded.animate(first)
             sync(device)
             startup_s = time.perf_counter() - t0
             del loaded
             report(f"start-up {startup_s:.2f} s; peak memory of a fresh process that loads it and animates "
                    f"{seconds:g} s")
-            user_peak_mb = _fresh_process_peak_mb(tmp, seconds, device, dtype, threads, int8_encoders)
+            user_peak_mb = _fresh_process_peak_mb(tmp, seconds, device, dtype, threads, encoders)
 
-    if int8_encoders:
-        animator = Animator(animator.model, device=device, dtype=dtype, int8_encoders=True)
+    if encoders != "torch":
+        animator = Animator(animator.model, device=device, dtype=dtype, encoders=encoders)
     report(f"generating {seconds:g} s of speech and warming up")
     speech = generated_speech(seconds)
     animator.animate(speech)
@@ -81,7 +81,7 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
     median = float(np.median(times))
     return {
         "device": device_name(device), "dtype": str(dtype).replace("torch.", ""), "backend": animator.backend,
-        "int8_encoders": int8_encoders, "preset": preset, "parameters": params, "audio_seconds": seconds,
+        "encoders": encoders, "preset": preset, "parameters": params, "audio_seconds": seconds,
         "frames": anim.num_frames, "seconds": times, "median_seconds": median,
         "real_time_factor": median / seconds, "ms_per_audio_second": 1000 * median / seconds,
         "startup_seconds": startup_s, "build_random_seconds": build_s,
@@ -99,17 +99,17 @@ _USER_PROCESS = """
 import sys, torch
 from emotalk_fast import Animator
 from emotalk_fast.measure import generated_speech, peak_rss_mb
-path, seconds, device, dtype, threads, int8 = sys.argv[1:7]
+path, seconds, device, dtype, threads, encoders = sys.argv[1:7]
 if threads != "None":
     torch.set_num_threads(int(threads))
-animator = Animator.from_pretrained(path, device=device, dtype=dtype, int8_encoders=int8 == "True")
+animator = Animator.from_pretrained(path, device=device, dtype=dtype, encoders=encoders)
 animator.animate(generated_speech(float(seconds)))
 print(peak_rss_mb())
 """
 
 
 def _fresh_process_peak_mb(checkpoint: str, seconds: float, device, dtype, threads,
-                           int8_encoders: bool) -> float | None:
+                           encoders: str) -> float | None:
     """Maximum resident set of a new process that loads `checkpoint` and animates the clip:
     the memory a user needs, which the benchmark's own process (random weights built in it)
     cannot show. CPU only (on CUDA the allocator's peak is the figure)."""
@@ -119,11 +119,15 @@ def _fresh_process_peak_mb(checkpoint: str, seconds: float, device, dtype, threa
     if device.type != "cpu":
         return None
     r = subprocess.run([sys.executable, "-c", _USER_PROCESS, checkpoint, str(seconds), str(device),
-                        str(dtype).replace("torch.", ""), str(threads), str(int8_encoders)], capture_output=True,
+                        str(dtype).replace("torch.", ""), str(threads), encoders], capture_output=True,
                        text=True)
     if r.returncode != 0:
         raise RuntimeError(f"the fresh-process memory run failed: {r.stderr[-2000:]}")
     return float(r.stdout.strip().splitlines()[-1])
+
+
+def _encoders_note(encoders: str) -> str:
+    return "" if encoders == "torch" else f" with {encoders} encoders"
 
 
 def format_bench(result: dict) -> str:
@@ -135,7 +139,7 @@ def format_bench(result: dict) -> str:
     threads = f"{r['torch_threads']} torch thread{'s' if r['torch_threads'] != 1 else ''}"
     also = "built random weights" + ("" if r["startup_seconds"] is None else " and ran the start-up test")
     return "\n".join([
-        f"device {r['device']}, {r['dtype']}{' with int8 encoders' if r.get('int8_encoders') else ''}, "
+        f"device {r['device']}, {r['dtype']}{_encoders_note(r['encoders'])}, "
         f"backend {r['backend']}, {r['parameters'] / 1e6:.1f} M parameters, "
         f"torch {r['torch']}; CPU {r['cpu']}, {threads}",
         f"{r['audio_seconds']:g} s of speech -> {r['frames']} frames in {r['median_seconds']:.3f} s "

@@ -1,6 +1,7 @@
 """int8 encoder layers (opt-in): each layer close to its float32 linear, the whole model close to
 float32 with the same labels, streaming on it still equal to its long-audio path, and the
 settings it refuses."""
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from emotalk_fast import Animator
-from emotalk_fast.int8 import Int8Linear
+from emotalk_fast.int8 import Int8Linear, weight_levels
 from helpers import espeak_speech
 
 
@@ -20,17 +21,36 @@ def test_an_int8_linear_is_close_to_its_linear(rows, bias):
     torch.manual_seed(rows)
     linear = nn.Linear(96, 160, bias=bias)
     x = torch.randn(2, rows, 96) * 3
-    want, got = linear(x).detach(), Int8Linear(linear)(x)
+    want, got = linear(x).detach(), Int8Linear(linear, weight_levels())(x)
     assert got.shape == want.shape and got.dtype == torch.float32
     # rounding both operands to 8 bits: a few tenths of a percent of the output's scale per element
     assert float((got - want).abs().max()) < 0.02 * float(want.abs().max())
     assert float((got - want).abs().mean()) < 0.01 * float(want.abs().mean())
 
 
+def test_int8_weights_multiply_exactly_here_and_on_an_avx2_cpu():
+    """A GEMM without VNNI (AVX2) sums u8 x s8 pairs in saturating 16 bits: with full-scale 8-bit
+    weights on an EPYC capped at AVX2 that moved the trained tiny's curves 0.30 of their spread,
+    21x the rounding's own (docs/performance.md). weight_levels() measures the GEMM and keeps
+    the weights at 7 bits there."""
+    levels = weight_levels()
+    assert levels in (127, 63)
+    g = torch.Generator().manual_seed(1)
+    x = torch.full((32, 256), 127, dtype=torch.int8)
+    x[::2] = -127
+    w = torch.randint(-levels, levels + 1, (256, 64), dtype=torch.int8, generator=g)
+    w[:, ::2] = levels
+    assert torch.equal(torch._int_mm(x, w).double(), x.double() @ w.double())
+    # oneDNN capped at AVX2 runs the kernel an AVX2-only CPU runs
+    r = subprocess.run([sys.executable, "-c", "from emotalk_fast.int8 import weight_levels; print(weight_levels())"],
+                       env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "63", r.stderr
+
+
 @pytest.fixture(scope="module")
 def animators():
     return Animator.from_config("tiny", seed=2, device="cpu"), Animator.from_config("tiny", seed=2, device="cpu",
-                                                                                     int8_encoders=True)
+                                                                                     encoders="int8")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +88,7 @@ def test_a_stream_on_int8_encoders_equals_its_long_audio_path(animators, speech)
 
 def test_int8_encoders_refuse_other_precisions():
     with pytest.raises(ValueError, match="CPU in float32"):
-        Animator.from_config("tiny", device="cpu", dtype="bfloat16", int8_encoders=True)
+        Animator.from_config("tiny", device="cpu", dtype="bfloat16", encoders="int8")
 
 
 def test_the_command_line_option(tmp_path):
@@ -76,12 +96,12 @@ def test_the_command_line_option(tmp_path):
     import soundfile
 
     soundfile.write(str(wav), espeak_speech("Streaming speech, pushed in pieces of every size.", speed=190), 16000)
-    run = [sys.executable, "-m", "emotalk_fast", "animate", str(wav), "--random-weights", "tiny", "--int8-encoders"]
+    run = [sys.executable, "-m", "emotalk_fast", "animate", str(wav), "--random-weights", "tiny", "--encoders", "int8"]
     r = subprocess.run(run + ["-o", str(tmp_path / "out.csv")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.csv").read_text().count("\n") > 30
     r = subprocess.run(run + ["-o", str(tmp_path / "x.csv"), "--dtype", "bf16"], capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 1 and r.stderr.strip().endswith("--int8-encoders runs on the CPU in float32: drop --dtype "
+    assert r.returncode == 1 and r.stderr.strip().endswith("--encoders int8 runs on the CPU in float32: drop --dtype "
                                                             "and --device")
     assert "RANDOM weights" not in r.stderr  # refused before any model was built

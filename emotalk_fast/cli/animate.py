@@ -214,9 +214,9 @@ def export_onnx(args) -> None:
         raise InvalidInput("the ONNX export is float32 (runtimes pick their own precision): drop --dtype")
     if args.device not in ("auto", "cpu"):
         raise InvalidInput("the export traces the model on the CPU: drop --device")
-    if args.int8_encoders:
-        raise InvalidInput("the ONNX export is the float32 model (runtimes quantize in their own way): drop "
-                           "--int8-encoders")
+    if args.encoders != "torch":
+        raise InvalidInput("the ONNX export is the float32 model in PyTorch (runtimes compile and quantize in "
+                           f"their own way): drop --encoders {args.encoders}")
     args.device = "cpu"
     from ..onnx_export import export_onnx as export, parity
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import BACKENDS
+from ..config import BACKENDS, ENCODERS
 from ..errors import InvalidInput
 
 
@@ -67,18 +67,18 @@ def load_animator(args):
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.int8_encoders and (args.dtype not in (None, "float32", "fp32") or args.device not in ("auto", "cpu")):
-        raise InvalidInput("--int8-encoders runs on the CPU in float32: drop --dtype and --device")
-    if args.int8_encoders:
+    if args.encoders != "torch" and (args.dtype not in (None, "float32", "fp32") or args.device not in ("auto", "cpu")):
+        raise InvalidInput(f"--encoders {args.encoders} runs on the CPU in float32: drop --dtype and --device")
+    if args.encoders != "torch":
         args.device = "cpu"
     if args.random_weights is not None:  # asked for by name, and said out loud
         print(f"emotalk-fast {args.command}: RANDOM weights ({args.random_weights} preset): the output means "
               "nothing (for tests and benchmarks)", file=sys.stderr, flush=True)
         animator = Animator.from_config(args.random_weights, device=args.device, dtype=args.dtype,
-                                        backend=args.backend, int8_encoders=args.int8_encoders)
+                                        backend=args.backend, encoders=args.encoders)
     else:
         animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
-                                            backend=args.backend, int8_encoders=args.int8_encoders)
+                                            backend=args.backend, encoders=args.encoders)
     if isinstance(args.dtype, str) and args.dtype.lower() == "auto":
         from ..runtime import cpu_description
 
@@ -126,10 +126,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: torch's choice, one per core; serve: one core fewer, left to "
                         "its network and audio threads). On a machine shared with other busy processes fewer "
                         "threads hold steady where one per core can run 2-3x slower")
-    p.add_argument("--int8-encoders", action="store_true",
-                   help="the encoders' transformer layers as int8 GEMMs on the CPU: about twice as fast there, "
-                        "and the output moves (see docs/performance.md)")
+    add_encoders_option(p)
     add_runtime_options(p)
+
+
+def add_encoders_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoders", choices=ENCODERS, default="torch",
+                   help="how the two wav2vec2 encoders run: torch (default); int8: their transformer layers as "
+                        "int8 GEMMs on the CPU, about twice as fast there, and the output moves; openvino: compiled "
+                        "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
+                        "(pip install \"emotalk-fast[openvino]\"; see docs/performance.md)")
 
 
 def add_stream_options(p: argparse.ArgumentParser) -> None:

@@ -78,7 +78,7 @@ def _cpu_threads(args) -> int | None:
 
     from ..runtime import resolve_device
 
-    if not args.int8_encoders and resolve_device(args.device).type != "cpu":  # int8 runs on the CPU
+    if args.encoders == "torch" and resolve_device(args.device).type != "cpu":  # the others run on the CPU
         return None
     return max(1, torch.get_num_threads() - 1)
 

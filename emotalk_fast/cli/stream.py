@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from ..config import SAMPLE_RATE
-from .options import add_model_options, add_runtime_options, add_stream_options, load_animator, model_config, \
-    ms_list, parse_level, parse_person, resolve_hop_ms, stream_settings
+from .options import add_encoders_option, add_model_options, add_runtime_options, add_stream_options, load_animator, \
+    model_config, ms_list, parse_level, parse_person, resolve_hop_ms, stream_settings
 
 
 def stream(args) -> None:
@@ -90,7 +90,7 @@ def bench(args) -> None:
 
     result = run_bench(seconds=args.seconds, device=args.device, dtype=args.dtype, preset=args.preset,
                        repeats=args.repeats, threads=args.threads, skip_startup=args.skip_startup,
-                       int8_encoders=args.int8_encoders, progress=report)
+                       encoders=args.encoders, progress=report)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
 
 
@@ -135,7 +135,6 @@ def register(sub) -> None:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--skip-startup", action="store_true", help="do not time start-up (it writes a checkpoint "
                                                               "of the model's size to a temporary directory)")
-    b.add_argument("--int8-encoders", action="store_true",
-                   help="the encoders' linear layers as int8 GEMMs (CPU, float32; changes the output slightly)")
+    add_encoders_option(b)
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=bench)

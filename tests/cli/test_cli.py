@@ -79,13 +79,13 @@ def test_bench_runs_on_a_small_preset():
 
 
 def test_bench_times_int8_encoders_of_the_same_architecture():
-    """--int8-encoders through the start-up test's fresh process too; the parameter count is the
+    """--encoders int8 through the start-up test's fresh process too; the parameter count is the
     architecture's (int8 weights are buffers, counted)."""
     import json
 
     runs = [json.loads(run_cli("bench", "--preset", "tiny", "--seconds", 1, "--repeats", 1, "--device", "cpu",
-                               "--json", *flag).stdout) for flag in ((), ("--int8-encoders",))]
-    assert [r["int8_encoders"] for r in runs] == [False, True] and runs[0]["parameters"] == runs[1]["parameters"]
+                               "--json", *flag).stdout) for flag in ((), ("--encoders", "int8"))]
+    assert [r["encoders"] for r in runs] == ["torch", "int8"] and runs[0]["parameters"] == runs[1]["parameters"]
     assert runs[1]["user_process_peak_mb"] > 0
 
 
