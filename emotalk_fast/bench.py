@@ -139,7 +139,7 @@ def format_bench(result: dict) -> str:
     threads = f"{r['torch_threads']} torch thread{'s' if r['torch_threads'] != 1 else ''}"
     also = "built random weights" + ("" if r["startup_seconds"] is None else " and ran the start-up test")
     return "\n".join([
-        f"device {r['device']}, {r['dtype']}{_encoders_note(r['encoders'])}, "
+        f"device {r['device']}, {r['dtype']}{_encoders_note(r.get('encoders', 'torch'))}, "
         f"backend {r['backend']}, {r['parameters'] / 1e6:.1f} M parameters, "
         f"torch {r['torch']}; CPU {r['cpu']}, {threads}",
         f"{r['audio_seconds']:g} s of speech -> {r['frames']} frames in {r['median_seconds']:.3f} s "

@@ -326,3 +326,33 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
         running = animator.model.emotion_encoder.classify(emotion.mean(1))[0].numpy()
     np.testing.assert_allclose(long_stream.emotion_logits, running, atol=1e-5, rtol=0)
     assert np.abs(long_stream.emotion_logits - offline.emotion_logits).max() > 1e-4  # the two readouts differ here
+
+
+def test_the_two_branches_at_once_give_the_same_frames(animator, speech, monkeypatch):
+    """On a CPU with cores for both, the content and emotion encoders of a window run at once,
+    each on its own thread: the same operations, so the same frames, bit for bit; the second
+    branch's thread keeps the caller's inference mode."""
+    from emotalk_fast import windows
+
+    monkeypatch.setattr(windows, "_cores", lambda: 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out, calls = {}, []
+        real = windows.branches_run_at_once
+        monkeypatch.setattr(windows, "branches_run_at_once", lambda device: calls.append(real(device)) or calls[-1])
+        for at_once in (False, True):
+            monkeypatch.setattr(windows, "CONCURRENT_BRANCHES", at_once)
+            stream = animator.stream(hop_ms=400, context_ms=1000, lookahead_ms=200)
+            out[at_once] = _stream_all(stream, speech, [1600], 0)
+        assert any(calls) and not all(calls)  # both ways ran
+        np.testing.assert_array_equal(out[True], out[False])
+        encoder = windows.WindowedEncoder(animator.model, hop_ms=400, lookahead_ms=200, context_ms=1000)
+        w = encoder.window(1)
+        with torch.inference_mode():
+            content, emotion = encoder.encode(torch.from_numpy(speech[w.s0 : w.s1]), w)
+        assert emotion.is_inference() and content.is_inference()
+        torch.set_num_threads(2)  # 2 threads x 2 branches > 2 cores: one after the other
+        assert not real(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
