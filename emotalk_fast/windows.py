@@ -47,6 +47,10 @@ def _second_branch_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="emotalk-emotion-branch")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has no threads: it starts its own
+    os.register_at_fork(after_in_child=_second_branch_thread.cache_clear)
+
+
 def _frames_of(ms: int, name: str, allow_zero: bool) -> int:
     if isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms % GRID_MS or ms < 0 or \
             (ms == 0 and not allow_zero):
