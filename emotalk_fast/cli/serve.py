@@ -86,8 +86,13 @@ def _cpu_threads(args) -> int | None:
 def _threads_note(animator) -> str:
     import torch
 
+    from ..windows import branches_run_at_once
+
+    if animator.device.type != "cpu":
+        return ""
     n = torch.get_num_threads()
-    return f"{n} torch thread{'s' if n != 1 else ''}; " if animator.device.type == "cpu" else ""
+    at_once = ", each encoder on its own, both at once" if branches_run_at_once(animator.device) else ""
+    return f"{n} torch thread{'s' if n != 1 else ''}{at_once}; "
 
 
 def _budget(animator, args):
