@@ -364,7 +364,7 @@ class StreamEngine:
         with torch.inference_mode():
             if not joint:
                 ahead = self._run_emotion(streams, sources)
-                emotion = torch.stack([_states_for(*ahead.get(b, (s.emotion_ahead, s.ahead_from))[:2], w)
+                emotion = torch.stack([self.encoder.kept_for(*ahead.get(b, (s.emotion_ahead, s.ahead_from))[:2], w)
                                        for b, (s, w) in enumerate(zip(streams, windows))])
             if static:
                 blendshapes, emotion_sums = self._run_static(samples, windows, level, person, slots, starts, emotion)
@@ -584,11 +584,6 @@ def batch_buckets(max_streams: int) -> list[int]:
     """The static batch sizes: 1, 2, 4, ... below max_streams, then max_streams."""
     sizes = [1 << i for i in range(max_streams.bit_length()) if 1 << i < max_streams]
     return sizes + [max_streams]
-
-
-def _states_for(states: torch.Tensor, first: int, w: Window) -> torch.Tensor:
-    """A hop's rows [h1 - h0, hidden] of states kept for frames first, first + 1, ..."""
-    return states[w.h0 - first : w.h1 - first]
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .encoder import ConvFrontEnd, Wav2Vec2Encoder
 from .errors import InvalidInput
+from .runtime import require_cpu_float32
 
 
 def require_openvino():
@@ -112,10 +113,7 @@ def compile_encoders(model, threads: int | None = None) -> None:
     """Replace both encoders of `model` with OpenVINOEncoder, in place. CPU and float32 only.
     threads: OpenVINO's threads (default: torch's). A front end the two encoders share stays
     shared."""
-    p = next(model.parameters())
-    if p.device.type != "cpu" or p.dtype != torch.float32:
-        raise InvalidInput(f"OpenVINO encoders run on the CPU in float32, not on {p.device} in "
-                           f"{str(p.dtype).replace('torch.', '')}")
+    require_cpu_float32(model, "OpenVINO encoders")
     threads = threads or torch.get_num_threads()
     shared = model.shares_front_end
     model.content_encoder = OpenVINOEncoder(model.content_encoder, threads)

@@ -55,6 +55,15 @@ def native_bf16() -> list[str]:
     return [name for flag, name in NATIVE_BF16.items() if flag in cpu_flags()]
 
 
+def require_cpu_float32(model, what: str) -> None:
+    """Refuse, in one line, a model that is not on the CPU in float32: what `what` (the int8 or
+    OpenVINO encoders: CPU speed-ups of the float32 model) needs."""
+    p = next(model.parameters())
+    if p.device.type != "cpu" or p.dtype != torch.float32:
+        raise InvalidInput(f"{what} run on the CPU in float32, not on {p.device} in "
+                           f"{str(p.dtype).replace('torch.', '')}")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates
     it: 7-9x slower than float32 on an AVX2-only EPYC."""

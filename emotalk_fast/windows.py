@@ -145,6 +145,12 @@ class WindowedEncoder:
         hop before it. Else the hop runs an emotion window of its own."""
         return first <= w.h0 and w.h1 <= first + n and (any_age or w.h0 - first < self.emotion_hop)
 
+    @staticmethod
+    def kept_for(states: torch.Tensor, first: int, w: Window) -> torch.Tensor:
+        """Hop window w's frames of emotion states kept for frames first, first + 1, ... (frames
+        on dim -2: [n, hidden] or [B, n, hidden])."""
+        return states[..., w.h0 - first : w.h1 - first, :]
+
     def emotion_window(self, k: int, total_frames: int | None = None, total_samples: int | None = None) -> Window:
         """Hop k's emotion window: `emotion_context` before the hop, ending where the hop's window
         ends; its 'hop' is every frame from the hop's start to the window's end (the states kept)."""
@@ -260,7 +266,7 @@ def encode_windowed(model: EmoTalk, wave: torch.Tensor, hop_ms: int, lookahead_m
                 (kept,) = encoder.encode_inputs(**encoder.batch_inputs([wave[ew.s0 : ew.s1]], [ew]),
                                                 branches=("emotion",))
                 first = ew.h0
-            e = kept[:, w.h0 - first : w.h1 - first]
+            e = encoder.kept_for(kept, first, w)
         content.append(c)
         emotion.append(e)
         if progress is not None:
