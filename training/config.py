@@ -55,6 +55,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU (always float32)
     seed: int = option(0, 'seed of the initialisation, the data order and dropout')
     cross: bool = True  # pseudo-pair cross reconstruction; False trains self-reconstruction only
+    random_crop_s: float = option(0.0, "train on random spans of each clip at least this many seconds "
+                                  "long (0: whole clips, as the release); such a model streams closer "
+                                  "to offline")
     loss: LossWeights = field(default_factory=LossWeights)
     emotion_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EMOTION_MAP))
     max_crop_frames: int = option(1, 'audio/target length mismatch allowed per clip')
@@ -75,6 +78,8 @@ class TrainConfig:
             raise InvalidInput(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.schedule not in ("constant", "cosine"):
             raise InvalidInput(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.random_crop_s < 0:
+            raise InvalidInput(f"random_crop_s must be >= 0 (0: whole clips), got {self.random_crop_s}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.layerdrop < 1.0:
             raise InvalidInput("dropout and layerdrop must be in [0, 1)")
         if self.init_checkpoint is None:

@@ -116,6 +116,17 @@ def load_audio(path: Path, num_samples: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(prepare_audio(path)[:num_samples])
 
 
+def crop_audio(wave: np.ndarray, start: int, frames: int) -> np.ndarray:
+    """The samples of 30 fps frames [start, start + frames): exactly `frames` frames long."""
+    if start == 0 and num_frames(len(wave)) == frames:
+        return wave
+    first = math.floor(start * SAMPLE_RATE / FPS)
+    n = min(_samples_for_frames(frames), len(wave) - first)
+    if num_frames(n) != frames:
+        raise InvalidInput(f"frames [{start}, {start + frames}) do not fit {len(wave)} samples")
+    return np.ascontiguousarray(wave[first:first + n])
+
+
 def scan_clips(root: str | Path, emotion_map: Mapping[str, str] | None = None,
                labels: tuple[str, ...] = DEFAULT_EMOTION_LABELS, max_crop_frames: int = 1,
                on_mismatch: str = "error") -> list[Clip]:
@@ -179,6 +190,13 @@ def scan_clips(root: str | Path, emotion_map: Mapping[str, str] | None = None,
     return clips
 
 
+def random_span(frames: int, min_frames: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A uniformly drawn (start, length) of at least min(min_frames, frames) frames."""
+    low = max(2, min(min_frames, frames))
+    length = int(rng.integers(low, frames + 1))
+    return int(rng.integers(0, frames - length + 1)), length
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Item `(index, epoch)` -> one pseudo pair anchored at clip `index` (a dict, see `_load`).
 
@@ -186,11 +204,19 @@ class PairDataset(torch.utils.data.Dataset):
     is the same on every rank and after a resume. A labelled clip without partners (or every
     clip with `cross=False`) yields a self-reconstruction item: `paired` False, input21 and
     target11 repeat the anchor.
+
+    `random_crop_s` > 0: every clip of an item is cut to a random span of at least that many
+    seconds (the whole clip when shorter), drawn from the same generator. The anchor's span
+    sets target11's at the same fractions of its length (the cross reconstruction stretches
+    the content to target11's frames); input21 gets its own span. A model trained on whole
+    clips can learn a clip's length as its emotion; a stream's windows see parts of utterances.
     """
 
     def __init__(self, clips: list[Clip], seed: int = 0, cross: bool = True, default_level: int = 1,
-                 default_person: int = 0):
-        self.clips, self.seed = list(clips), seed
+                 default_person: int = 0, random_crop_s: float = 0.0):
+        if random_crop_s < 0:
+            raise InvalidInput(f"random_crop_s must be >= 0 (0: whole clips), got {random_crop_s}")
+        self.clips, self.seed, self.random_crop_s = list(clips), seed, random_crop_s
         self.default_level, self.default_person = default_level, default_person
         self.partners: list[list[tuple[int, int]]] = [[] for _ in self.clips]
         if cross:
@@ -225,25 +251,38 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, epoch = key
         partners = self.partners[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
         if partners:
-            rng = np.random.default_rng([self.seed, epoch, index])
             j, k = partners[int(rng.integers(len(partners)))]
         else:
             j, k = index, index
-        return self._load(index, j, k)
+        return self._load(index, j, k, rng)
 
-    def _load(self, i12: int, i21: int, i11: int) -> dict:
-        a, b = self.clips[i12], self.clips[i21]
+    def _spans(self, a: Clip, b: Clip, c11: Clip, rng: np.random.Generator) -> tuple[tuple[int, int], ...]:
+        """(start, frames) of input12/target12, input21 and target11."""
+        if self.random_crop_s <= 0:
+            return (0, a.num_frames), (0, b.num_frames), (0, c11.num_frames)
+        min_frames = math.ceil(self.random_crop_s * FPS)
+        start, length = random_span(a.num_frames, min_frames, rng)
+        scale = c11.num_frames / a.num_frames
+        length11 = min(c11.num_frames, max(2, round(length * scale)))
+        start11 = min(round(start * scale), c11.num_frames - length11)
+        return (start, length), random_span(b.num_frames, min_frames, rng), (start11, length11)
+
+    def _load(self, i12: int, i21: int, i11: int, rng: np.random.Generator) -> dict:
+        a, b, c11 = self.clips[i12], self.clips[i21], self.clips[i11]
         lab = a.labels
+        span12, span21, span11 = self._spans(a, b, c11, rng)
 
-        def target(c: Clip) -> torch.Tensor:
-            return torch.from_numpy(np.load(c.npy)[: c.num_frames].astype(np.float32))
+        def target(c: Clip, span: tuple[int, int]) -> torch.Tensor:
+            start, frames = span
+            return torch.from_numpy(np.load(c.npy)[start:start + frames].astype(np.float32))
 
         return {
-            "input12": torch.from_numpy(load_audio(a.wav, a.num_samples)),
-            "input21": torch.from_numpy(load_audio(b.wav, b.num_samples)),
-            "target11": target(self.clips[i11]),
-            "target12": target(a),
+            "input12": torch.from_numpy(crop_audio(load_audio(a.wav, a.num_samples), *span12)),
+            "input21": torch.from_numpy(crop_audio(load_audio(b.wav, b.num_samples), *span21)),
+            "target11": target(c11, span11),
+            "target12": target(a, span12),
             "level": lab.level if lab else self.default_level,
             "person": lab.person if lab else self.default_person,
             "emotion": b.emotion_class,  # classifier label of input21 (-1: no label)

@@ -275,7 +275,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
 
     clips = scan_clips(cfg.data_dir, cfg.emotion_map, model.cfg.emotion_labels, cfg.max_crop_frames,
                        cfg.on_mismatch)
-    dataset = PairDataset(clips, cfg.seed, cfg.cross, cfg.default_level, cfg.default_person)
+    dataset = PairDataset(clips, cfg.seed, cfg.cross, cfg.default_level, cfg.default_person, cfg.random_crop_s)
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True,
                                                   seed=cfg.seed, drop_last=True)
     steps_per_epoch = sampler.num_samples // per_rank

@@ -20,7 +20,7 @@ def subset(tmp_path_factory):
 def test_train_resume_eval(subset, tmp_path, one_thread, capsys):
     out = tmp_path / "run"
     common = [str(subset), str(out), "--preset", "tiny", "--batch-size", "2", "--lr", "1e-3", "--log-every", "1",
-              "--emotion-map", "calm=sad", "--loss-weights", "1,1,0.5,0.1"]
+              "--emotion-map", "calm=sad", "--loss-weights", "1,1,0.5,0.1", "--random-crop-s", "0.5"]
     assert main(["train", *common, "--steps", "2"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(["train", *common, "--steps", "3"]) == 1  # no silent overwrite of a run
@@ -29,6 +29,7 @@ def test_train_resume_eval(subset, tmp_path, one_thread, capsys):
     assert "trained 3 steps" in capsys.readouterr().out
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["step"] == 3 and state["train_config"]["emotion_map"]["calm"] == "sad"
+    assert state["train_config"]["random_crop_s"] == 0.5
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     cfg, _ = ckpt.load_release_checkpoint(out / "EmoTalk.pth", config=EmoTalkConfig.from_name("tiny"))
 

@@ -127,3 +127,42 @@ def test_pseudo_pairs(tmp_path):
             assert again["stems"] == it["stems"]  # deterministic per (index, epoch)
     assert len(seen) > 6  # partners vary over epochs
     assert PairDataset(clips, cross=False).num_paired() == 0
+
+
+def test_random_crops_cut_every_clip_of_an_item_to_matching_spans(tmp_path):
+    """random_crop_s: each clip of an item is a random span, its audio exactly as long as its
+    targets, at least random_crop_s long (whole when shorter); target11 at the anchor's fractions."""
+    lengths = {}
+    for k, (emotion, sentence) in enumerate([(1, 1), (1, 2), (5, 1), (5, 2)]):
+        stem = f"03-01-{emotion:02d}-01-{sentence:02d}-01-01"
+        _clip(tmp_path, stem, 16000 + 4000 * k, seed=k)  # 30, 38, 45, 53 frames
+        lengths[stem] = num_frames(16000 + 4000 * k)
+    _clip(tmp_path, "short", 4000)  # 8 frames: shorter than a crop, stays whole
+    clips = scan_clips(tmp_path)
+    whole, cropped = PairDataset(clips, seed=3), PairDataset(clips, seed=3, random_crop_s=0.5)
+    starts = set()
+    for epoch in range(6):
+        for i, clip in enumerate(clips):
+            it, cut = whole[(i, epoch)], cropped[(i, epoch)]
+            assert cut["stems"] == it["stems"]  # the partners are drawn as without crops
+            full12 = it["input12"].numpy()
+            for audio, target in (("input12", "target12"), ("input21", None)):
+                n = num_frames(len(cut[audio]))
+                assert 15 <= n or n == num_frames(len(it[audio]))
+                if target:
+                    assert n == len(cut[target])
+            t12, t11 = len(cut["target12"]), len(cut["target11"])
+            assert abs(t11 / lengths.get(cut["stems"][2], 8) - t12 / lengths.get(clip.stem, 8)) < 0.05
+            # the span is a slice of the clip: its samples and targets appear in the whole
+            first = int(np.flatnonzero(full12 == cut["input12"][0].item())[0])
+            assert np.array_equal(full12[first:first + len(cut["input12"])], cut["input12"].numpy())
+            frame = round(first * 30 / 16000)
+            assert np.array_equal(it["target12"][frame:frame + t12].numpy(), cut["target12"].numpy())
+            starts.add((clip.stem, first))
+            again = cropped[(i, epoch)]
+            assert np.array_equal(again["input12"].numpy(), cut["input12"].numpy())  # deterministic
+        assert num_frames(len(cropped[(clips.index(next(c for c in clips if c.stem == "short")), epoch)]
+                              ["input12"])) == 8
+    assert len(starts) > 2 * len(clips)  # the spans vary over epochs
+    with pytest.raises(ValueError, match="random_crop_s"):
+        PairDataset(clips, random_crop_s=-1)
