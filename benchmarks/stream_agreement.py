@@ -6,12 +6,15 @@ offline curves' own spread around their mean?
     emotalk-fast train smoke runs/tiny --preset tiny --steps 800 --batch-size 2 --lr 1e-3 --dropout 0
     python benchmarks/stream_agreement.py --checkpoint runs/tiny --data smoke
     python benchmarks/stream_agreement.py --random-weights tiny --data smoke
+    emotalk-fast train smoke runs/tiny-crops --preset tiny --steps 2000 --batch-size 2 --lr 1e-3 --dropout 0 --random-crop-s 0.5
+    python benchmarks/stream_agreement.py --checkpoint runs/tiny-crops --data smoke --settings 100/2000/200
 
 Per setting (hop / context / lookahead, and where not their defaults the emotion branch's
-context / cadence and the whole-utterance limit, ms): emotion agreement (the stream's label at the end against offline's), and the
-curves' mean abs deviation from offline over the offline curves' mean abs spread, averaged over
-clips; beside it the same deviation with only the content branch windowed (the emotion branch
-as offline) and with only the emotion branch windowed (on the stream's windows and cadence; the
+context / cadence and the whole-utterance limit, ms): emotion agreement (the stream's label at
+the end against offline's), and the curves' mean abs deviation from offline over the offline
+curves' mean abs spread, averaged over clips, and over each clip's first 900 ms and the rest;
+beside it the same deviation with only the content branch windowed (the emotion branch as
+offline) and with only the emotion branch windowed (on the stream's windows and cadence; the
 stream's whole-utterance rule at the end aside), which says where the deviation comes from. The
 first row is the clip in one window: the floor that the fixed 30 fps grid sets.
 """
@@ -34,6 +37,9 @@ from emotalk_fast.model import normalize_waveform, num_frames  # noqa: E402
 from emotalk_fast.runtime import cpu_description  # noqa: E402
 from emotalk_fast.streaming import play  # noqa: E402
 from emotalk_fast.windows import encode_windowed  # noqa: E402
+
+
+EARLY_FRAMES = 27  # the first 900 ms of a clip: a stream has heard little of the utterance yet
 
 
 def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, lookahead: int,
@@ -69,7 +75,9 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
             row.update(deviation=deviation(content_win, emotion_win), agrees=None)
             return row
     streamed = play(stream, x, hop * 16)
-    row.update(deviation=float(np.abs(streamed - offline.blendshapes).mean()) / spread,
+    per_frame = np.abs(streamed - offline.blendshapes).mean(1) / spread
+    row.update(deviation=float(per_frame.mean()), early=float(per_frame[:EARLY_FRAMES].mean()),
+               late=float(per_frame[EARLY_FRAMES:].mean()) if len(per_frame) > EARLY_FRAMES else np.nan,
                agrees=bool(np.argmax(stream.emotion_logits) == np.argmax(offline.emotion_logits)),
                latency_ms=stream.latency_ms, emotion=f"{stream.engine.emotion_context_ms} ms, every "
                                                       f"{stream.engine.emotion_hop_ms} ms",
@@ -102,8 +110,8 @@ def main() -> None:
           f"{np.mean([len(x) for x in audio]) / 16000:.1f} s on average; CPU {cpu_description()}, "
           f"{args.threads} threads, torch {versions()['torch']}\n")
     print("| hop | context | lookahead | emotion context, cadence | whole utterance | latency | emotion agrees | deviation / spread | "
-          "content branch only | emotion branch only |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "first 900 ms | after | content branch only | emotion branch only |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     settings = [(None, 0, 0)] + [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
     ramps = [(s, ramp) for s in settings for ramp in ((False, True) if args.ramp and s[0] else (False,))]
     for (hop, context, lookahead, *emotion), ramp in ramps:
@@ -111,12 +119,13 @@ def main() -> None:
         rows = [clip_row(animator, x, hop, context, lookahead, **emotion) for x in audio]
         mean = {k: np.mean([r[k] for r in rows]) for k in ("deviation", "content_only", "emotion_only")}
         if hop is None:
-            head, agrees, latency = "whole clip | - | - | - | -", "-", "-"
+            head, agrees, latency, by_time = "whole clip | - | - | - | -", "-", "-", "- | -"
         else:
             head = (f"{hop} ms{', ramp' if ramp else ''} | {context} ms | {lookahead} ms | {rows[0]['emotion']} | "
                     f"{rows[0]['whole']}")
             agrees, latency = f"{sum(r['agrees'] for r in rows)} of {len(rows)}", f"{rows[0]['latency_ms']:.0f} ms"
-        print(f"| {head} | {latency} | {agrees} | {mean['deviation']:.2f} | {mean['content_only']:.2f} | "
+            by_time = f"{np.mean([r['early'] for r in rows]):.2f} | {np.nanmean([r['late'] for r in rows]):.2f}"
+        print(f"| {head} | {latency} | {agrees} | {mean['deviation']:.2f} | {by_time} | {mean['content_only']:.2f} | "
               f"{mean['emotion_only']:.2f} |", flush=True)
 
 
