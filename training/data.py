@@ -214,8 +214,6 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: list[Clip], seed: int = 0, cross: bool = True, default_level: int = 1,
                  default_person: int = 0, random_crop_s: float = 0.0):
-        if random_crop_s < 0:
-            raise InvalidInput(f"random_crop_s must be >= 0 (0: whole clips), got {random_crop_s}")
         self.clips, self.seed, self.random_crop_s = list(clips), seed, random_crop_s
         self.default_level, self.default_person = default_level, default_person
         self.partners: list[list[tuple[int, int]]] = [[] for _ in self.clips]

@@ -7,6 +7,7 @@ import soundfile as sf
 
 from emotalk_fast.config import DEFAULT_EMOTION_LABELS
 from emotalk_fast.model import num_frames
+from emotalk_fast.training.config import TrainConfig
 from emotalk_fast.training.data import (
     ClipLabels, PairDataset, emotion_classes, load_audio, parse_ravdess_name, scan_clips,
 )
@@ -165,4 +166,4 @@ def test_random_crops_cut_every_clip_of_an_item_to_matching_spans(tmp_path):
                               ["input12"])) == 8
     assert len(starts) > 2 * len(clips)  # the spans vary over epochs
     with pytest.raises(ValueError, match="random_crop_s"):
-        PairDataset(clips, random_crop_s=-1)
+        TrainConfig(data_dir=str(tmp_path), output_dir=str(tmp_path / "run"), preset="tiny", random_crop_s=-1)
