@@ -9,7 +9,8 @@ offline curves' own spread around their mean?
     emotalk-fast train smoke runs/tiny-crops --preset tiny --steps 2000 --batch-size 2 --lr 1e-3 --dropout 0 --random-crop-s 0.5
     python benchmarks/stream_agreement.py --checkpoint runs/tiny-crops --data smoke --settings 100/2000/200
 
-Per setting (hop / context / lookahead, and where not their defaults the emotion branch's
+First, how many clips offline animation labels as their RAVDESS file names say (the model's
+own skill). Per setting (hop / context / lookahead, and where not their defaults the emotion branch's
 context / cadence and the whole-utterance limit, ms): emotion agreement (the stream's label at
 the end against offline's), and the curves' mean abs deviation from offline over the offline
 curves' mean abs spread, averaged over clips, and over each clip's first 900 ms and the rest;
@@ -36,6 +37,7 @@ from emotalk_fast.measure import versions  # noqa: E402
 from emotalk_fast.model import normalize_waveform, num_frames  # noqa: E402
 from emotalk_fast.runtime import cpu_description  # noqa: E402
 from emotalk_fast.streaming import play  # noqa: E402
+from emotalk_fast.training.data import emotion_classes, parse_ravdess_name  # noqa: E402
 from emotalk_fast.windows import encode_windowed  # noqa: E402
 
 
@@ -85,6 +87,19 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
     return row
 
 
+def offline_labels_right(animator: Animator, clips: list[Path], audio: list[np.ndarray]) -> str:
+    """How many clips offline animation labels as their RAVDESS file names say (the model's own
+    skill, beside the stream's agreement with it)."""
+    classes = emotion_classes(labels=animator.config.emotion_labels)
+    truth = [parse_ravdess_name(c.stem) for c in clips]
+    scored = [(x, classes.get(t.emotion)) for x, t in zip(audio, truth) if t is not None]
+    scored = [(x, k) for x, k in scored if k is not None]
+    if not scored:
+        return "offline labels: no clip has a RAVDESS name"
+    right = sum(int(np.argmax(animator.animate(x, long_audio_s=None).emotion_logits)) == k for x, k in scored)
+    return f"offline labels right (RAVDESS names): {right} of {len(scored)}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
@@ -108,7 +123,8 @@ def main() -> None:
     audio = [prepare_audio(c, min_samples=animator.min_samples) for c in clips]
     print(f"{args.checkpoint or 'random weights ' + args.random_weights}, {len(clips)} clips of "
           f"{np.mean([len(x) for x in audio]) / 16000:.1f} s on average; CPU {cpu_description()}, "
-          f"{args.threads} threads, torch {versions()['torch']}\n")
+          f"{args.threads} threads, torch {versions()['torch']}")
+    print(f"{offline_labels_right(animator, clips, audio)}\n")
     print("| hop | context | lookahead | emotion context, cadence | whole utterance | latency | emotion agrees | deviation / spread | "
           "first 900 ms | after | content branch only | emotion branch only |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
