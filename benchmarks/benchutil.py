@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
-from emotalk_fast.measure import PeakMemory, device_name, generated_speech, sync, versions
+from emotalk_fast.model.checkpoint import random_release_state_dict, release_to_fast
+from emotalk_fast.tools.measure import PeakMemory, device_name, generated_speech, sync, versions
 
 HAS_CUDA = torch.cuda.is_available()
 CONFIG = EmoTalkConfig.from_name("emotalk")
@@ -57,7 +57,7 @@ def require(device: str, provider: str, dtype: str) -> None:
     if device == "cpu" and dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
     if provider.endswith("triton"):
-        from emotalk_fast.runtime import resolve_backend
+        from emotalk_fast.runtime.device import resolve_backend
 
         try:
             resolve_backend("triton", torch.device(device))

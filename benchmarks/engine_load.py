@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator, EmoTalkConfig  # noqa: E402
-from emotalk_fast.engine import StreamEngine  # noqa: E402
-from emotalk_fast.measure import device_name, generated_speech, sync, versions  # noqa: E402
+from emotalk_fast.streaming.engine import StreamEngine  # noqa: E402
+from emotalk_fast.tools.measure import device_name, generated_speech, sync, versions  # noqa: E402
 
 CONTEXT_MS, LOOKAHEAD_MS = 2000, 200
 

@@ -90,7 +90,7 @@ def run_step(step: Step, dry: bool, log) -> dict:
 def machine() -> dict:
     import torch
 
-    from emotalk_fast.measure import versions
+    from emotalk_fast.tools.measure import versions
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"gpu": gpu, "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"), **versions()}

@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator  # noqa: E402
-from emotalk_fast.audio import prepare_audio  # noqa: E402
-from emotalk_fast.int8 import weight_levels  # noqa: E402
-from emotalk_fast.measure import versions  # noqa: E402
-from emotalk_fast.runtime import cpu_description  # noqa: E402
+from emotalk_fast.io.audio import prepare_audio  # noqa: E402
+from emotalk_fast.runtime.int8 import weight_levels  # noqa: E402
+from emotalk_fast.tools.measure import versions  # noqa: E402
+from emotalk_fast.runtime.device import cpu_description  # noqa: E402
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
-from emotalk_fast.measure import generated_speech
-from emotalk_fast.encoder import ConvFrontEnd
+from emotalk_fast.model.checkpoint import random_release_state_dict, release_to_fast
+from emotalk_fast.tools.measure import generated_speech
+from emotalk_fast.model.encoder import ConvFrontEnd
 
 CONFIG = EmoTalkConfig.from_name("emotalk")
 
@@ -120,7 +120,7 @@ load_release_weights(m, torch.load(root + '/EmoTalk.pth', map_location='cpu', we
 with torch.inference_mode(): m.predict(torch.from_numpy(speech)[None])""",
     "emotalk_fast: init on CPU + copy from safetensors": """
 from safetensors.torch import load_file
-from emotalk_fast.model import EmoTalk
+from emotalk_fast.model.emotalk import EmoTalk
 m = EmoTalk(cfg)
 m.load_state_dict({k: v.clone() for k, v in load_file(root + '/converted/model.safetensors').items()})
 Animator(m, device='cpu').animate(speech)""",
@@ -136,7 +136,7 @@ import sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
 import transformers.models.wav2vec2.modeling_wav2vec2  # imports are not start-up
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.measure import generated_speech
+from emotalk_fast.tools.measure import generated_speech
 cfg, root, speech = EmoTalkConfig.from_name('emotalk'), sys.argv[1], generated_speech(1.0)
 t0 = time.perf_counter()
 {body}
@@ -145,7 +145,7 @@ print('SECONDS', time.perf_counter() - t0)
 
 
 def startup(args) -> None:
-    from emotalk_fast.checkpoint import load_release_checkpoint, save_pretrained
+    from emotalk_fast.model.checkpoint import load_release_checkpoint, save_pretrained
     from emotalk_fast.training.reference import EmoTalkReference
 
     with tempfile.TemporaryDirectory() as root:

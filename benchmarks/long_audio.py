@@ -20,7 +20,7 @@ import time
 
 def child(checkpoint: str, minutes: float, dtype: str | None) -> None:
     from emotalk_fast import Animator
-    from emotalk_fast.measure import generated_speech
+    from emotalk_fast.tools.measure import generated_speech
 
     speech = generated_speech(60 * minutes)
     animator = Animator.from_pretrained(checkpoint, device="cpu", dtype=dtype)

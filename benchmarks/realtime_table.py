@@ -1,5 +1,5 @@
 """What holds real time on this machine: for each model size and precision, the live streams a
-steady hop keeps up with at each hop length, and the latency (emotalk_fast.budget: a steady
+steady hop keeps up with at each hop length, and the latency (emotalk_fast.streaming.budget: a steady
 batched hop timed at 1 and up to 4 streams, 80 % of the hop allowed).
 
     python benchmarks/realtime_table.py
@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator, budget  # noqa: E402
-from emotalk_fast.engine import StreamEngine  # noqa: E402
-from emotalk_fast.measure import versions  # noqa: E402
-from emotalk_fast.runtime import cpu_description  # noqa: E402
+from emotalk_fast.streaming.engine import StreamEngine  # noqa: E402
+from emotalk_fast.tools.measure import versions  # noqa: E402
+from emotalk_fast.runtime.device import cpu_description  # noqa: E402
 
 
 def main() -> None:

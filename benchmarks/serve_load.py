@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast.client import health, send  # noqa: E402
-from emotalk_fast.measure import device_name, generated_speech, versions  # noqa: E402
+from emotalk_fast.tools.measure import device_name, generated_speech, versions  # noqa: E402
 from emotalk_fast.serve.protocol import float_to_pcm16  # noqa: E402
 
 

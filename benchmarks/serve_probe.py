@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 
-from emotalk_fast.audio import espeak_speech
+from emotalk_fast.io.audio import espeak_speech
 from emotalk_fast.client import health, stream_header
 from emotalk_fast.serve import protocol as pb
 from serve_load import free_port  # this folder (the script's own): one free-port helper for the benchmarks

@@ -31,14 +31,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator  # noqa: E402
-from emotalk_fast.audio import prepare_audio  # noqa: E402
-from emotalk_fast.controls import style_weights  # noqa: E402
-from emotalk_fast.measure import versions  # noqa: E402
-from emotalk_fast.model import normalize_waveform, num_frames  # noqa: E402
-from emotalk_fast.runtime import cpu_description  # noqa: E402
-from emotalk_fast.streaming import play  # noqa: E402
+from emotalk_fast.io.audio import prepare_audio  # noqa: E402
+from emotalk_fast.model.style import style_weights  # noqa: E402
+from emotalk_fast.tools.measure import versions  # noqa: E402
+from emotalk_fast.model.emotalk import normalize_waveform, num_frames  # noqa: E402
+from emotalk_fast.runtime.device import cpu_description  # noqa: E402
+from emotalk_fast.streaming.stream import play  # noqa: E402
 from emotalk_fast.training.data import emotion_classes, parse_ravdess_name  # noqa: E402
-from emotalk_fast.windows import encode_windowed  # noqa: E402
+from emotalk_fast.streaming.windows import encode_windowed  # noqa: E402
 
 
 EARLY_FRAMES = 27  # the first 900 ms of a clip: a stream has heard little of the utterance yet

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmarks need CUDA")
 triton = pytest.importorskip("triton")
 
-from emotalk_fast.config import FPS, DecoderConfig  # noqa: E402
-from emotalk_fast.decoder import PeriodicCausalDecoder, RingKVCache  # noqa: E402
-from emotalk_fast.decoder_ops import TorchOps, attention_with_periodic_bias  # noqa: E402
+from emotalk_fast.model.config import FPS, DecoderConfig  # noqa: E402
+from emotalk_fast.model.decoder import PeriodicCausalDecoder, RingKVCache  # noqa: E402
+from emotalk_fast.model.ops import TorchOps, attention_with_periodic_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_attention import periodic_alibi_attention  # noqa: E402
 from emotalk_fast.kernels.reference import periodic_alibi_bias  # noqa: E402
 from emotalk_fast.kernels.periodic_alibi_decode import periodic_alibi_decode  # noqa: E402

@@ -12,7 +12,7 @@ from benchutil import CONFIG, cases, free_models, measure, require, speech
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from emotalk_fast.checkpoint import load_release_checkpoint, save_pretrained
+    from emotalk_fast.model.checkpoint import load_release_checkpoint, save_pretrained
     from emotalk_fast.training.reference import EmoTalkReference
 
     free_models()  # the other suites' cached models: make room for two more

@@ -32,8 +32,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from emotalk_fast.config import EmoTalkConfig, EncoderConfig  # noqa: E402
-from emotalk_fast.measure import device_name, generated_speech  # noqa: E402
+from emotalk_fast.model.config import EmoTalkConfig, EncoderConfig  # noqa: E402
+from emotalk_fast.tools.measure import device_name, generated_speech  # noqa: E402
 
 # the release loads its .pth; ours its converted directory in the dtype it runs (`convert --dtype`)
 SIDES = ("release", "fast-float32", "fast-bfloat16")
@@ -57,7 +57,7 @@ def encoder_flops(enc: EncoderConfig, num_samples: int, frames: int) -> float:
 
 
 def model_flops(cfg: EmoTalkConfig, num_samples: int) -> float:
-    from emotalk_fast.model import num_emotion_frames, num_frames
+    from emotalk_fast.model.emotalk import num_emotion_frames, num_frames
 
     content = encoder_flops(cfg.content, num_samples, num_frames(num_samples))
     emotion = encoder_flops(cfg.emotion, num_samples, num_emotion_frames(cfg.emotion.num_cnn_frames(num_samples)))
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     import soundfile
     import torch
 
-    from emotalk_fast.checkpoint import random_release_state_dict
+    from emotalk_fast.model.checkpoint import random_release_state_dict
 
     cfg = EmoTalkConfig.from_name("emotalk")
     default_threads = torch.get_num_threads()

@@ -10,9 +10,10 @@ import importlib
 # client and `emotalk-fast send` import parts of this package that need no torch, and should
 # not pay for importing it.
 _EXPORTS = {
-    "Animator": "animator", "Animation": "animator", "AnimationStream": "streaming", "StreamEngine": "engine",
-    "EngineFull": "engine", "EmoTalk": "model", "EmoTalkConfig": "config", "CheckpointError": "checkpoint",
-    "Schedule": "controls", "BLENDSHAPE_NAMES": "config", "DEFAULT_EMOTION_LABELS": "config",
+    "Animator": "animator", "Animation": "animator", "AnimationStream": "streaming.stream",
+    "StreamEngine": "streaming.engine", "EngineFull": "streaming.engine", "EmoTalk": "model.emotalk",
+    "EmoTalkConfig": "model.config", "CheckpointError": "model.checkpoint", "Schedule": "model.style",
+    "BLENDSHAPE_NAMES": "model.config", "DEFAULT_EMOTION_LABELS": "model.config",
 }
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"

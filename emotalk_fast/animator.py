@@ -11,16 +11,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
-from .audio import load_waveform, prepare_audio
-from .config import BLENDSHAPE_NAMES, ENCODERS, FPS, SAMPLE_RATE, EmoTalkConfig
-from .controls import Schedule, check_style
+from .model import checkpoint as ckpt
+from .io.audio import load_waveform, prepare_audio
+from .model.config import BLENDSHAPE_NAMES, ENCODERS, FPS, SAMPLE_RATE, EmoTalkConfig
+from .model.style import Schedule, check_style
 from .errors import InvalidInput, InvalidType
-from .export import save_blendshapes
-from .model import EmoTalk, num_emotion_frames, resample_frames
-from .model import num_frames as model_num_frames
-from .postprocess import postprocess as postprocess_curves
-from .runtime import resolve_backend, resolve_device, resolve_dtype
+from .io.curves import save_blendshapes
+from .model.emotalk import EmoTalk, num_emotion_frames, resample_frames
+from .model.emotalk import num_frames as model_num_frames
+from .model.postprocess import postprocess as postprocess_curves
+from .runtime.device import resolve_backend, resolve_device, resolve_dtype
 
 # Clips longer than this are encoded through overlapping windows (see streaming.py), so memory
 # and time grow linearly with length; shorter clips get exactly the offline computation.
@@ -84,14 +84,14 @@ class Animation:
     def plot(self, audio=None, sample_rate: int | None = None):
         """A matplotlib Figure: the waveform (a path, or samples at `sample_rate`), the curves
         that matter and the emotion timeline (needs the [preview] extra)."""
-        from .preview import plot
+        from .tools.preview import plot
 
         wave, rate = load_waveform(audio, sample_rate)
         return plot(self.blendshapes, self.names, self.fps, wave, rate, self.emotion_timeline)
 
     def save_preview(self, path: str | os.PathLike, audio=None, sample_rate: int | None = None) -> Path:
         """.png (the plot), .mp4 (a 2D face beside the curves, with the audio) or .gif (see preview.py)."""
-        from .preview import save_preview
+        from .tools.preview import save_preview
 
         return save_preview(path, self.blendshapes, self.names, self.fps, audio, sample_rate, self.emotion_timeline)
 
@@ -149,11 +149,11 @@ class Animator:
             raise InvalidInput(f"encoders must be one of {', '.join(ENCODERS)}, not {encoders!r}")
         self.encoders = encoders
         if encoders == "int8":
-            from .int8 import quantize_encoders
+            from .runtime.int8 import quantize_encoders
 
             quantize_encoders(self.model)
         elif encoders == "openvino":
-            from .openvino_encoders import compile_encoders
+            from .runtime.openvino_encoders import compile_encoders
 
             compile_encoders(self.model)
         self.config: EmoTalkConfig = model.cfg
@@ -253,7 +253,7 @@ class Animator:
         resampling filter's delay at other rates; `stream.latency_ms`), plus compute time.
         `cuda_graphs`: each hop a replayed CUDA graph (the engine's static shapes; engine.py).
         """
-        from .streaming import AnimationStream
+        from .streaming.stream import AnimationStream
 
         emotion = {"emotion_context_ms": emotion_context_ms, "emotion_hop_ms": emotion_hop_ms}
         hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=1, **emotion)
@@ -271,7 +271,7 @@ class Animator:
         the smallest hop at which this machine keeps up with `max_streams` streams (budget.py). With
         `cuda_graphs`, every batch bucket's static hop is built (on CUDA: captured) now, so that
         no live stream waits on it later."""
-        from .engine import StreamEngine
+        from .streaming.engine import StreamEngine
 
         emotion = {"emotion_context_ms": emotion_context_ms, "emotion_hop_ms": emotion_hop_ms}
         hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=max_streams, **emotion)
@@ -287,7 +287,7 @@ class Animator:
         at in real time (measured now; see budget.py)."""
         if hop_ms != "auto":
             return hop_ms
-        from .budget import choose_hop
+        from .streaming.budget import choose_hop
 
         return choose_hop(self.model, self.device, self.dtype, lookahead_ms=lookahead_ms, context_ms=context_ms,
                           streams=streams, **emotion).hop_ms
@@ -390,7 +390,7 @@ class Animator:
 
     def _run_windowed(self, clip: _Clip, progress):
         """A long clip: windowed encoders, then the exact decoder over the whole sequence."""
-        from .windows import encode_windowed
+        from .streaming.windows import encode_windowed
 
         with torch.inference_mode():
             content, emotion = encode_windowed(self.model, torch.from_numpy(clip.samples).to(self.device),

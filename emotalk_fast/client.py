@@ -19,10 +19,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from .audio import check_rate, load_mono
-from .config import BLENDSHAPE_NAMES, FPS
+from .io.audio import check_rate, load_mono
+from .model.config import BLENDSHAPE_NAMES, FPS
 from .errors import InvalidInput, InvalidType
-from .files import read_pem
+from .io.files import read_pem
 from .serve import protocol as pb
 
 _ARKIT_NAME = dict(zip(pb.A2F_BLENDSHAPE_NAMES, BLENDSHAPE_NAMES))
@@ -56,7 +56,7 @@ class ServerAnimation:
 
     def save(self, path: str | os.PathLike, format: str | None = None) -> Path:
         """.csv, .npy or .json as `Animation.save` writes them (emotion: the last probabilities)."""
-        from .export import save_blendshapes
+        from .io.curves import save_blendshapes
 
         emotion = self.emotions[-1][1] if self.emotions else None
         return save_blendshapes(path, self.blendshapes, self.names, FPS, emotion, format=format)

@@ -72,7 +72,7 @@ def espeak_speech(text: str, voice: str = "en", speed: int = 160, pitch: int = 5
     import shutil
     import tempfile
 
-    from emotalk_fast.audio import espeak_wav, read_audio_file, resample
+    from emotalk_fast.io.audio import espeak_wav, read_audio_file, resample
 
     stored = SPEECH / f"{hashlib.sha1(repr((text, voice, speed, pitch)).encode()).hexdigest()[:16]}.wav"
     if stored.exists():

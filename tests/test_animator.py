@@ -8,8 +8,8 @@ import soundfile
 import torch
 
 from emotalk_fast import BLENDSHAPE_NAMES, Animator, CheckpointError
-from emotalk_fast.model import num_frames
-from emotalk_fast.postprocess import BLINK_TEMPLATES, postprocess
+from emotalk_fast.model.emotalk import num_frames
+from emotalk_fast.model.postprocess import BLINK_TEMPLATES, postprocess
 from helpers import assert_close, espeak_speech
 
 
@@ -42,7 +42,7 @@ def test_level_and_person_change_the_output(animator, speech):
 
 def test_file_input_any_rate_and_stereo(animator, speech, tmp_path):
     """A 44.1 kHz stereo file equals the same speech given as a 16 kHz mono array."""
-    from emotalk_fast.audio import resample
+    from emotalk_fast.io.audio import resample
 
     stereo44 = np.stack([resample(speech, 16000, 44100)] * 2)
     path = tmp_path / "speech44k.wav"
@@ -187,7 +187,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_animate_batch_takes_a_rate_per_clip(animator, speech):
-    from emotalk_fast.audio import resample
+    from emotalk_fast.io.audio import resample
 
     at44 = resample(speech, 16000, 44100)
     a, b = animator.animate_batch([speech, at44], sample_rate=[16000, 44100])

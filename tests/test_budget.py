@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from emotalk_fast import Animator, budget
-from emotalk_fast.budget import AUTO_MAX_HOP_MS, Budget
+from emotalk_fast import Animator
+from emotalk_fast.streaming import budget
+from emotalk_fast.streaming.budget import AUTO_MAX_HOP_MS, Budget
 from helpers import die_with_this_process, free_port
 
 
@@ -107,7 +108,7 @@ def test_serve_says_what_it_holds_and_warns_past_it():
     """...and on a CPU leaves one core to its network and audio threads, unless told otherwise."""
     import torch
 
-    from emotalk_fast import windows
+    from emotalk_fast.streaming import windows
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "emotalk_fast", "serve", "--random-weights", "mini", "--port",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, CheckpointError, EmoTalkConfig
-from emotalk_fast.checkpoint import (infer_release_config, load_release_checkpoint, random_release_state_dict,
+from emotalk_fast.model.checkpoint import (infer_release_config, load_release_checkpoint, random_release_state_dict,
                                      release_manifest)
 from emotalk_fast.cli import main as cli_main
 from helpers import FIXTURES

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from emotalk_fast.config import BLENDSHAPE_NAMES, DecoderConfig, EmoTalkConfig, EncoderConfig
+from emotalk_fast.model.config import BLENDSHAPE_NAMES, DecoderConfig, EmoTalkConfig, EncoderConfig
 
 
 def test_release_preset():

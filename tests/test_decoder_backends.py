@@ -11,10 +11,10 @@ import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
 from emotalk_fast.animator import resolve_backend
-from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
+from emotalk_fast.model.checkpoint import random_release_state_dict, release_to_fast
 from emotalk_fast.cli import main as cli_main
-from emotalk_fast.config import DecoderConfig
-from emotalk_fast.decoder import PeriodicCausalDecoder
+from emotalk_fast.model.config import DecoderConfig
+from emotalk_fast.model.decoder import PeriodicCausalDecoder
 from helpers import FIXTURES, assert_close, assert_close_to_dtype, decode_in_steps, load_oracle
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -19,8 +19,8 @@ import pytest
 import soundfile
 import torch
 
-from emotalk_fast.checkpoint import random_release_state_dict
-from emotalk_fast.config import EmoTalkConfig
+from emotalk_fast.model.checkpoint import random_release_state_dict
+from emotalk_fast.model.config import EmoTalkConfig
 from helpers import espeak_speech
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.controls import Schedule, check_style
+from emotalk_fast.model.style import Schedule, check_style
 from helpers import assert_close, espeak_speech, load_oracle
 
 
@@ -169,7 +169,7 @@ def test_labels_come_from_the_checkpoint(tmp_path, speech):
 def test_cli_flags(tmp_path, speech):
     import soundfile
 
-    from emotalk_fast.checkpoint import random_release_state_dict
+    from emotalk_fast.model.checkpoint import random_release_state_dict
 
     torch.save(random_release_state_dict(EmoTalkConfig.from_name("tiny"), seed=6), tmp_path / "EmoTalk.pth")
     soundfile.write(tmp_path / "a.wav", speech, 16000)

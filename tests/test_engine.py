@@ -7,9 +7,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from emotalk_fast import Animator
-from emotalk_fast.audio import resample
-from emotalk_fast.engine import EngineFull, StepFailed, StreamEngine, batch_buckets
-from emotalk_fast.model import num_frames
+from emotalk_fast.io.audio import resample
+from emotalk_fast.streaming.engine import EngineFull, StepFailed, StreamEngine, batch_buckets
+from emotalk_fast.model.emotalk import num_frames
 from helpers import espeak_speech
 
 TOL = 1e-5

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from emotalk_fast import Animator
-from emotalk_fast.int8 import Int8Linear, weight_levels
+from emotalk_fast.runtime.int8 import Int8Linear, weight_levels
 from helpers import espeak_speech
 
 
@@ -42,7 +42,7 @@ def test_int8_weights_multiply_exactly_here_and_on_an_avx2_cpu():
     w[:, ::2] = levels
     assert torch.equal(torch._int_mm(x, w).double(), x.double() @ w.double())
     # oneDNN capped at AVX2 runs the kernel an AVX2-only CPU runs
-    r = subprocess.run([sys.executable, "-c", "from emotalk_fast.int8 import weight_levels; print(weight_levels())"],
+    r = subprocess.run([sys.executable, "-c", "from emotalk_fast.runtime.int8 import weight_levels; print(weight_levels())"],
                        env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "63", r.stderr
 
@@ -73,8 +73,8 @@ def test_int8_encoders_stay_close_to_float32(animators, speech):
 def test_a_stream_on_int8_encoders_equals_its_long_audio_path(animators, speech):
     """Activations are scaled per row, so a row's result does not depend on what shares its
     batch: the stream and the windowed offline path agree as in float32."""
-    from emotalk_fast.controls import style_weights
-    from emotalk_fast.windows import encode_windowed
+    from emotalk_fast.model.style import style_weights
+    from emotalk_fast.streaming.windows import encode_windowed
 
     _, int8 = animators
     settings = {"hop_ms": 100, "lookahead_ms": 200, "context_ms": 1000, "emotion_hop_ms": 300}

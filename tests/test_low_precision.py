@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast
+from emotalk_fast.model.checkpoint import random_release_state_dict, release_to_fast
 from emotalk_fast.training.reference import EmoTalkReference, load_release_weights
 from helpers import assert_close_to_dtype, load_oracle
 
@@ -37,7 +37,7 @@ def test_bfloat16_animator_matches_oracle_within_dtype_error(oracle_models, clip
 def test_normalisation_statistics_stay_float32(oracle_models):
     """The encoders receive the float32 normalisation cast to bf16. Normalising after a cast
     to bf16 (8-bit mantissa) would be off by ~0.06 on this clip with a 0.5 DC offset."""
-    from emotalk_fast.model import normalize_waveform
+    from emotalk_fast.model.emotalk import normalize_waveform
 
     _, fast = oracle_models
     wave = torch.from_numpy(load_oracle("speech16k")["audio"])[None] + 0.5

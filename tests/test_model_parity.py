@@ -4,10 +4,10 @@ tiny configs, and the lean wav2vec2 encoder against transformers.Wav2Vec2Model."
 import pytest
 import torch
 
-from emotalk_fast.checkpoint import random_release_state_dict, release_to_fast, rename_weight_norm
-from emotalk_fast.config import DecoderConfig, EmoTalkConfig, EncoderConfig
-from emotalk_fast.encoder import Wav2Vec2Encoder
-from emotalk_fast.model import EmoTalk, num_frames
+from emotalk_fast.model.checkpoint import random_release_state_dict, release_to_fast, rename_weight_norm
+from emotalk_fast.model.config import DecoderConfig, EmoTalkConfig, EncoderConfig
+from emotalk_fast.model.encoder import Wav2Vec2Encoder
+from emotalk_fast.model.emotalk import EmoTalk, num_frames
 from emotalk_fast.training.reference import EmoTalkReference, hf_config, load_release_weights, normalize
 from helpers import assert_close
 
@@ -104,7 +104,7 @@ def test_decoder_alone_matches_reference(models, T):
 
 def test_decoder_query_blocks_do_not_change_results(monkeypatch):
     """Long inputs are attended block by block; the blocking must be invisible."""
-    from emotalk_fast import decoder_ops as dec_mod
+    from emotalk_fast.model import ops as dec_mod
 
     _, fast = _pair(CONFIGS["tiny"], seed=3)
     x = torch.randn(1, 700, fast.cfg.decoder.feature_dim)
@@ -129,7 +129,7 @@ ENCODERS = [
 def test_lean_wav2vec2_matches_transformers(enc_cfg):
     from transformers import Wav2Vec2Model
 
-    from emotalk_fast.checkpoint import _encoder_to_fast
+    from emotalk_fast.model.checkpoint import _encoder_to_fast
 
     torch.manual_seed(0)
     hf = Wav2Vec2Model(hf_config(enc_cfg)).eval()
@@ -164,7 +164,7 @@ def test_front_end_in_pieces_equals_one_pass(num_samples):
     """The CNN front end runs in pieces of FRONT_END_PIECE_FRAMES output frames (small
     temporaries): the same frames as one pass over the whole clip, up to GEMM rounding."""
     from emotalk_fast import Animator
-    from emotalk_fast.encoder import FRONT_END_PIECE_FRAMES
+    from emotalk_fast.model.encoder import FRONT_END_PIECE_FRAMES
 
     front_end = Animator.from_config("mini", device="cpu").model.content_encoder.front_end
     wave = torch.randn(2, num_samples, generator=torch.Generator().manual_seed(num_samples))

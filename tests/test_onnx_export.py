@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emotalk_fast import Animator
-from emotalk_fast.config import BLENDSHAPE_NAMES
+from emotalk_fast.model.config import BLENDSHAPE_NAMES
 from helpers import espeak_speech
 
 ort = pytest.importorskip("onnxruntime")
@@ -23,7 +23,7 @@ def animator():
 
 @pytest.fixture(scope="module")
 def exported(animator, tmp_path_factory):
-    from emotalk_fast.onnx_export import export_onnx
+    from emotalk_fast.runtime.onnx_export import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     meta = export_onnx(animator.model, path, seconds=1.5)

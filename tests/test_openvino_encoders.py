@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from emotalk_fast import Animator
-from emotalk_fast.config import EmoTalkConfig
-from emotalk_fast.encoder import FRONT_END_PIECE_FRAMES
+from emotalk_fast.model.config import EmoTalkConfig
+from emotalk_fast.model.encoder import FRONT_END_PIECE_FRAMES
 from emotalk_fast.errors import InvalidInput
-from emotalk_fast.openvino_encoders import OpenVINOEncoder
-from emotalk_fast.windows import WindowedEncoder
+from emotalk_fast.runtime.openvino_encoders import OpenVINOEncoder
+from emotalk_fast.streaming.windows import WindowedEncoder
 from helpers import espeak_speech
 
 pytest.importorskip("openvino")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict
+from emotalk_fast.model.checkpoint import random_release_state_dict
 from emotalk_fast.cli import main as cli_main
 from emotalk_fast.training.reference import EmoTalkReference, load_release_weights
 from helpers import FIXTURES, assert_close, load_oracle
@@ -100,7 +100,7 @@ def test_fixture_sensitivity(animators):
     """The tolerance catches real mistakes: a period of 60 instead of 30 is far outside it."""
     import dataclasses
 
-    from emotalk_fast.model import EmoTalk
+    from emotalk_fast.model.emotalk import EmoTalk
 
     good = animators["pth"].model
     cfg = good.cfg

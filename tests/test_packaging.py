@@ -1,5 +1,6 @@
-"""Wheel and editable installs: kernels/ and training/ import only as emotalk_fast.kernels and
-emotalk_fast.training (a top-level `kernels` would shadow Hugging Face's package)."""
+"""Wheel and editable installs: the Triton kernels and the training code import only as
+emotalk_fast.kernels and emotalk_fast.training, and nothing at the repo root shadows an installed
+distribution (a top-level `kernels` shadowed Hugging Face's package, which transformers imports)."""
 import os
 import subprocess
 import sys
@@ -18,8 +19,9 @@ print(json.dumps({
     "package": emotalk_fast.__file__,
     "kernels": emotalk_fast.kernels.__file__,
     "training": emotalk_fast.training.__file__,
-    "top_kernels": importlib.util.find_spec("kernels") is not None,
-    "top_training": importlib.util.find_spec("training") is not None,
+    # where a top-level `kernels` / `training` comes from, if any (Hugging Face installs a `kernels`)
+    "top_kernels": getattr(importlib.util.find_spec("kernels"), "origin", None),
+    "top_training": getattr(importlib.util.find_spec("training"), "origin", None),
     "transformers_loaded": "transformers" in sys.modules,
 }))
 """
@@ -31,6 +33,15 @@ def _probe(cwd, env=None):
     r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _ours(origin: str | None, where: Path) -> bool:
+    """Whether a top-level module comes from right under `where` (the repo root, or the folder the
+    wheel was installed to): `where/name.py` or `where/name/__init__.py`."""
+    if origin is None:
+        return False
+    path, where = Path(origin).resolve(), where.resolve()
+    return path.parent == where or (path.name == "__init__.py" and path.parent.parent == where)
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +75,35 @@ def test_wheel_install_imports(wheel, tmp_path):
     info = _probe(tmp_path, env)
     assert info["package"].startswith(str(target))
     assert info["kernels"] == str(target / "emotalk_fast" / "kernels" / "__init__.py")
-    assert not info["top_kernels"] and not info["top_training"]
+    assert not _ours(info["top_kernels"], target) and not _ours(info["top_training"], target)
     assert not info["transformers_loaded"]  # the inference path does not need it at import
 
 
+def test_the_repo_root_shadows_no_installed_distribution():
+    """Python puts the working folder first on sys.path (`python -m pytest`, `python -c`), so a
+    package or module at the repo root hides an installed one of the same import name."""
+    from importlib.metadata import packages_distributions
+
+    installed = set(packages_distributions()) - {"emotalk_fast"}
+    importable = {p.stem for p in ROOT.glob("*.py")} | {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert not importable & installed, sorted(importable & installed)
+
+
+def test_transformers_imports_from_the_repo_root():
+    """transformers probes Hugging Face's `kernels` package when it is installed; from the repo
+    root that must be the installed one."""
+    pytest.importorskip("transformers")
+    code = "from transformers import Wav2Vec2Model\nimport emotalk_fast.training.reference\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_installed_package_imports_from_anywhere(tmp_path):
-    """The installed (editable in development) package resolves kernels/ and training/."""
+    """The installed (editable in development) package resolves its kernels and training code."""
     info = _probe(tmp_path)
     assert info["kernels"].endswith(os.path.join("kernels", "__init__.py"))
     assert info["training"].endswith(os.path.join("training", "__init__.py"))
-    assert not info["top_kernels"] and not info["top_training"]
+    assert not _ours(info["top_kernels"], ROOT) and not _ours(info["top_training"], ROOT)
     assert not info["transformers_loaded"]
 
 

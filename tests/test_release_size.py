@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict
-from emotalk_fast.model import num_frames
+from emotalk_fast.model.checkpoint import random_release_state_dict
+from emotalk_fast.model.emotalk import num_frames
 from emotalk_fast.training.reference import EmoTalkReference, load_release_weights
 from helpers import assert_close, espeak_speech
 
@@ -49,7 +49,7 @@ def test_release_size_engine_static_shapes_equal_streams_alone(release_pth):
     """The real architecture through the batched engine's static-shape path (windows padded to
     one length, 3 streams padded to the bucket of 4, the whole ring read): each stream equals
     the stream alone."""
-    from emotalk_fast.engine import StreamEngine
+    from emotalk_fast.streaming.engine import StreamEngine
 
     settings = dict(hop_ms=100, lookahead_ms=200, context_ms=600, max_cache_s=2.0)
     animator = Animator.from_pretrained(release_pth, device="cpu")

@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from emotalk_fast import runtime
-from emotalk_fast.runtime import resolve_dtype
+from emotalk_fast.runtime import device as runtime
+from emotalk_fast.runtime.device import resolve_dtype
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_an_avx2_machine_emulated_in_a_process_is_described_as_one():
     """The three caps docs/performance.md uses to measure an AVX2-only machine on a newer CPU."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
            "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-    r = subprocess.run([sys.executable, "-c", "from emotalk_fast import runtime; "
+    r = subprocess.run([sys.executable, "-c", "from emotalk_fast.runtime import device as runtime; "
                         "print(runtime.cpu_description(), runtime.resolve_dtype('auto', 'cpu'))"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr

@@ -3,8 +3,8 @@
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict
-from emotalk_fast.model import EmoTalk
+from emotalk_fast.model.checkpoint import random_release_state_dict
+from emotalk_fast.model.emotalk import EmoTalk
 from helpers import assert_close
 
 CFG = EmoTalkConfig.from_name("tiny")
@@ -30,7 +30,7 @@ def test_release_like_checkpoint_keeps_two_front_ends(tmp_path):
 
 
 def test_equal_front_ends_are_shared_and_give_the_same_output(tmp_path):
-    from emotalk_fast.checkpoint import release_to_fast
+    from emotalk_fast.model.checkpoint import release_to_fast
 
     torch.save(_release_sd(share=True), tmp_path / "EmoTalk.pth")
     shared = Animator.from_pretrained(tmp_path / "EmoTalk.pth", device="cpu").model
@@ -55,7 +55,7 @@ def test_equal_front_ends_are_shared_and_give_the_same_output(tmp_path):
 
 
 def test_one_differing_tensor_keeps_them_apart():
-    from emotalk_fast.checkpoint import release_to_fast
+    from emotalk_fast.model.checkpoint import release_to_fast
 
     sd = _release_sd(share=True)
     sd["audio_encoder_emo.wav2vec2.feature_extractor.conv_layers.6.layer_norm.bias"][0] += 1e-6

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from emotalk_fast import Animator
-from emotalk_fast.controls import style_weights
-from emotalk_fast.decoder import RingKVCache
-from emotalk_fast.model import num_frames
-from emotalk_fast.windows import encode_windowed
+from emotalk_fast.model.style import style_weights
+from emotalk_fast.model.decoder import RingKVCache
+from emotalk_fast.model.emotalk import num_frames
+from emotalk_fast.streaming.windows import encode_windowed
 from helpers import assert_close, decode_in_steps, espeak_speech
 from test_model_parity import CONFIGS
 
@@ -225,7 +225,7 @@ def test_bad_settings(animator, kwargs):
 def test_streaming_resampler_equals_offline_resampling(rate):
     from scipy.signal import resample_poly
 
-    from emotalk_fast.audio import StreamingResampler
+    from emotalk_fast.io.audio import StreamingResampler
 
     rng = np.random.default_rng(rate)
     x = rng.standard_normal(9001).astype(np.float32)
@@ -249,7 +249,7 @@ def test_odd_rates_resample_in_bounded_time_and_memory(rate):
     import time
     import tracemalloc
 
-    from emotalk_fast.audio import StreamingResampler, resample, resample_ratio, resampled_length
+    from emotalk_fast.io.audio import StreamingResampler, resample, resample_ratio, resampled_length
 
     up, down = resample_ratio(rate, 16000)
     assert max(up, down) <= 16000 and abs(up / down * rate / 16000 - 1) <= 3.2e-5
@@ -266,7 +266,7 @@ def test_odd_rates_resample_in_bounded_time_and_memory(rate):
 
 
 def test_resample_ratio_is_exact_for_common_rates():
-    from emotalk_fast.audio import resample_ratio
+    from emotalk_fast.io.audio import resample_ratio
 
     for rate in (8000, 11025, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000, 4001, 15999):
         up, down = resample_ratio(rate, 16000)
@@ -277,7 +277,7 @@ def test_resample_ratio_is_exact_for_common_rates():
 def test_stream_at_48khz(animator, speech):
     """A 48 kHz microphone: the same frames as a 16 kHz stream of what `animate` resamples to,
     for any push sizes, and offline's frame count."""
-    from emotalk_fast.audio import resample
+    from emotalk_fast.io.audio import resample
 
     mic = resample(speech, 16000, 48000)
     stream = animator.stream(sample_rate=48000)
@@ -306,7 +306,7 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
         streamed = np.concatenate(pushed + [stream.flush()])
         np.testing.assert_allclose(stream.emotion_logits, offline.emotion_logits, atol=1e-5, rtol=0)
     # the hops that ran once the end arrived read offline's emotion states (the ones before, the stream's own)
-    from emotalk_fast.model import normalize_waveform
+    from emotalk_fast.model.emotalk import normalize_waveform
 
     with torch.inference_mode():
         wave = torch.from_numpy(short)
@@ -332,7 +332,7 @@ def test_the_two_branches_at_once_give_the_same_frames(animator, speech, monkeyp
     """On a CPU with cores for both, the content and emotion encoders of a window run at once,
     each on its own thread: the same operations, so the same frames, bit for bit; the second
     branch's thread keeps the caller's inference mode."""
-    from emotalk_fast import windows
+    from emotalk_fast.streaming import windows
 
     monkeypatch.setattr(windows, "_cores", lambda: 2)
     threads = torch.get_num_threads()

@@ -40,7 +40,7 @@ bl_info = {
 }
 
 FPS = 30  # EmoTalk's frame rate
-# The 52 ARKit names in EmoTalk's column order (emotalk_fast.config.BLENDSHAPE_NAMES).
+# The 52 ARKit names in EmoTalk's column order (emotalk_fast.model.config.BLENDSHAPE_NAMES).
 ARKIT_NAMES = (
     "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
     "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight",

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from . import livelink, vmc
-from ..config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
+from ..model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
 from ..errors import InvalidInput
 
 
@@ -217,7 +217,7 @@ def stream_live(stream, samples: np.ndarray, targets, realtime: bool = True, sla
     delay_s: seconds from a frame's audio instant to its sending; default the stream's
     algorithmic latency plus `slack_s` for compute.
     """
-    from ..streaming import play
+    from ..streaming.stream import play
 
     if delay_s is None:
         delay_s = stream.latency_ms / 1000 + slack_s

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import BLENDSHAPE_NAMES, FPS
+from ..model.config import BLENDSHAPE_NAMES, FPS
 from ..errors import InvalidInput
 
 DEFAULT_PORT = 11111  # Unreal's Live Link Face / Apple ARKit Face source listens here

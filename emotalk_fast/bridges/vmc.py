@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from ..config import BLENDSHAPE_NAMES
+from ..model.config import BLENDSHAPE_NAMES
 from ..errors import InvalidInput, InvalidType
 
 DEFAULT_PORT = 39539  # a VMC performer (VSeeFace's, Warudo's, VMC4U's receiver) listens here

@@ -6,15 +6,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import FPS
-from ..corpus import STDIO, animate_corpus, parse_shard, plan_jobs, shard
+from ..model.config import FPS
+from ..io.corpus import STDIO, animate_corpus, parse_shard, plan_jobs, shard
 from ..errors import InvalidInput
 from .options import add_model_options, load_animator, model_config, parse_level, parse_person, parse_schedule, \
     progress_lines, warn
 
 
 def animate(args) -> None:
-    from ..export import TEXT_FORMATS, check_output
+    from ..io.curves import TEXT_FORMATS, check_output
 
     # --- everything is checked before the model loads ---
     extension = f".{args.to}"
@@ -77,7 +77,7 @@ def animate(args) -> None:
 
 
 def _write(anim, output: str, args, extension: str) -> None:
-    from ..export import TEXT_FORMATS
+    from ..io.curves import TEXT_FORMATS
 
     if args.random_weights is not None:
         anim.metadata["random_weights"] = args.random_weights
@@ -101,7 +101,7 @@ def _print_emotion(anim, out) -> None:
 def _check_style_options(args):
     """Level, person and schedule against the model's config (read cheaply); warnings for options
     that would be ignored. Returns the Schedule, if any."""
-    from ..controls import Schedule, check_style
+    from ..model.style import Schedule, check_style
 
     if args.crossfade and not args.schedule:
         warn("--crossfade only applies with --schedule; ignored")
@@ -142,13 +142,13 @@ def _check_num_frames(num_frames: int, source: str, stdin_audio) -> None:
 
 
 def _read_stdin():
-    from ..audio import read_audio_bytes
+    from ..io.audio import read_audio_bytes
 
     return read_audio_bytes(sys.stdin.buffer.read(), "stdin")
 
 
 def info(args) -> None:
-    from .. import checkpoint as ckpt
+    from ..model import checkpoint as ckpt
 
     cfg, sd = ckpt.load_any(args.checkpoint)
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values()})
@@ -174,11 +174,11 @@ def info(args) -> None:
 
 
 def convert(args) -> None:
-    from .. import checkpoint as ckpt
+    from ..model import checkpoint as ckpt
 
     import torch
 
-    from ..runtime import resolve_dtype
+    from ..runtime.device import resolve_dtype
 
     src, dst = Path(args.checkpoint), Path(args.output)
     if src.is_dir():
@@ -218,7 +218,7 @@ def export_onnx(args) -> None:
         raise InvalidInput("the ONNX export is the float32 model in PyTorch (runtimes compile and quantize in "
                            f"their own way): drop --encoders {args.encoders}")
     args.device = "cpu"
-    from ..onnx_export import export_onnx as export, parity
+    from ..runtime.onnx_export import export_onnx as export, parity
 
     animator = load_animator(args)
     t0 = time.perf_counter()
@@ -238,8 +238,8 @@ def export_onnx(args) -> None:
 
 
 def preview(args) -> None:
-    from ..export import load_blendshapes
-    from ..preview import save_preview
+    from ..io.curves import load_blendshapes
+    from ..tools.preview import save_preview
 
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".mp4", ".gif"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import BACKENDS, ENCODERS
+from ..model.config import BACKENDS, ENCODERS
 from ..errors import InvalidInput
 
 
@@ -50,8 +50,8 @@ def ms_list(option: str, text: str) -> list[int]:
 
 
 def model_config(args):
-    from .. import checkpoint as ckpt
-    from ..config import EmoTalkConfig
+    from ..model import checkpoint as ckpt
+    from ..model.config import EmoTalkConfig
 
     if args.random_weights is not None:
         return EmoTalkConfig.from_name(args.random_weights)
@@ -80,7 +80,7 @@ def load_animator(args):
         animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
                                             backend=args.backend, encoders=args.encoders)
     if isinstance(args.dtype, str) and args.dtype.lower() == "auto":
-        from ..runtime import cpu_description
+        from ..runtime.device import cpu_description
 
         where = f"CPU {cpu_description()}" if animator.device.type == "cpu" else str(animator.device)
         print(f"emotalk-fast {args.command}: --dtype auto chose {str(animator.dtype).replace('torch.', '')} "
@@ -115,7 +115,7 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The model: a checkpoint, or random weights asked for by name (never by accident); and
     where it runs."""
-    from ..config import PRESETS
+    from ..model.config import PRESETS
 
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="EmoTalk.pth or a converted directory")
@@ -141,7 +141,7 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
 def add_stream_options(p: argparse.ArgumentParser) -> None:
     """--hop-ms, --lookahead-ms, --context-ms, --emotion-context-ms, --emotion-hop-ms,
     --whole-utterance-ms, --ramp: a stream's windows (stream, serve)."""
-    from ..engine import RAMP, WHOLE_UTTERANCE_MS
+    from ..streaming.engine import RAMP, WHOLE_UTTERANCE_MS
 
     p.add_argument("--hop-ms", type=hop_ms_arg, default=100,
                    help="multiple of 100 (default 100), or auto: the smallest hop this machine holds in real time "
@@ -176,7 +176,7 @@ def resolve_hop_ms(animator, args, streams: int = 1) -> int:
 def auto_hop_budget(animator, args, streams: int):
     """--hop-ms auto: the smallest hop that holds `streams` streams here (budget.choose_hop),
     each hop tried said on stderr."""
-    from ..budget import choose_hop
+    from ..streaming.budget import choose_hop
 
     def report(b):
         print(f"emotalk-fast {args.command}: --hop-ms auto: {b.describe(streams)}", file=sys.stderr, flush=True)

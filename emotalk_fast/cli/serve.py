@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidInput
-from ..export import check_output
+from ..io.curves import check_output
 from .options import add_model_options, add_stream_options, auto_hop_budget, load_animator, stream_settings, warn
 
 
@@ -76,7 +76,7 @@ def _cpu_threads(args) -> int | None:
     (docs/streaming.md). None (torch's choice) on a GPU."""
     import torch
 
-    from ..runtime import resolve_device
+    from ..runtime.device import resolve_device
 
     if args.encoders == "torch" and resolve_device(args.device).type != "cpu":  # the others run on the CPU
         return None
@@ -86,7 +86,7 @@ def _cpu_threads(args) -> int | None:
 def _threads_note(animator) -> str:
     import torch
 
-    from ..windows import branches_run_at_once
+    from ..streaming.windows import branches_run_at_once
 
     if animator.device.type != "cpu":
         return ""
@@ -98,7 +98,7 @@ def _threads_note(animator) -> str:
 def _budget(animator, args):
     """What this machine holds at the serve's settings (measured now), said on stderr, with a
     warning when it cannot keep up with --max-streams; --hop-ms auto picks the hop."""
-    from .. import budget as budgets
+    from ..streaming import budget as budgets
 
     streams = args.max_streams
     if args.hop_ms == "auto":

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..config import SAMPLE_RATE
+from ..model.config import SAMPLE_RATE
 from .options import add_encoders_option, add_model_options, add_runtime_options, add_stream_options, load_animator, \
     model_config, ms_list, parse_level, parse_person, resolve_hop_ms, stream_settings
 
@@ -13,12 +13,12 @@ from .options import add_encoders_option, add_model_options, add_runtime_options
 def stream(args) -> None:
     import numpy as np
 
-    from ..audio import prepare_audio
+    from ..io.audio import prepare_audio
     from ..bridges.live import describe, make_targets, stream_live
-    from ..streaming import first_frame_latency_s, play
+    from ..streaming.stream import first_frame_latency_s, play
 
-    from ..controls import check_style
-    from ..export import check_output
+    from ..model.style import check_style
+    from ..io.curves import check_output
 
     targets = make_targets(args.livelink, args.vmc, args.subject, args.vmc_names)  # live targets, checked first
     if args.output:
@@ -66,8 +66,8 @@ def stream(args) -> None:
 
 
 def stream_eval(args) -> None:
-    from ..measure import generated_speech
-    from ..stream_eval import evaluate, markdown_table
+    from ..tools.measure import generated_speech
+    from ..tools.stream_eval import evaluate, markdown_table
 
     contexts, lookaheads = ms_list("--contexts", args.contexts), ms_list("--lookaheads", args.lookaheads)
     animator = load_animator(args)
@@ -83,7 +83,7 @@ def stream_eval(args) -> None:
 
 
 def bench(args) -> None:
-    from ..bench import format_bench, run_bench
+    from ..tools.bench import format_bench, run_bench
 
     def report(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import check_rate
-from ..config import BLENDSHAPE_NAMES, FPS
+from ..io.audio import check_rate
+from ..model.config import BLENDSHAPE_NAMES, FPS
 from ..errors import InvalidInput
 
 PROTO_DIR = Path(__file__).parent / "protos"

@@ -20,9 +20,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from ..engine import StreamEngine
+from ..streaming.engine import StreamEngine
 from ..errors import InvalidInput
-from ..files import read_pem
+from ..io.files import read_pem
 from . import protocol as pb
 from .metrics import ServeMetrics
 from .session import Session, SessionLimits

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from ..audio import StreamingResampler
-from ..config import FPS, SAMPLE_RATE
-from ..engine import EngineFull
+from ..io.audio import StreamingResampler
+from ..model.config import FPS, SAMPLE_RATE
+from ..streaming.engine import EngineFull
 from . import protocol as pb
 from .metrics import ServeMetrics
 from .worker import EngineWorker, StreamHandle

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from ..engine import StepFailed, StreamEngine
+from ..streaming.engine import StepFailed, StreamEngine
 
 log = logging.getLogger("emotalk_fast.serve")
 

@@ -9,7 +9,7 @@ import soundfile
 import torch
 
 from emotalk_fast import BLENDSHAPE_NAMES, Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict
+from emotalk_fast.model.checkpoint import random_release_state_dict
 from helpers import assert_close, espeak_speech
 
 

@@ -15,7 +15,7 @@ import soundfile
 import torch
 
 from emotalk_fast import Animator, EmoTalkConfig
-from emotalk_fast.checkpoint import random_release_state_dict
+from emotalk_fast.model.checkpoint import random_release_state_dict
 from helpers import espeak_speech
 
 SCRIPT = str(Path(sys.executable).with_name("emotalk-fast"))

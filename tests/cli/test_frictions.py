@@ -13,9 +13,9 @@ import pytest
 import soundfile
 import torch
 
-from emotalk_fast import checkpoint as ckpt
-from emotalk_fast.bench import format_bench
-from emotalk_fast.config import EmoTalkConfig
+from emotalk_fast.model import checkpoint as ckpt
+from emotalk_fast.tools.bench import format_bench
+from emotalk_fast.model.config import EmoTalkConfig
 from helpers import espeak_speech, free_port
 
 SCRIPT = str(Path(sys.executable).with_name("emotalk-fast"))
@@ -70,7 +70,7 @@ def test_a_short_stream_is_refused_in_plain_words():
 
 
 def test_preview_draws_the_emotion_of_a_json_and_warns_on_another_length(files, monkeypatch, capsys):
-    import emotalk_fast.preview as preview
+    import emotalk_fast.tools.preview as preview
     from emotalk_fast.cli import main
 
     anim = files / "anim.json"

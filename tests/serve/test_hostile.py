@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from emotalk_fast import Animator
-from emotalk_fast.audio import resample
+from emotalk_fast.io.audio import resample
 from emotalk_fast.client import send, stream_header
 from emotalk_fast.serve import protocol as pb
 from emotalk_fast.serve.server import A2FServer, ServeSettings

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from emotalk_fast import Animator
-from emotalk_fast.audio import resample
-from emotalk_fast.engine import StreamEngine
+from emotalk_fast.io.audio import resample
+from emotalk_fast.streaming.engine import StreamEngine
 from emotalk_fast.client import ServerError, send, stream_header
 from emotalk_fast.serve import protocol as pb
 from emotalk_fast.serve.server import A2FServer, ServeSettings

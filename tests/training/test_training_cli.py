@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotalk_fast import checkpoint as ckpt
-from emotalk_fast.config import EmoTalkConfig
+from emotalk_fast.model import checkpoint as ckpt
+from emotalk_fast.model.config import EmoTalkConfig
 from emotalk_fast.training.cli import main
 
 from training_utils import one_thread, smoke_subset  # noqa: F401 (fixture)

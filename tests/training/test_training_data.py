@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emotalk_fast.config import DEFAULT_EMOTION_LABELS
-from emotalk_fast.model import num_frames
+from emotalk_fast.model.config import DEFAULT_EMOTION_LABELS
+from emotalk_fast.model.emotalk import num_frames
 from emotalk_fast.training.config import TrainConfig
 from emotalk_fast.training.data import (
     ClipLabels, PairDataset, emotion_classes, load_audio, parse_ravdess_name, scan_clips,

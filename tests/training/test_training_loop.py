@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from emotalk_fast import checkpoint as ckpt
-from emotalk_fast.config import EmoTalkConfig
-from emotalk_fast.model import EmoTalk
+from emotalk_fast.model import checkpoint as ckpt
+from emotalk_fast.model.config import EmoTalkConfig
+from emotalk_fast.model.emotalk import EmoTalk
 from emotalk_fast.training.data import load_audio, scan_clips
 from emotalk_fast.training.evaluate import evaluate, load_model
 from emotalk_fast.training.train import TrainConfig, build_model, release_state_dict, train

@@ -3,8 +3,8 @@ release checkpoint layout that the trainer writes."""
 import numpy as np
 import torch
 
-from emotalk_fast import checkpoint as ckpt
-from emotalk_fast.config import EmoTalkConfig
+from emotalk_fast.model import checkpoint as ckpt
+from emotalk_fast.model.config import EmoTalkConfig
 from emotalk_fast.training.reference import EmoTalkReference, load_release_weights
 from emotalk_fast.training.train import TrainConfig, build_model, release_state_dict
 

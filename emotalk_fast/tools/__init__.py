@@ -1,0 +1,1 @@
+"""Measuring and looking: the benchmark, timing helpers, streaming against offline, previews."""

@@ -1,0 +1,69 @@
+"""How far streaming lands from offline: blendshape deviation, latency and compute per hop
+for a grid of context x lookahead settings (`emotalk-fast stream-eval`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..model.config import SAMPLE_RATE
+from ..streaming.stream import play
+
+
+def stream_deviation(animator, speech: np.ndarray, context_ms: int, lookahead_ms: int, hop_ms: int = 100,
+                     offline: np.ndarray | None = None, level: int = 1, person: int = 0) -> dict:
+    """One setting: max/mean |stream - offline| over all frames and channels, and timings."""
+    if offline is None:
+        offline = animator.animate(speech, level=level, person=person, long_audio_s=None).blendshapes
+    stream = animator.stream(level=level, person=person, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
+                             context_ms=context_ms)
+    compute = []
+    frames = play(stream, speech, hop_ms * SAMPLE_RATE // 1000,
+                  on_hop=lambda i, f, c, w: compute.append(c) if len(f) else None)
+    err = np.abs(frames - offline)
+    return {"context_ms": context_ms, "lookahead_ms": lookahead_ms, "hop_ms": hop_ms,
+            "max_abs": float(err.max()), "mean_abs": float(err.mean()),
+            "latency_ms": stream.latency_ms, "hop_compute_ms": 1000 * float(np.median(compute)),
+            "frames": int(len(frames))}
+
+
+def grid_floor(animator, speech: np.ndarray, offline: np.ndarray) -> dict:
+    """The clip as one window (unlimited context and lookahead): what remains is the fixed
+    30 fps grid and the emotion branch's single resampling, the floor no setting goes below."""
+    import torch
+
+    from ..model.style import style_weights
+    from ..streaming.windows import encode_windowed
+
+    whole_ms = 100 * -(-len(speech) * 10 // SAMPLE_RATE)
+    with torch.inference_mode():
+        wave = torch.from_numpy(speech).to(animator.device, animator.dtype)
+        content, emotion = encode_windowed(animator.model, wave, whole_ms, 0, 0)
+        weights = style_weights(animator.config, 1, 0, animator.dtype, animator.device)
+        frames = animator.model.decode(content, emotion, *weights)[0][0].float().cpu().numpy()
+    err = np.abs(frames - offline)
+    return {"context_ms": None, "lookahead_ms": None, "max_abs": float(err.max()), "mean_abs": float(err.mean())}
+
+
+def evaluate(animator, speech: np.ndarray, contexts_ms, lookaheads_ms, hop_ms: int = 100,
+             progress=None) -> list[dict]:
+    """The grid floor, then one row per (context, lookahead); progress(done, total, message)
+    is called before each setting."""
+    offline = animator.animate(speech, long_audio_s=None).blendshapes
+    rows = [grid_floor(animator, speech, offline)]
+    settings = [(c, a) for c in contexts_ms for a in lookaheads_ms]
+    for i, (c, a) in enumerate(settings):
+        if progress is not None:
+            progress(i, len(settings), f"context {c} ms, lookahead {a} ms")
+        rows.append(stream_deviation(animator, speech, c, a, hop_ms, offline))
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| context | lookahead | latency | max abs dev | mean abs dev | compute per hop |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["context_ms"] is None:
+            lines.append(f"| whole clip | whole clip | - | {r['max_abs']:.4f} | {r['mean_abs']:.4f} | - |")
+            continue
+        lines.append(f"| {r['context_ms'] / 1000:g} s | {r['lookahead_ms']} ms | {r['latency_ms']:.0f} ms | "
+                     f"{r['max_abs']:.4f} | {r['mean_abs']:.4f} | {r['hop_compute_ms']:.0f} ms |")
+    return "\n".join(lines)
