@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator, EmoTalkConfig  # noqa: E402
 from emotalk_fast.streaming.engine import StreamEngine  # noqa: E402
+from emotalk_fast.streaming.settings import StreamSettings  # noqa: E402
 from emotalk_fast.tools.measure import device_name, generated_speech, sync, versions  # noqa: E402
 
 CONTEXT_MS, LOOKAHEAD_MS = 2000, 200
@@ -37,8 +38,8 @@ def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarra
                 cuda_graphs: bool = False) -> tuple[StreamEngine, list, int]:
     """An engine with `streams` streams, each past its start-up windows (steady state; with
     cuda_graphs, its bucket's graph captured)."""
-    engine = StreamEngine(animator.model, animator.device, animator.dtype, max_streams=streams, hop_ms=hop_ms,
-                          lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0,
+    settings = StreamSettings(hop_ms=hop_ms, lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0)
+    engine = StreamEngine(animator.model, animator.device, animator.dtype, settings, max_streams=streams,
                           cuda_graphs=cuda_graphs)
     if cuda_graphs:
         engine.prepare_static_hops()

@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CLI = [PY, "-m", "emotalk_fast"]
-CUDA_TESTS = ["tests/kernels", "tests/test_decoder_backends.py", "tests/test_engine.py", "tests/test_streaming.py",
-              "tests/test_low_precision.py"]
+CUDA_TESTS = ["tests/kernels", "tests/model/test_decoder_backends.py", "tests/streaming/test_engine.py",
+              "tests/streaming/test_stream.py", "tests/runtime/test_low_precision.py"]
 
 
 @dataclass(frozen=True)

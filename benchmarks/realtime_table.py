@@ -16,8 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emotalk_fast import Animator, budget  # noqa: E402
-from emotalk_fast.streaming.engine import StreamEngine  # noqa: E402
+from emotalk_fast import Animator  # noqa: E402
+from emotalk_fast.streaming import budget  # noqa: E402
+from emotalk_fast.streaming.settings import StreamSettings  # noqa: E402
 from emotalk_fast.tools.measure import versions  # noqa: E402
 from emotalk_fast.runtime.device import cpu_description  # noqa: E402
 
@@ -57,20 +58,17 @@ def main() -> None:
                     settings = dict(emotion_settings[emotion])
                     if emotion == "content":
                         settings["emotion_hop_ms"] = hop
-                    resolved = StreamEngine(animator.model, "cpu", animator.dtype, max_streams=1, hop_ms=hop,
-                                            lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
-                                            max_cache_s=1.0, **settings)
-                    key = (resolved.emotion_context_ms, resolved.emotion_hop_ms)
+                    resolved = StreamSettings(hop_ms=hop, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
+                                              **settings)
+                    key = (resolved.emotion_context, resolved.emotion_hop)
                     if key in shown:  # the default is the content's windows at this hop: one row
                         continue
                     shown.add(key)
-                    b = budget.measure(animator.model, animator.device, animator.dtype, hop_ms=hop,
-                                       lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
-                                       streams=args.streams, **settings)
+                    b = budget.measure(animator.model, animator.device, animator.dtype, resolved, args.streams)
                     held = b.holds()
                     latency = f"{b.latency_ms(1):.0f} ms" if held else "-"
-                    branch = (f"{resolved.emotion_context_ms} ms, every {resolved.emotion_hop_ms} ms"
-                              if resolved.encoder.separate_emotion else "the content's windows")
+                    branch = (f"{resolved.emotion_context} ms, every {resolved.emotion_hop} ms"
+                              if resolved.separate_emotion else "the content's windows")
                     cost = f"{1000 * b.seconds(1):.0f} ms"
                     if b.peak_s != b.hop_s:
                         cost += f" ({1000 * b.seconds(1, peak=True):.0f} ms)"

@@ -38,7 +38,8 @@ from emotalk_fast.model.emotalk import normalize_waveform, num_frames  # noqa: E
 from emotalk_fast.runtime.device import cpu_description  # noqa: E402
 from emotalk_fast.streaming.stream import play  # noqa: E402
 from emotalk_fast.training.data import emotion_classes, parse_ravdess_name  # noqa: E402
-from emotalk_fast.streaming.windows import encode_windowed  # noqa: E402
+from emotalk_fast.streaming.encoders import encode_windowed  # noqa: E402
+from emotalk_fast.streaming.settings import StreamSettings  # noqa: E402
 
 
 EARLY_FRAMES = 27  # the first 900 ms of a clip: a stream has heard little of the utterance yet
@@ -58,14 +59,15 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
         content_off = animator.model.encode_content(normalized, n, frames)
         emotion_off, _ = animator.model.encode_emotion(normalized, n, frames)
         whole = 100 * -(-len(x) * 10 // 16000)
-        content_win, emotion_win = encode_windowed(animator.model, wave, hop or whole, lookahead, context, ramp=ramp)
+        both_branches = StreamSettings(hop_ms=hop or whole, lookahead_ms=lookahead, context_ms=context,
+                                       emotion_hop_ms=hop or whole, ramp=ramp)  # every hop, the content's windows
+        content_win, emotion_win = encode_windowed(animator.model, wave, both_branches)
         if hop is not None:  # the emotion branch on the stream's own windows and cadence
-            stream = animator.stream(hop_ms=hop, context_ms=context, lookahead_ms=lookahead,
-                                     emotion_context_ms=emotion_context, emotion_hop_ms=emotion_hop,
-                                     whole_utterance_ms=whole_utterance, ramp=ramp)
-            _, emotion_win = encode_windowed(animator.model, wave, hop, lookahead, context,
-                                             emotion_context_ms=stream.engine.emotion_context_ms,
-                                             emotion_hop_ms=stream.engine.emotion_hop_ms, ramp=ramp)
+            changes = dict(emotion_context_ms=emotion_context, emotion_hop_ms=emotion_hop,
+                           whole_utterance_ms=whole_utterance)
+            stream = animator.stream(hop_ms=hop, context_ms=context, lookahead_ms=lookahead, ramp=ramp,
+                                     **{k: v for k, v in changes.items() if v is not None or k != "whole_utterance_ms"})
+            _, emotion_win = encode_windowed(animator.model, wave, stream.settings)
         style = style_weights(animator.config, 1, 0, animator.dtype, animator.device)
 
         def deviation(content, emotion):
@@ -81,9 +83,9 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
     row.update(deviation=float(per_frame.mean()), early=float(per_frame[:EARLY_FRAMES].mean()),
                late=float(per_frame[EARLY_FRAMES:].mean()) if len(per_frame) > EARLY_FRAMES else np.nan,
                agrees=bool(np.argmax(stream.emotion_logits) == np.argmax(offline.emotion_logits)),
-               latency_ms=stream.latency_ms, emotion=f"{stream.engine.emotion_context_ms} ms, every "
-                                                      f"{stream.engine.emotion_hop_ms} ms",
-               whole=f"{stream.engine.whole_utterance_ms} ms")
+               latency_ms=stream.latency_ms, emotion=f"{stream.settings.emotion_context} ms, every "
+                                                      f"{stream.settings.emotion_hop} ms",
+               whole=f"{stream.settings.whole_utterance_ms} ms")
     return row
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,13 +21,19 @@ from .model.emotalk import EmoTalk, num_emotion_frames, resample_frames
 from .model.emotalk import num_frames as model_num_frames
 from .model.postprocess import postprocess as postprocess_curves
 from .runtime.device import resolve_backend, resolve_device, resolve_dtype
+from .streaming.settings import StreamSettings
 
 # Clips longer than this are encoded through overlapping windows (see streaming.py), so memory
 # and time grow linearly with length; shorter clips get exactly the offline computation.
 LONG_AUDIO_S = 60.0
-# 24 s windows: per second of audio the offline rate (10 s hops cost 1.2x; 30 s no better)
-LONG_WINDOW = {"hop_ms": 20_000, "lookahead_ms": 2_000, "context_ms": 2_000}
+# 24 s windows, both encoders on each (no ramp, no emotion cadence of its own): per second of
+# audio the offline rate (docs/long-audio.md)
+LONG_WINDOW = StreamSettings(hop_ms=20_000, lookahead_ms=2_000, context_ms=2_000, emotion_hop_ms=20_000, ramp=False)
 EMOTION_WINDOW_S = 1.0  # seconds per entry of Animation.emotion_timeline
+
+
+class RandomWeightsWarning(UserWarning):
+    """An Animator made with random weights: its output means nothing."""
 
 
 @dataclass
@@ -184,10 +190,16 @@ class Animator:
 
     @classmethod
     def from_config(cls, config: EmoTalkConfig | str = "emotalk", seed: int = 0, device="auto", dtype=None,
-                    backend="auto", rule: str = "fast", encoders: str = "torch") -> "Animator":
+                    backend="auto", rule: str = "fast", encoders: str = "torch", warn_random: bool = True) -> "Animator":
         """Random weights (for tests and benchmarks: speed does not depend on weights), drawn by
-        `rule` (see checkpoint.random_release_state_dict: "fast", or "oracle" as the fixtures)."""
+        `rule` (see checkpoint.random_release_state_dict: "fast", or "oracle" as the fixtures).
+        Warns once (RandomWeightsWarning) that the output means nothing, unless `warn_random` is
+        False (the CLI says it in its own words)."""
         cfg = EmoTalkConfig.from_name(config) if isinstance(config, str) else config
+        if warn_random:
+            warnings.warn(f"Animator.from_config: RANDOM weights ({config if isinstance(config, str) else 'a config'}"
+                          "): the output means nothing (for tests and benchmarks); load trained weights with "
+                          "Animator.from_pretrained", RandomWeightsWarning, stacklevel=2)
         state_dict = ckpt.release_to_fast(ckpt.random_release_state_dict(cfg, seed, rule), cfg)
         return cls.from_state_dict(cfg, state_dict, device, dtype, backend, encoders)
 
@@ -207,13 +219,8 @@ class Animator:
     # --- inference ------------------------------------------------------------------------
     @functools.cached_property
     def min_samples(self) -> int:
-        """Shortest 16 kHz input both encoders accept (the emotion branch needs >= 1 frame);
-        found by search once per Animator, not per call."""
-        n = max(self.config.content.receptive_field, self.config.emotion.receptive_field)
-        while min(num_emotion_frames(self.config.emotion.num_cnn_frames(n)),
-                  self.config.content.num_cnn_frames(n)) < 1:
-            n += 1
-        return n
+        """Shortest 16 kHz input both encoders accept (found once per Animator, not per call)."""
+        return min_samples(self.config)
 
     def animate(self, audio, sample_rate: int | None = None, level=1, person=0, postprocess: bool = False,
                 seed: int | None = None, *, emotion_reference=None, schedule=None, num_frames: int | None = None,
@@ -239,58 +246,54 @@ class Animator:
                                   num_frames=None if num_frames is None else [num_frames],
                                   long_audio_s=long_audio_s, progress=progress)[0]
 
-    def stream(self, level=1, person=0, *, hop_ms: int | str = 100, lookahead_ms: int = 200,
-               context_ms: int = 2000, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None,
-               whole_utterance_ms: int | None = None, ramp: bool | None = None, max_cache_s: float = 600.0,
-               sample_rate: int = SAMPLE_RATE, cuda_graphs: bool = False):
+    def stream(self, level=1, person=0, settings: StreamSettings | None = None, *, sample_rate: int = SAMPLE_RATE,
+               cuda_graphs: bool = False, **changes):
         """A streaming animator: push chunks at `sample_rate`, get final frames back (see
-        streaming.py). hop_ms="auto": the smallest hop this machine keeps up with (budget.py).
-        emotion_context_ms, emotion_hop_ms: the emotion branch's own window and cadence (default:
-        the content's context, every third 100 ms hop; windows.py). whole_utterance_ms: an
-        utterance up to this long gets offline's label and end states (default 4000; engine.py).
-        ramp: the first hops 100, 200, 400, ... ms, doubling up to the hop (engine.RAMP).
-        Latency is hop + lookahead + 5 ms of audio at 16 kHz (plus the
-        resampling filter's delay at other rates; `stream.latency_ms`), plus compute time.
-        `cuda_graphs`: each hop a replayed CUDA graph (the engine's static shapes; engine.py).
+        streaming/stream.py).
+
+        settings: a `StreamSettings` (default: its defaults); keyword `changes` replace its
+        fields (`hop_ms=400, context_ms=1000`). hop_ms="auto": the smallest hop this machine keeps
+        up with (measured now; streaming/budget.py). Latency is hop + lookahead + 5 ms of audio
+        at 16 kHz (plus the resampling filter's delay at other rates; `stream.latency_ms`), plus
+        compute time. `cuda_graphs`: each hop a replayed CUDA graph (streaming/executor.py).
         """
         from .streaming.stream import AnimationStream
 
-        emotion = {"emotion_context_ms": emotion_context_ms, "emotion_hop_ms": emotion_hop_ms}
-        hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=1, **emotion)
-        return AnimationStream(self.model, self.device, self.dtype, level, person, hop_ms=hop_ms,
-                               lookahead_ms=lookahead_ms, context_ms=context_ms, **emotion, max_cache_s=max_cache_s,
-                               sample_rate=sample_rate, cuda_graphs=cuda_graphs,
-                               **_given(whole_utterance_ms=whole_utterance_ms, ramp=ramp))
+        settings = self.stream_settings(settings, streams=1, **changes)
+        return AnimationStream(self.model, self.device, self.dtype, level, person, settings, sample_rate=sample_rate,
+                               cuda_graphs=cuda_graphs)
 
-    def engine(self, max_streams: int = 16, *, hop_ms: int | str = 100, lookahead_ms: int = 200,
-               context_ms: int = 2000, emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None,
-               whole_utterance_ms: int | None = None, ramp: bool | None = None, max_cache_s: float = 600.0,
-               cuda_graphs: bool = False):
+    def engine(self, max_streams: int = 16, settings: StreamSettings | None = None, *, cuda_graphs: bool = False,
+               **changes):
         """A StreamEngine over this model: up to `max_streams` streams advanced together, each
-        giving the frames `stream()` gives with the same settings (see engine.py). hop_ms="auto":
-        the smallest hop at which this machine keeps up with `max_streams` streams (budget.py). With
-        `cuda_graphs`, every batch bucket's static hop is built (on CUDA: captured) now, so that
-        no live stream waits on it later."""
+        giving the frames `stream()` gives with the same settings (streaming/engine.py).
+        hop_ms="auto": the smallest hop at which this machine keeps up with `max_streams` streams.
+        With `cuda_graphs`, every batch bucket's static hop is built (on CUDA: captured) now, so
+        that no live stream waits on it later."""
         from .streaming.engine import StreamEngine
 
-        emotion = {"emotion_context_ms": emotion_context_ms, "emotion_hop_ms": emotion_hop_ms}
-        hop_ms = self._hop_ms(hop_ms, lookahead_ms, context_ms, streams=max_streams, **emotion)
-        engine = StreamEngine(self.model, self.device, self.dtype, max_streams=max_streams, hop_ms=hop_ms,
-                              lookahead_ms=lookahead_ms, context_ms=context_ms, **emotion, max_cache_s=max_cache_s,
-                              cuda_graphs=cuda_graphs, **_given(whole_utterance_ms=whole_utterance_ms, ramp=ramp))
+        settings = self.stream_settings(settings, streams=max_streams, **changes)
+        engine = StreamEngine(self.model, self.device, self.dtype, settings, max_streams=max_streams,
+                              cuda_graphs=cuda_graphs)
         if cuda_graphs:
             engine.prepare_static_hops()
         return engine
 
-    def _hop_ms(self, hop_ms, lookahead_ms: int, context_ms: int, streams: int, **emotion) -> int:
-        """hop_ms as given, or for "auto" the smallest hop this machine holds `streams` streams
-        at in real time (measured now; see budget.py)."""
-        if hop_ms != "auto":
-            return hop_ms
-        from .streaming.budget import choose_hop
+    def stream_settings(self, settings: StreamSettings | None = None, streams: int = 1, report=None,
+                        **changes) -> StreamSettings:
+        """`settings` (default: the defaults) with `changes`, its hop resolved: "auto" becomes the
+        smallest hop that holds `streams` live streams here (measured now; report(budget) after
+        each hop tried)."""
+        from .streaming.budget import resolve_hop
 
-        return choose_hop(self.model, self.device, self.dtype, lookahead_ms=lookahead_ms, context_ms=context_ms,
-                          streams=streams, **emotion).hop_ms
+        settings = StreamSettings() if settings is None else settings
+        if not isinstance(settings, StreamSettings):
+            raise InvalidType(f"settings must be a StreamSettings, got {type(settings).__name__}")
+        unknown = set(changes) - set(StreamSettings.__dataclass_fields__)
+        if unknown:
+            raise InvalidType(f"unknown stream setting(s) {', '.join(sorted(unknown))}: StreamSettings has "
+                              f"{', '.join(StreamSettings.__dataclass_fields__)}")
+        return resolve_hop(self.model, self.device, self.dtype, replace(settings, **changes), streams, report)
 
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
                       postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,
@@ -390,11 +393,11 @@ class Animator:
 
     def _run_windowed(self, clip: _Clip, progress):
         """A long clip: windowed encoders, then the exact decoder over the whole sequence."""
-        from .streaming.windows import encode_windowed
+        from .streaming.encoders import encode_windowed
 
         with torch.inference_mode():
             content, emotion = encode_windowed(self.model, torch.from_numpy(clip.samples).to(self.device),
-                                               progress=progress, **LONG_WINDOW)
+                                               LONG_WINDOW, progress)
             if content.shape[1] != clip.frames:  # an explicit frame count: resample as offline
                 content, emotion = resample_frames(content, clip.frames), resample_frames(emotion, clip.frames)
             blendshapes, _ = self.model.decode(content, emotion, self._tensor(clip.level)[None],
@@ -413,6 +416,9 @@ class Animator:
         return [value] * n
 
 
-def _given(**kwargs) -> dict:
-    """The keyword arguments that are not None (the callee's defaults stand for the others)."""
-    return {k: v for k, v in kwargs.items() if v is not None}
+def min_samples(config: EmoTalkConfig) -> int:
+    """Shortest 16 kHz input both encoders of a model accept (the emotion branch needs >= 1 frame)."""
+    n = max(config.content.receptive_field, config.emotion.receptive_field)
+    while min(num_emotion_frames(config.emotion.num_cnn_frames(n)), config.content.num_cnn_frames(n)) < 1:
+        n += 1
+    return n

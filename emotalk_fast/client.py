@@ -62,9 +62,22 @@ class ServerAnimation:
         return save_blendshapes(path, self.blendshapes, self.names, FPS, emotion, format=format)
 
 
+def server_address(server: str) -> str:
+    """HOST or HOST:PORT -> HOST:PORT: a bare host gets the Audio2Face-3D port (52000), as `--help`
+    says (gRPC alone would take 443). A gRPC target with a scheme (dns:, unix:, ...) passes as is."""
+    if "://" in server or server.startswith(("unix:", "dns:", "ipv4:", "ipv6:", "vsock:")):
+        return server
+    if server.startswith("["):  # [IPv6] or [IPv6]:PORT
+        return server if "]:" in server else f"{server}:{pb.DEFAULT_PORT}"
+    if server.count(":") > 1:  # a bare IPv6 address
+        return f"[{server}]:{pb.DEFAULT_PORT}"
+    return server if ":" in server else f"{server}:{pb.DEFAULT_PORT}"
+
+
 def channel(server: str, *, root_cert: str | None = None, client_cert: str | None = None,
             client_key: str | None = None) -> grpc.Channel:
     """An insecure channel, TLS with `root_cert`, or mutual TLS adding `client_cert`/`client_key`."""
+    server = server_address(server)
     if root_cert is None:
         if client_cert or client_key:
             raise InvalidInput("a client certificate needs --root-cert (TLS) as well")

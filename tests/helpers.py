@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emotalk_fast.model.config import DecoderConfig, EmoTalkConfig, EncoderConfig
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -147,3 +149,17 @@ def die_with_this_process() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# Model configurations the parity tests run: the tiny preset and one with every width odd
+CONFIGS = {
+    "tiny": EmoTalkConfig.from_name("tiny"),
+    # odd widths, an odd positional-conv tap count, 8 decoder heads, another period, PPE on
+    "odd": EmoTalkConfig(
+        EncoderConfig(hidden_size=48, num_layers=1, num_heads=3, intermediate_size=40, conv_dim=(24,) * 7,
+                      num_pos_conv_taps=7, num_pos_conv_groups=3),
+        EncoderConfig(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+                      num_pos_conv_taps=16, num_pos_conv_groups=4, num_labels=7),
+        DecoderConfig(content_dim=20, emotion_dim=12, style_dim=8, num_heads=8, ff_dim=24, period=7, ppe=True),
+    ),
+}

@@ -28,6 +28,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELLS = ("bash", "sh", "shell", "console")
 NOT_RUN = [  # (pattern, why the line is not run here)
     (r"^(python -m )?pip install", "installs packages"),
+    (r"^python -m venv ", "makes the environment the tests already run in"),
     (r"(^|\s)(python -m )?pytest(\s|$)", "the test tools themselves"),
     (r"^mkdocs ", "tests/test_docs_site.py builds the site"),
     (r"python benchmarks/", "a benchmark script: minutes to hours, or the released code; benchmarks/ are "
@@ -68,7 +69,8 @@ ENV_PREFIX = r"^(\w+=\S*\s+)*"  # VAR=value assignments before a command, as in 
 
 
 def runs_here(line: str) -> bool:
-    return bool(re.search(r"(^|[|;&]\s*)(\w+=\S*\s+)*(emotalk-fast|python -m emotalk_fast)\b", line))
+    return bool(re.search(r"(^|[|;&]\s*)(\w+=\S*\s+)*(emotalk-fast|python -m emotalk_fast|torchrun .*-m emotalk_fast)\b",
+                          line))
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,14 @@ def test_release_size_engine_static_shapes_equal_streams_alone(release_pth):
     one length, 3 streams padded to the bucket of 4, the whole ring read): each stream equals
     the stream alone."""
     from emotalk_fast.streaming.engine import StreamEngine
+    from emotalk_fast.streaming.settings import StreamSettings
 
     settings = dict(hop_ms=100, lookahead_ms=200, context_ms=600, max_cache_s=2.0)
     animator = Animator.from_pretrained(release_pth, device="cpu")
     speech = [espeak_speech(text, speed=200) for text in ("Three faces.", "Speak at once.", "Here.")]
     speech = [s[: 16000 + 4000 * i] for i, s in enumerate(speech)]
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, cuda_graphs=True, **settings)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**settings), max_streams=4,
+                          cuda_graphs=True)
     ids = [engine.open(level=i % 2, person=5 * i) for i in range(3)]
     frames = {sid: [] for sid in ids}
     for sid, s in zip(ids, speech):
@@ -64,7 +66,7 @@ def test_release_size_engine_static_shapes_equal_streams_alone(release_pth):
     while step := engine.step():
         for sid, f in step.items():
             frames[sid].append(f)
-    assert 4 in engine._static_hops  # three streams ran padded to four rows
+    assert 4 in engine.executor.static_hops  # three streams ran padded to four rows
     for i, (sid, s) in enumerate(zip(ids, speech)):
         alone = animator.stream(level=i % 2, person=5 * i, **settings)
         want = np.concatenate([alone.push(s), alone.flush()])

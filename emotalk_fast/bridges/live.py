@@ -230,7 +230,7 @@ def stream_live(stream, samples: np.ndarray, targets, realtime: bool = True, sla
 
     paced.start()
     try:
-        frames = play(stream, samples, stream.hop_ms * SAMPLE_RATE // 1000, realtime=realtime, on_hop=hop)
+        frames = play(stream, samples, stream.settings.hop_ms * SAMPLE_RATE // 1000, realtime=realtime, on_hop=hop)
         paced.submit(frames[paced.submitted:])  # the frames flush() returned
     finally:
         paced.close()

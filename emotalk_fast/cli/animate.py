@@ -217,10 +217,9 @@ def export_onnx(args) -> None:
     if args.encoders != "torch":
         raise InvalidInput("the ONNX export is the float32 model in PyTorch (runtimes compile and quantize in "
                            f"their own way): drop --encoders {args.encoders}")
-    args.device = "cpu"
     from ..runtime.onnx_export import export_onnx as export, parity
 
-    animator = load_animator(args)
+    animator = load_animator(args, device="cpu")
     t0 = time.perf_counter()
     print(f"[export-onnx] tracing the model for {args.seconds:g} s of audio (the release size: about a "
           "minute and 6 GB of memory)", file=sys.stderr, flush=True)

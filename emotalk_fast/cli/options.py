@@ -58,27 +58,28 @@ def model_config(args):
     return ckpt.read_config(args.checkpoint)
 
 
-def load_animator(args):
+def load_animator(args, threads: int | None = None, device: str | None = None):
+    """The model the options name; `threads`: torch's CPU threads (default --threads); `device`:
+    where it must run, whatever --device says (default --device)."""
     from ..animator import Animator
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidInput(f"--threads must be >= 1, got {args.threads}")
+    threads = args.threads if threads is None else threads
+    if threads is not None:
+        if threads < 1:
+            raise InvalidInput(f"--threads must be >= 1, got {threads}")
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     if args.encoders != "torch" and (args.dtype not in (None, "float32", "fp32") or args.device not in ("auto", "cpu")):
         raise InvalidInput(f"--encoders {args.encoders} runs on the CPU in float32: drop --dtype and --device")
-    if args.encoders != "torch":
-        args.device = "cpu"
+    device = device or ("cpu" if args.encoders != "torch" else args.device)
+    runtime = dict(device=device, dtype=args.dtype, backend=args.backend, encoders=args.encoders)
     if args.random_weights is not None:  # asked for by name, and said out loud
         print(f"emotalk-fast {args.command}: RANDOM weights ({args.random_weights} preset): the output means "
               "nothing (for tests and benchmarks)", file=sys.stderr, flush=True)
-        animator = Animator.from_config(args.random_weights, device=args.device, dtype=args.dtype,
-                                        backend=args.backend, encoders=args.encoders)
+        animator = Animator.from_config(args.random_weights, **runtime, warn_random=False)
     else:
-        animator = Animator.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
-                                            backend=args.backend, encoders=args.encoders)
+        animator = Animator.from_pretrained(args.checkpoint, **runtime)
     if isinstance(args.dtype, str) and args.dtype.lower() == "auto":
         from ..runtime.device import cpu_description
 
@@ -139,60 +140,73 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_stream_options(p: argparse.ArgumentParser) -> None:
-    """--hop-ms, --lookahead-ms, --context-ms, --emotion-context-ms, --emotion-hop-ms,
-    --whole-utterance-ms, --ramp: a stream's windows (stream, serve)."""
-    from ..streaming.engine import RAMP, WHOLE_UTTERANCE_MS
+    """A stream's settings (stream, stream-eval, serve), their defaults StreamSettings' own."""
+    from ..streaming.settings import StreamSettings
 
-    p.add_argument("--hop-ms", type=hop_ms_arg, default=100,
-                   help="multiple of 100 (default 100), or auto: the smallest hop this machine holds in real time "
-                        "(measured at start-up)")
-    p.add_argument("--lookahead-ms", type=int, default=200, help="multiple of 100 (default 200)")
-    p.add_argument("--context-ms", type=int, default=2000, help="multiple of 100 (default 2000)")
-    p.add_argument("--emotion-context-ms", type=int, default=None,
+    d = StreamSettings()
+    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_auto=True), default=d.hop_ms,
+                   help=f"multiple of 100 (default {d.hop_ms}), or auto: the smallest hop this machine holds in real "
+                        "time (measured at start-up)")
+    p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d.lookahead_ms,
+                   help=f"multiple of 100 (default {d.lookahead_ms})")
+    p.add_argument("--context-ms", type=grid_ms_arg("--context-ms"), default=d.context_ms,
+                   help=f"multiple of 100 (default {d.context_ms})")
+    p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d.emotion_context_ms,
                    help="the emotion branch's context, multiple of 100 (default: --context-ms)")
-    p.add_argument("--emotion-hop-ms", type=int, default=None,
+    p.add_argument("--emotion-hop-ms", type=grid_ms_arg("--emotion-hop-ms"), default=d.emotion_hop_ms,
                    help="how often the emotion branch runs: a multiple of the hop up to hop + lookahead (default: "
                         "the largest, every third 100 ms hop at the defaults; the hop itself runs it every hop)")
-    p.add_argument("--whole-utterance-ms", type=int, default=WHOLE_UTTERANCE_MS,
+    p.add_argument("--whole-utterance-ms", type=int, default=d.whole_utterance_ms,
                    help=f"an utterance up to this long gets offline's emotion label, exactly, when it ends (default "
-                        f"{WHOLE_UTTERANCE_MS}; 0: never)")
-    p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=RAMP,
+                        f"{d.whole_utterance_ms}; 0: never)")
+    p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=d.ramp,
                    help="hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for "
-                        f"100 ms of audio, not a whole hop (default {'on' if RAMP else 'off'})")
+                        f"100 ms of audio, not a whole hop (default {'on' if d.ramp else 'off'})")
 
 
-def stream_settings(args) -> dict:
-    """The stream's windows (the options but the hop, --whole-utterance-ms and --ramp), as
-    keyword arguments of Animator.stream / engine and of the budget."""
-    return {"lookahead_ms": args.lookahead_ms, "context_ms": args.context_ms,
-            "emotion_context_ms": args.emotion_context_ms, "emotion_hop_ms": args.emotion_hop_ms}
+def stream_settings(args, **fields):
+    """The stream options as a StreamSettings (`fields`: settings that are not options here,
+    such as serve's --max-audio-s as the cache length), errors in the flags' own words."""
+    import re
+
+    from ..streaming.settings import StreamSettings
+
+    options = dict(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
+                   emotion_context_ms=args.emotion_context_ms, emotion_hop_ms=args.emotion_hop_ms,
+                   whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
+    try:
+        return StreamSettings(**options, **fields)
+    except InvalidInput as e:
+        message = re.sub(r"\b(" + "|".join(options) + r")\b", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        raise InvalidInput(message) from None
 
 
-def resolve_hop_ms(animator, args, streams: int = 1) -> int:
-    """--hop-ms, with auto measured now for `streams` live streams."""
-    return args.hop_ms if args.hop_ms != "auto" else auto_hop_budget(animator, args, streams).hop_ms
-
-
-def auto_hop_budget(animator, args, streams: int):
-    """--hop-ms auto: the smallest hop that holds `streams` streams here (budget.choose_hop),
-    each hop tried said on stderr."""
-    from ..streaming.budget import choose_hop
-
+def resolve_stream_settings(animator, args, streams: int = 1, **fields):
+    """The stream options with --hop-ms auto measured now for `streams` live streams (each hop
+    tried said on stderr)."""
     def report(b):
         print(f"emotalk-fast {args.command}: --hop-ms auto: {b.describe(streams)}", file=sys.stderr, flush=True)
 
-    return choose_hop(animator.model, animator.device, animator.dtype, **stream_settings(args), streams=streams,
-                      report=report)
+    return animator.stream_settings(stream_settings(args, **fields), streams=streams, report=report)
 
 
-def hop_ms_arg(text: str):
-    """--hop-ms: 'auto' or an integer (the engine checks it is a multiple of 100)."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer number of ms or auto, got {text!r}") from None
+def grid_ms_arg(flag: str, allow_auto: bool = False):
+    """An argparse type: milliseconds on the 100 ms grid (`auto` too where allowed), checked by
+    the rule StreamSettings applies, in the flag's words."""
+    from ..streaming.settings import AUTO, check_grid_ms
+
+    def parse(text: str):
+        if allow_auto and text == AUTO:
+            return text
+        try:
+            return check_grid_ms(int(text), flag, allow_zero=flag != "--hop-ms" and flag != "--emotion-hop-ms")
+        except ValueError as e:
+            expected = "an integer number of ms" + (" or auto" if allow_auto else "")
+            raise argparse.ArgumentTypeError(str(e) if isinstance(e, InvalidInput) else
+                                             f"expected {expected}, got {text!r}") from None
+
+    parse.__name__ = "milliseconds"
+    return parse
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from ..errors import InvalidInput
 from ..io.curves import check_output
-from .options import add_model_options, add_stream_options, auto_hop_budget, load_animator, stream_settings, warn
+from .options import add_model_options, add_stream_options, load_animator, stream_settings, warn
 
 
 def _import_serve(module: str):
-    """emotalk_fast.serve.* or emotalk_fast.client, with the install hint when grpc is missing."""
+    """emotalk_fast.serve.* or emotalk_fast.client, with the install hint when grpc is missing.
+    gRPC's C core logs its own line for what the commands then say in one line of their own (a
+    port in use): quiet unless the user set GRPC_VERBOSITY (read when grpc is imported)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         return importlib.import_module(f"emotalk_fast.{module}")
     except ImportError as e:
@@ -26,8 +30,35 @@ def _import_serve(module: str):
 
 
 def serve(args) -> None:
+    """Check every option, listen, load, measure, build the engine, report; then serve until a
+    signal. Each step is a function of its own (tests call them)."""
     server_module = _import_serve("serve.server")
-    settings = server_module.ServeSettings(  # checked before the model loads
+    serve_settings = check_serve_options(server_module, args)  # all before the model loads
+    settings = stream_settings(args, max_cache_s=args.max_audio_s)
+    # one line on stderr per stream that did not end in SUCCESS, and per engine fault
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    t0 = time.perf_counter()
+    # listen first: a port in use fails now, not after the model loads; health says NOT_SERVING meanwhile
+    server = server_module.A2FServer(None, serve_settings).start()
+    try:
+        animator = load_animator(args, threads=serve_threads(args))
+        budget = measure_budget(animator, args, settings)
+        engine = animator.engine(args.max_streams, budget.settings, cuda_graphs=args.cuda_graphs)
+        server.attach(engine)
+    except BaseException:
+        server.stop(grace=0)
+        raise
+    print(startup_line(args, server, engine, time.perf_counter() - t0), flush=True)
+    server.wait_for_signal()
+    if server.streams_cut:
+        print(f"stopped at once by a second signal: {server.streams_cut} live stream(s) cut", flush=True)
+        raise SystemExit(1)
+    print("stopped", flush=True)
+
+
+def check_serve_options(server_module, args):
+    """The service's own options -> its ServeSettings, or the first error, in the flags' words."""
+    settings = server_module.ServeSettings(
         host=args.host, port=args.port, max_audio_s=args.max_audio_s, idle_timeout_s=args.idle_timeout,
         shutdown_grace_s=args.shutdown_grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
         client_ca=args.client_ca, metrics_port=args.metrics_port)
@@ -36,80 +67,70 @@ def serve(args) -> None:
     for path in (args.tls_cert, args.tls_key, args.client_ca):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"file not found: {path}")
-    # one line on stderr per stream that did not end in SUCCESS, and per engine fault
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    t0 = time.perf_counter()
-    # listen first: a port in use fails now, not after the model loads; health says NOT_SERVING meanwhile
-    server = server_module.A2FServer(None, settings).start()
-    try:
-        if args.threads is None:
-            args.threads = _cpu_threads(args)
-        animator = load_animator(args)
-        budget = _budget(animator, args)
-        engine = animator.engine(args.max_streams, hop_ms=budget.hop_ms, **stream_settings(args),
-                                 whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp,
-                                 max_cache_s=args.max_audio_s, cuda_graphs=args.cuda_graphs)
-        server.attach(engine)
-    except BaseException:
-        server.stop(grace=0)
-        raise
-    tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
-    metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
-    print(f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
-          f"streams; hop {budget.hop_ms} ms, lookahead {args.lookahead_ms} ms, context {args.context_ms} ms, "
-          f"emotion context {engine.emotion_context_ms} ms every {engine.emotion_hop_ms} ms; "
-          f"{'ramp from 100 ms; ' if engine.ramp and budget.hop_ms > 100 else ''}"
-          f"{_graphs_note(animator) if args.cuda_graphs else ''}"
-          f"{_threads_note(animator)}loaded in {time.perf_counter() - t0:.1f} s{metrics})", flush=True)
-    server.wait_for_signal()
-    if server.streams_cut:
-        print(f"stopped at once by a second signal: {server.streams_cut} live stream(s) cut", flush=True)
-        raise SystemExit(1)
-    print("stopped", flush=True)
+    return settings
 
 
-def _cpu_threads(args) -> int | None:
-    """The server's torch threads on a CPU: one core fewer than torch's default (one per core),
-    left to the gRPC, audio and client threads. With every core in torch, any of those stalls
-    all of torch's threads at each parallel step: on 2 cores beside a live client, 2 threads
-    served no faster than 1, while the start-up budget, timed alone, said 1.4-1.7x faster
-    (docs/streaming.md). None (torch's choice) on a GPU."""
-    import torch
-
+def serve_threads(args) -> int | None:
+    """--threads, else on a CPU one core fewer than torch's default (runtime.threads.serve_threads):
+    on 2 cores beside a live client, 2 threads served no faster than 1 (docs/performance.md).
+    None (torch's choice) on a GPU."""
     from ..runtime.device import resolve_device
+    from ..runtime.threads import serve_threads as cpu_threads
 
+    if args.threads is not None:
+        return args.threads
     if args.encoders == "torch" and resolve_device(args.device).type != "cpu":  # the others run on the CPU
         return None
-    return max(1, torch.get_num_threads() - 1)
+    return cpu_threads()
 
 
-def _threads_note(animator) -> str:
+def startup_line(args, server, engine, load_s: float) -> str:
+    """What the server listens on and what its settings hold, in one line."""
+    s, animator_device = engine.settings, engine.device
+    tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
+    metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
+    graphs = ""
+    if args.cuda_graphs:
+        graphs = "static shapes and CUDA graphs; " if animator_device.type == "cuda" else \
+            "static shapes (eager: CUDA graphs need CUDA); "
+    return (f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
+            f"streams; hop {s.hop_ms} ms, lookahead {s.lookahead_ms} ms, context {s.context_ms} ms, "
+            f"emotion context {s.emotion_context} ms every {s.emotion_hop} ms; "
+            f"{'ramp from 100 ms; ' if s.ramp and s.hop_ms > 100 else ''}{graphs}"
+            f"{_threads_note(animator_device)}loaded in {load_s:.1f} s{metrics})")
+
+
+def _threads_note(device) -> str:
     import torch
 
-    from ..streaming.windows import branches_run_at_once
+    from ..runtime.threads import branches_run_at_once
 
-    if animator.device.type != "cpu":
+    if device.type != "cpu":
         return ""
     n = torch.get_num_threads()
-    at_once = ", each encoder on its own, both at once" if branches_run_at_once(animator.device) else ""
+    at_once = ", each encoder on its own, both at once" if branches_run_at_once(device) else ""
     return f"{n} torch thread{'s' if n != 1 else ''}{at_once}; "
 
 
-def _budget(animator, args):
+def measure_budget(animator, args, settings):
     """What this machine holds at the serve's settings (measured now), said on stderr, with a
     warning when it cannot keep up with --max-streams; --hop-ms auto picks the hop."""
-    from ..streaming import budget as budgets
+    from ..streaming.budget import choose_hop, measure
 
     streams = args.max_streams
-    if args.hop_ms == "auto":
-        budget = auto_hop_budget(animator, args, streams)
+
+    def report(b):
+        print(f"emotalk-fast serve: {'--hop-ms auto: ' if settings.is_auto else ''}{b.describe(streams)}",
+              file=sys.stderr, flush=True)
+
+    if settings.is_auto:
+        budget = choose_hop(animator.model, animator.device, animator.dtype, settings, streams, report)
     else:
-        budget = budgets.measure(animator.model, animator.device, animator.dtype, hop_ms=args.hop_ms,
-                                 **stream_settings(args), streams=streams)
-        print(f"emotalk-fast serve: {budget.describe(streams)}", file=sys.stderr, flush=True)
+        budget = measure(animator.model, animator.device, animator.dtype, settings, streams)
+        report(budget)
     held = budget.holds()
     if held < streams:
-        hint = "--hop-ms auto, a shorter --context-ms, " if args.hop_ms != "auto" else "a shorter --context-ms, "
+        hint = "--hop-ms auto, a shorter --context-ms, " if not settings.is_auto else "a shorter --context-ms, "
         warn(f"this machine keeps up with {held} of --max-streams {streams} live streams at hop {budget.hop_ms} ms: "
              f"more fall behind real time (try {hint}fewer streams, or a faster device)")
     return budget
@@ -138,6 +159,9 @@ def send(args) -> None:
                              clamp=args.clamp or None, chunk_s=args.chunk_s, realtime=args.realtime,
                              timeout=args.timeout, **_tls_args(args))
     except client.ServerError as e:  # the server's own words, on one line
+        if e.code == "UNAVAILABLE" and client.health_status(args.server, timeout=2.0, **_tls_args(args)) is None:
+            print(f"no server at {client.server_address(args.server)}", file=sys.stderr)
+            raise SystemExit(2) from None
         raise InvalidInput(f"{args.server}: {e}") from None
     first = f", first reply after {1000 * result.first_reply_s:.0f} ms" if result.first_reply_s is not None else ""
     print(f"{result.num_frames} frames in {result.messages} messages from {args.server}{first}")
@@ -147,19 +171,20 @@ def send(args) -> None:
 
 def health(args) -> None:
     client = _import_serve("client")
-    status = client.health_status(args.server, timeout=args.timeout or 5.0, **_tls_args(args))
+    if args.wait is not None and not args.wait >= 0:
+        raise InvalidInput(f"--wait must be >= 0 seconds, got {args.wait:g}")
+    deadline = time.monotonic() + (args.wait or 0.0)
+    while True:  # with --wait: until SERVING, or the time is up
+        status = client.health_status(args.server, timeout=args.timeout or 5.0, **_tls_args(args))
+        if status == "SERVING" or time.monotonic() >= deadline:
+            break
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
     if status is None:
-        print(f"no server at {args.server}")
+        print(f"no server at {client.server_address(args.server)}")
         raise SystemExit(2)
     print(f"{args.server} is {status}")
     if status != "SERVING":
         raise SystemExit(1)
-
-
-def _graphs_note(animator) -> str:
-    if animator.device.type == "cuda":
-        return "static shapes and CUDA graphs; "
-    return "static shapes (eager: CUDA graphs need CUDA); "
 
 
 def register(sub) -> None:
@@ -189,7 +214,8 @@ def register(sub) -> None:
     v.set_defaults(func=serve)
 
     def add_client_options(p_):
-        p_.add_argument("--server", default="127.0.0.1:52000", help="HOST:PORT (default 127.0.0.1:52000)")
+        p_.add_argument("--server", default="127.0.0.1:52000",
+                        help="HOST:PORT, or HOST for port 52000 (default 127.0.0.1:52000)")
         p_.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
         p_.add_argument("--root-cert", help="CA (PEM) to trust: TLS")
         p_.add_argument("--client-cert", help="client certificate (PEM): mutual TLS")
@@ -208,5 +234,8 @@ def register(sub) -> None:
 
     h = sub.add_parser("health", help="ask a server whether it is SERVING (exit 0), NOT_SERVING: starting or "
                                                 "draining (exit 1), or not there at all (exit 2)")
+    h.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="ask again until it is SERVING or SECONDS have passed (a server loading its model says "
+                        "NOT_SERVING, or is not there yet); then exit as above")
     add_client_options(h)
     h.set_defaults(func=health)

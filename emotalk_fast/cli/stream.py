@@ -7,12 +7,13 @@ from pathlib import Path
 
 from ..model.config import SAMPLE_RATE
 from .options import add_encoders_option, add_model_options, add_runtime_options, add_stream_options, load_animator, \
-    model_config, ms_list, parse_level, parse_person, resolve_hop_ms, stream_settings
+    model_config, ms_list, parse_level, parse_person, resolve_stream_settings, stream_settings
 
 
 def stream(args) -> None:
     import numpy as np
 
+    from ..animator import min_samples
     from ..io.audio import prepare_audio
     from ..bridges.live import describe, make_targets, stream_live
     from ..streaming.stream import first_frame_latency_s, play
@@ -23,14 +24,15 @@ def stream(args) -> None:
     targets = make_targets(args.livelink, args.vmc, args.subject, args.vmc_names)  # live targets, checked first
     if args.output:
         check_output(args.output)
-    check_style(model_config(args), args.level, args.person)
+    config = model_config(args)
+    check_style(config, args.level, args.person)
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"audio file not found: {args.input}")
+    stream_settings(args)  # its errors, and the audio's, before the model loads
+    samples = prepare_audio(args.input, min_samples=min_samples(config))
     animator = load_animator(args)
-    hop_ms = resolve_hop_ms(animator, args)
-    stream = animator.stream(level=args.level, person=args.person, hop_ms=hop_ms, **stream_settings(args),
-                             whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
-    samples = prepare_audio(args.input, min_samples=animator.min_samples)
+    stream = animator.stream(args.level, args.person, resolve_stream_settings(animator, args))
+    hop_ms = stream.settings.hop_ms
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops"
           f"{' in real time' if args.realtime else ''}; algorithmic latency {stream.latency_ms:.0f} ms")
     hop_s, algo_s, computes, done = hop_ms / 1000, stream.latency_ms / 1000, [], [0]
@@ -70,13 +72,14 @@ def stream_eval(args) -> None:
     from ..tools.stream_eval import evaluate, markdown_table
 
     contexts, lookaheads = ms_list("--contexts", args.contexts), ms_list("--lookaheads", args.lookaheads)
+    stream_settings(args)  # its errors before the model loads
     animator = load_animator(args)
     speech = generated_speech(args.seconds)
 
     def report(done, total, setting):
         print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
 
-    rows = evaluate(animator, speech, contexts, lookaheads, resolve_hop_ms(animator, args), progress=report)
+    rows = evaluate(animator, speech, contexts, lookaheads, resolve_stream_settings(animator, args), progress=report)
     print(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))
@@ -119,12 +122,14 @@ def register(sub) -> None:
     e = sub.add_parser("stream-eval", help="streaming vs offline: deviation, latency, compute per hop")
     e.add_argument("--seconds", type=float, default=8.0, help="length of the generated speech")
     e.add_argument("--contexts", default="1000,2000,4000",
-                   help="context settings to compare, in ms, comma-separated (multiples of 100)")
+                   help="context settings to compare, in ms, comma-separated (multiples of 100; each in place of "
+                        "--context-ms)")
     e.add_argument("--lookaheads", default="100,200,400",
-                   help="lookahead settings to compare, in ms, comma-separated (multiples of 100)")
-    e.add_argument("--hop-ms", type=int, default=100, help="hop of every setting, a multiple of 100 ms")
+                   help="lookahead settings to compare, in ms, comma-separated (multiples of 100; each in place of "
+                        "--lookahead-ms)")
     e.add_argument("--json", help="also write the rows as JSON here")
     add_model_options(e)
+    add_stream_options(e)
     e.set_defaults(func=stream_eval)
 
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")

@@ -133,7 +133,7 @@ CANDIDATE_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4
 
 def attention_config(block_d):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a padded head_dim; kept register-resident
-    (no spills) on sm_80/sm_90 for fp16 -- see tests/test_kernels_compile.py."""
+    (no spills) on sm_80/sm_90 for fp16 -- see tests/kernels/test_kernels_compile.py."""
     if block_d <= 128:
         return 64, 64, 4, 2
     return 64, 32, 8, 2

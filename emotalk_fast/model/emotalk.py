@@ -78,6 +78,11 @@ class EmoTalk(nn.Module):
         self.blendshape_head = nn.Linear(dec.feature_dim, dec.num_blendshapes)
 
     # --- the two encoders -------------------------------------------------------------
+    def prepare_wave(self, wave: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
+        """Raw wave [B, N] -> normalised over each item's valid samples, in the encoders' dtype.
+        The statistics are taken in float32 whatever the weights' dtype."""
+        return normalize_waveform(wave.float(), num_samples).to(self.content_map.weight.dtype)
+
     def encode_content(self, wave: torch.Tensor, num_samples: torch.Tensor, frames: list[int],
                        feats: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised wave [B, N] -> content_hidden [B, max(frames), hidden].
@@ -136,16 +141,13 @@ class EmoTalk(nn.Module):
         if frames is None:
             frames = [num_frames(n) for n in _ints(num_samples)]
         lengths = num_samples if isinstance(num_samples, torch.Tensor) else torch.tensor(num_samples, device=wave.device)
-        # Statistics over every sample of the clip are taken in float32 whatever the weights'
-        # dtype; the normalised wave then enters the encoders in their dtype.
-        dtype = self.content_map.weight.dtype
-        wave = normalize_waveform(wave.float(), lengths).to(dtype)
+        wave = self.prepare_wave(wave, lengths)
         feats = self.content_encoder.front_end(wave)
         content = self.encode_content(wave, num_samples, frames, feats)
         if emotion_wave is None:
             emotion, logits = self.encode_emotion(wave, num_samples, frames, feats if self.shares_front_end else None)
         else:
-            emotion_wave = normalize_waveform(emotion_wave.float(), emotion_num_samples).to(dtype)
+            emotion_wave = self.prepare_wave(emotion_wave, emotion_num_samples)
             emotion, logits = self.encode_emotion(emotion_wave, emotion_num_samples, frames)
         dec = self.cfg.decoder
         blendshapes, out = self.decode(content, emotion, self._weights(level, dec.num_levels, wave),

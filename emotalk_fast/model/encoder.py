@@ -17,9 +17,8 @@ from .config import EncoderConfig
 
 # Output frames per piece of the CNN front end (2 s at 50 Hz): its temporaries stay a few MB,
 # reused from piece to piece, instead of hundreds of MB that are page-faulted in on every call
-# (measured on a 2-core EPYC: 0.45 -> 0.32 s per encoder in bfloat16, 1.0 -> 0.65 s in float32
-# for 21.4 s of audio). Exact: every frame sees exactly the samples it saw before (only the GEMM's
-# blocking, hence float rounding, can differ with the row count: ~1e-6).
+# (faster on a CPU: docs/performance.md). Exact: every frame sees exactly the samples it saw
+# before (only the GEMM's blocking, hence float rounding, can differ with the row count: ~1e-6).
 FRONT_END_PIECE_FRAMES = 100
 
 

@@ -66,7 +66,7 @@ def require_cpu_float32(model, what: str) -> None:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates
-    it: 7-9x slower than float32 on an AVX2-only EPYC."""
+    it, several times slower than float32 (docs/performance.md)."""
     return bool(native_bf16())
 
 

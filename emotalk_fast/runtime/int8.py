@@ -29,8 +29,8 @@ def weight_levels() -> int:
     """The largest int8 weight this CPU's `torch._int_mm` multiplies exactly by any activation:
     127, or 63 where its kernel saturates 16-bit pair sums (u8 x s8 pairs without VNNI: oneDNN
     on AVX2, or capped at AVX2 by ONEDNN_MAX_CPU_ISA), found by comparing one full-scale GEMM
-    with exact integer arithmetic. Measured on an EPYC capped at AVX2: 8-bit weights moved a
-    release-size encoder's hidden states by 0.27 (mean abs), 18x the rounding's own 0.015."""
+    with exact integer arithmetic. Where it saturates, 8-bit weights move the hidden states many
+    times further than the rounding itself (docs/performance.md)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-127, 128, (32, 1024), dtype=torch.int8, generator=g)
     x[:, :64] = 127  # pairs of full-scale products: past int16 in a saturating kernel

@@ -66,7 +66,7 @@ class A2FService:
         self.worker = EngineWorker(engine, on_step=metrics.observe_step)
         metrics.live_streams.set_function(lambda: self.worker.live_streams)  # slots held, not sessions
         # reading may run ahead of the frames by a few hops at least, or no hop would ever be ready
-        ahead = max(settings.max_buffered_s, 2 * (engine.hop_ms + engine.lookahead_ms) / 1000)
+        ahead = max(settings.max_buffered_s, 2 * engine.settings.latency_ms / 1000)
         self.limits = SessionLimits(settings.max_audio_s, settings.idle_timeout_s, engine.max_streams,
                                     max_buffered_s=ahead, max_reply_bytes=settings.max_reply_bytes,
                                     max_unread_bytes=settings.max_unread_bytes)

@@ -88,12 +88,12 @@ class EngineWorker:
 
     @property
     def hop_s(self) -> float:
-        return self.engine.hop_ms / 1000
+        return self.engine.settings.hop_ms / 1000
 
     @property
     def algorithmic_latency_s(self) -> float:
-        """Audio a stream's frames trail its input by when the engine keeps up (hop + lookahead)."""
-        return (self.engine.hop_ms + self.engine.lookahead_ms) / 1000
+        """Audio a stream's frames trail its input by when the engine keeps up."""
+        return self.engine.settings.latency_ms / 1000
 
     @property
     def emotion_labels(self) -> tuple[str, ...]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidInput
-from .windows import GRID_MS
+from .grid import StreamGrid
+from .settings import GRID_MS, StreamSettings
 
 HEADROOM = 0.8  # the share of a hop's duration its compute may take
 MEASURED_MAX = 4  # streams measured directly; more are extrapolated
@@ -24,11 +25,13 @@ AUTO_MAX_HOP_MS = 3200  # the longest hop "auto" tries; it tries every multiple 
 class Budget:
     """Measured hop costs at one setting -> what it holds."""
 
-    hop_ms: int
-    lookahead_ms: int
-    context_ms: int
+    settings: StreamSettings  # a concrete hop
     hop_s: dict[int, float]  # streams -> seconds of one batched hop (measured; the mean over the emotion cadence)
     peak_s: dict[int, float] | None = None  # the same for the hop that runs the emotion branch (default hop_s)
+
+    @property
+    def hop_ms(self) -> int:
+        return self.settings.hop_ms
 
     def seconds(self, streams: int, peak: bool = False) -> float:
         """One batched hop of `streams` streams (linear through the measured points); `peak`: the
@@ -45,9 +48,9 @@ class Budget:
         return max((n for n in range(1, most + 1) if self.seconds(n) <= limit), default=0)
 
     def latency_ms(self, streams: int) -> float:
-        """Worst frame's latency with `streams` live: the algorithmic latency (hop + lookahead +
-        the 5 ms of the CNN's last frame) plus the compute of the costliest hop."""
-        return self.hop_ms + self.lookahead_ms + 5 + 1000 * self.seconds(streams, peak=True)
+        """Worst frame's latency with `streams` live: the algorithmic latency plus the compute of
+        the costliest hop."""
+        return self.settings.latency_ms + 1000 * self.seconds(streams, peak=True)
 
     def describe(self, streams: int) -> str:
         held = self.holds()
@@ -63,33 +66,35 @@ class Budget:
         return line
 
 
-def measure(model, device, dtype, *, hop_ms: int, lookahead_ms: int, context_ms: int, streams: int,
-            emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None) -> Budget:
+def measure(model, device, dtype, settings: StreamSettings, streams: int) -> Budget:
     """Time a steady batched hop at 1 and min(streams, MEASURED_MAX) streams on this machine
     (with an emotion branch of its own: the mean over its cadence)."""
-    from .engine import StreamEngine
+    from .executor import time_steady_hop
 
     if streams < 1:
         raise InvalidInput(f"streams must be >= 1, got {streams}")
-    engine = StreamEngine(model, device, dtype, max_streams=1, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
-                          context_ms=context_ms, emotion_context_ms=emotion_context_ms, emotion_hop_ms=emotion_hop_ms,
-                          max_cache_s=1.0)  # for its settings and windows only
-    costs = {n: engine.time_steady_hop(n, repeats=1) for n in sorted({1, min(streams, MEASURED_MAX)})}
-    return Budget(hop_ms, lookahead_ms, context_ms, {n: c[0] for n, c in costs.items()},
-                  {n: c[1] for n, c in costs.items()})
+    grid = StreamGrid.for_model(settings, model.cfg)
+    costs = {n: time_steady_hop(model, device, dtype, grid, n, repeats=1) for n in sorted({1, min(streams, MEASURED_MAX)})}
+    return Budget(settings, {n: c[0] for n, c in costs.items()}, {n: c[1] for n, c in costs.items()})
 
 
-def choose_hop(model, device, dtype, *, lookahead_ms: int, context_ms: int, streams: int,
-               emotion_context_ms: int | None = None, emotion_hop_ms: int | None = None, report=None) -> Budget:
+def resolve_hop(model, device, dtype, settings: StreamSettings, streams: int, report=None) -> StreamSettings:
+    """The settings with a concrete hop: as given, or for "auto" the smallest hop this machine
+    holds `streams` streams at in real time (`choose_hop`, measured now)."""
+    return choose_hop(model, device, dtype, settings, streams, report).settings if settings.is_auto else settings
+
+
+def choose_hop(model, device, dtype, settings: StreamSettings, streams: int, report=None) -> Budget:
     """The smallest hop (a multiple of 100 ms up to AUTO_MAX_HOP_MS) whose budget holds `streams`
-    streams; the longest when none does (its `holds()` says how short it falls). report(budget)
-    after each one measured.
+    streams at these settings (their hop aside); the longest when none does (its `holds()` says
+    how short it falls). report(budget) after each one measured.
 
     A hop's cost grows with its window (context + hop + lookahead), so whether it holds is
     monotone in the hop: the shortest and the longest are measured, a line through their costs
     predicts the first that holds, and a bisection seeded there confirms it by measurement (4
     measurements when the costs lie on a line). An `emotion_hop_ms` of its own needs hops it is
     a multiple of, at most hop + lookahead: only those are tried."""
+    emotion_hop_ms, lookahead_ms = settings.emotion_hop_ms, settings.lookahead_ms
     hops = [h for h in range(GRID_MS, AUTO_MAX_HOP_MS + 1, GRID_MS)
             if emotion_hop_ms is None or (emotion_hop_ms % h == 0 and emotion_hop_ms <= h + lookahead_ms)]
     if not hops:
@@ -100,9 +105,7 @@ def choose_hop(model, device, dtype, *, lookahead_ms: int, context_ms: int, stre
 
     def holds(i: int) -> bool:
         if i not in measured:
-            measured[i] = measure(model, device, dtype, hop_ms=hops[i], lookahead_ms=lookahead_ms,
-                                  context_ms=context_ms, streams=streams, emotion_context_ms=emotion_context_ms,
-                                  emotion_hop_ms=emotion_hop_ms)
+            measured[i] = measure(model, device, dtype, settings.with_hop(hops[i]), streams)
             if report is not None:
                 report(measured[i])
         return measured[i].holds() >= streams

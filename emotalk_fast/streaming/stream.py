@@ -23,7 +23,7 @@ exactly these places:
 6. Decoder: exact. A KV cache continues the offline decoder frame for frame, capped at
    `max_cache_s` seconds of history (a sliding window) so memory stays bounded.
 
-The windows themselves (`windows.py`) are shared with offline animation of long clips.
+The windows (grid.py, encoders.py) are shared with offline animation of long clips.
 `play` feeds a recording through a stream as a microphone would.
 """
 from __future__ import annotations
@@ -34,8 +34,9 @@ import numpy as np
 
 from ..io.audio import check_rate
 from ..model.config import FPS, SAMPLE_RATE
-from .engine import RAMP, WHOLE_UTTERANCE_MS, StepFailed, StreamEngine
 from ..model.emotalk import EmoTalk
+from .engine import StepFailed, StreamEngine
+from .settings import StreamSettings
 
 
 class AnimationStream:
@@ -52,25 +53,19 @@ class AnimationStream:
     streams at once share one `StreamEngine` and get the same frames.
     """
 
-    def __init__(self, model: EmoTalk, device, dtype, level: int, person: int, *, hop_ms: int = 100,
-                 lookahead_ms: int = 200, context_ms: int = 2000, emotion_context_ms: int | None = None,
-                 emotion_hop_ms: int | None = None, whole_utterance_ms: int = WHOLE_UTTERANCE_MS,
-                 ramp: bool = RAMP, max_cache_s: float = 600.0, sample_rate: int = SAMPLE_RATE,
+    def __init__(self, model: EmoTalk, device, dtype, level: int, person: int,
+                 settings: StreamSettings | None = None, *, sample_rate: int = SAMPLE_RATE,
                  cuda_graphs: bool = False):
         self.sample_rate = check_rate(sample_rate)
-        self.engine = StreamEngine(model, device, dtype, max_streams=1, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
-                                   context_ms=context_ms, emotion_context_ms=emotion_context_ms,
-                                   emotion_hop_ms=emotion_hop_ms, whole_utterance_ms=whole_utterance_ms,
-                                   ramp=ramp, max_cache_s=max_cache_s, cuda_graphs=cuda_graphs)
-        self.encoder = self.engine.encoder
-        self.max_cache_frames = self.engine.max_cache_frames
-        self.hop_ms, self.lookahead_ms, self.context_ms = hop_ms, lookahead_ms, context_ms
+        self.engine = StreamEngine(model, device, dtype, settings, max_streams=1, cuda_graphs=cuda_graphs)
+        self.settings = self.engine.settings
         self._id = self.engine.open(level, person, self.sample_rate)
         self._flushed = False
 
     def __repr__(self) -> str:
-        return (f"AnimationStream({self.sample_rate} Hz, hop {self.hop_ms} ms, lookahead {self.lookahead_ms} ms, "
-                f"context {self.context_ms} ms, latency {self.latency_ms:.1f} ms, {self.frames_emitted} frames out)")
+        s = self.settings
+        return (f"AnimationStream({self.sample_rate} Hz, hop {s.hop_ms} ms, lookahead {s.lookahead_ms} ms, "
+                f"context {s.context_ms} ms, latency {self.latency_ms:.1f} ms, {self.frames_emitted} frames out)")
 
     @property
     def level(self):

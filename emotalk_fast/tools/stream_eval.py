@@ -2,24 +2,27 @@
 for a grid of context x lookahead settings (`emotalk-fast stream-eval`)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..model.config import SAMPLE_RATE
+from ..streaming.settings import StreamSettings
 from ..streaming.stream import play
 
 
-def stream_deviation(animator, speech: np.ndarray, context_ms: int, lookahead_ms: int, hop_ms: int = 100,
-                     offline: np.ndarray | None = None, level: int = 1, person: int = 0) -> dict:
+def stream_deviation(animator, speech: np.ndarray, settings: StreamSettings, offline: np.ndarray | None = None,
+                     level: int = 1, person: int = 0) -> dict:
     """One setting: max/mean |stream - offline| over all frames and channels, and timings."""
     if offline is None:
         offline = animator.animate(speech, level=level, person=person, long_audio_s=None).blendshapes
-    stream = animator.stream(level=level, person=person, hop_ms=hop_ms, lookahead_ms=lookahead_ms,
-                             context_ms=context_ms)
+    stream = animator.stream(level, person, settings)
+    hop_ms = stream.settings.hop_ms
     compute = []
     frames = play(stream, speech, hop_ms * SAMPLE_RATE // 1000,
                   on_hop=lambda i, f, c, w: compute.append(c) if len(f) else None)
     err = np.abs(frames - offline)
-    return {"context_ms": context_ms, "lookahead_ms": lookahead_ms, "hop_ms": hop_ms,
+    return {"context_ms": settings.context_ms, "lookahead_ms": settings.lookahead_ms, "hop_ms": hop_ms,
             "max_abs": float(err.max()), "mean_abs": float(err.mean()),
             "latency_ms": stream.latency_ms, "hop_compute_ms": 1000 * float(np.median(compute)),
             "frames": int(len(frames))}
@@ -31,29 +34,31 @@ def grid_floor(animator, speech: np.ndarray, offline: np.ndarray) -> dict:
     import torch
 
     from ..model.style import style_weights
-    from ..streaming.windows import encode_windowed
+    from ..streaming.encoders import encode_windowed
 
     whole_ms = 100 * -(-len(speech) * 10 // SAMPLE_RATE)
+    one_window = StreamSettings(hop_ms=whole_ms, lookahead_ms=0, context_ms=0, emotion_hop_ms=whole_ms, ramp=False)
     with torch.inference_mode():
         wave = torch.from_numpy(speech).to(animator.device, animator.dtype)
-        content, emotion = encode_windowed(animator.model, wave, whole_ms, 0, 0)
+        content, emotion = encode_windowed(animator.model, wave, one_window)
         weights = style_weights(animator.config, 1, 0, animator.dtype, animator.device)
         frames = animator.model.decode(content, emotion, *weights)[0][0].float().cpu().numpy()
     err = np.abs(frames - offline)
     return {"context_ms": None, "lookahead_ms": None, "max_abs": float(err.max()), "mean_abs": float(err.mean())}
 
 
-def evaluate(animator, speech: np.ndarray, contexts_ms, lookaheads_ms, hop_ms: int = 100,
+def evaluate(animator, speech: np.ndarray, contexts_ms, lookaheads_ms, settings: StreamSettings | None = None,
              progress=None) -> list[dict]:
-    """The grid floor, then one row per (context, lookahead); progress(done, total, message)
-    is called before each setting."""
+    """The grid floor, then one row per (context, lookahead) at `settings` otherwise (a concrete
+    hop); progress(done, total, message) is called before each setting."""
+    settings = StreamSettings() if settings is None else settings
     offline = animator.animate(speech, long_audio_s=None).blendshapes
     rows = [grid_floor(animator, speech, offline)]
     settings = [(c, a) for c in contexts_ms for a in lookaheads_ms]
     for i, (c, a) in enumerate(settings):
         if progress is not None:
             progress(i, len(settings), f"context {c} ms, lookahead {a} ms")
-        rows.append(stream_deviation(animator, speech, c, a, hop_ms, offline))
+        rows.append(stream_deviation(animator, speech, replace(settings, context_ms=c, lookahead_ms=a), offline))
     return rows
 
 

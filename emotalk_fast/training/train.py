@@ -315,6 +315,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
 
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     history, t_last, step_last = [], time.perf_counter(), step
+    t_start, step_start = t_last, step  # the time left: the mean pace since this run started
     ckpt_path = None
     while step < end:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -350,9 +351,10 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
                 t_last, step_last = now, step
                 if d.main:
                     history.append(rec)
-                    log.info("step %d/%d  loss %.4f  cross %.4f  self %.4f  vel %.4f  cls %.4f  lr %.2e  %.2f steps/s",
-                             step, cfg.steps, rec["loss"], rec["cross"], rec["self"], rec["velocity"],
-                             rec["cls"], rec["lr"], rec["steps_per_s"])
+                    log.info("step %d/%d  loss %.4f  cross %.4f  self %.4f  vel %.4f  cls %.4f  lr %.2e  %.2f steps/s  "
+                             "%s left", step, cfg.steps, rec["loss"], rec["cross"], rec["self"], rec["velocity"],
+                             rec["cls"], rec["lr"], rec["steps_per_s"],
+                             _duration((end - step) * (now - t_start) / max(step - step_start, 1)))
                     out.mkdir(parents=True, exist_ok=True)
                     with open(out / METRICS_NAME, "a") as f:
                         f.write(json.dumps(rec) + "\n")
@@ -378,3 +380,10 @@ def _checkpoint(model, opt, sched, step: int, cfg: TrainConfig, out: Path, d: Di
     if d.world > 1:
         dist.barrier()
     return path
+
+
+def _duration(seconds: float) -> str:
+    """A time estimate as a person reads it: 45 s, 12 min, 2.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

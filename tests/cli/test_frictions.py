@@ -119,6 +119,8 @@ def test_bench_wording():
     text = format_bench(result)
     assert "1 torch thread" in text and "1 torch threads" not in text and "CPU AVX2, bfloat16 emulated" in text
     assert "start-up test" not in text and "(it also built random weights)" in text
+    assert "2.0x faster than real time offline" in text
+    assert "1.3x slower than real time" in format_bench(dict(result, real_time_factor=1.34))
     assert "ran the start-up test" in format_bench(dict(result, startup_seconds=1.0, user_process_peak_mb=1.0,
                                                         torch_threads=2))
 

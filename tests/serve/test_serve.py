@@ -17,6 +17,7 @@ import torch
 from emotalk_fast import Animator
 from emotalk_fast.io.audio import resample
 from emotalk_fast.streaming.engine import StreamEngine
+from emotalk_fast.streaming.settings import StreamSettings
 from emotalk_fast.client import ServerError, send, stream_header
 from emotalk_fast.serve import protocol as pb
 from emotalk_fast.serve.server import A2FServer, ServeSettings
@@ -314,7 +315,7 @@ def test_static_shapes_server_equals_solo_runs(animator):
             t.start()
         for t in threads:
             t.join(300)
-        assert s.service.worker.engine._static_hops  # the static path ran
+        assert s.service.worker.engine.executor.static_hops  # the static path ran
         for i in range(3):
             ref = reference(animator, clips[i], rates[i], level=1, person=i)
             np.testing.assert_allclose(results[i].blendshapes, ref, atol=TOL, rtol=0, err_msg=f"client {i}")
@@ -417,17 +418,22 @@ class _FaultyEngine(StreamEngine):
 
     faulty_person = 1
 
-    def _run(self, batch):
-        short = any(w.h1 - w.h0 < self.encoder.hop for _, w in batch)
-        if short and any(self._streams[sid].person == self.faulty_person for sid, _ in batch):
-            raise RuntimeError("simulated device fault")
-        return super()._run(batch)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        run = self.executor.run
+
+        def faulty_run(plan, streams):
+            if plan.hop < self.grid.hop and any(s.person == self.faulty_person for s in streams):
+                raise RuntimeError("simulated device fault")
+            return run(plan, streams)
+
+        self.executor.run = faulty_run
 
 
 def test_an_engine_fault_ends_its_streams_not_the_server(animator, speech):
     """Three live streams; one batch (the 22.05 kHz, person 1 stream's last hop) fails: that stream ends
     with ERROR, the other two get exactly their solo frames, and the next stream is served."""
-    engine = _FaultyEngine(animator.model, "cpu", torch.float32, max_streams=4, **STREAM)
+    engine = _FaultyEngine(animator.model, "cpu", torch.float32, StreamSettings(**STREAM), max_streams=4)
     s = A2FServer(engine, ServeSettings(port=0)).start()
     long = np.tile(speech, 2)
     clips = {16000: pcm_at(long, 16000), 22050: pcm_at(speech[: 16000 + 533], 22050), 48000: pcm_at(long, 48000)}

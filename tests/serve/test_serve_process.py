@@ -95,8 +95,9 @@ def test_serve_on_a_port_in_use_fails_at_once_in_one_line():
         r = run_cli("serve", "--random-weights", "emotalk", "--port", port)  # the full model: seconds to build
         elapsed = time.monotonic() - t0
     assert r.returncode == 1, r
-    assert r.stderr.strip().splitlines()[-1].endswith(
-        f"error: cannot listen on 127.0.0.1:{port}: the port is in use or not allowed (--port, --host)")
+    assert r.stderr.strip() == (  # one line: gRPC's own log line is quiet
+        f"emotalk-fast serve: error: cannot listen on 127.0.0.1:{port}: the port is in use or not allowed "
+        "(--port, --host)")
     assert "Traceback" not in r.stderr and elapsed < 15  # before the model was built
 
 
@@ -119,6 +120,31 @@ def test_health_is_not_serving_while_the_model_loads(tmp_path):
     finally:
         proc.kill()
         proc.communicate(timeout=30)
+
+
+def test_health_wait_returns_once_serving_and_send_says_no_server(speech_wav):
+    """`health --wait` is what a script needs after `serve ... &`; `send` to nothing says so in the
+    health command's words (exit 2), not gRPC's."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    r = run_cli("send", speech_wav, "--server", address, "--timeout", "10")
+    assert r.returncode == 2 and r.stderr.strip() == f"no server at {address}", r
+    proc = subprocess.Popen([SCRIPT, "serve", "--random-weights", "mini", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_this_process)
+    try:
+        r = run_cli("health", "--server", address, "--wait", "90")
+        assert r.returncode == 0 and r.stdout.strip() == f"{address} is SERVING", r
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_a_bare_host_means_the_audio2face_port():
+    from emotalk_fast.client import server_address
+
+    assert server_address("127.0.0.1") == "127.0.0.1:52000" and server_address("localhost:9") == "localhost:9"
+    assert server_address("::1") == "[::1]:52000" and server_address("[::1]:7") == "[::1]:7"
+    assert server_address("[::1]") == "[::1]:52000" and server_address("unix:/tmp/a2f") == "unix:/tmp/a2f"
 
 
 def live_client(path, address: str, chunk_s: float) -> tuple[threading.Thread, dict]:

@@ -53,9 +53,17 @@ def test_both_weight_norm_namings_load_the_same(tiny_sd, tmp_path):
 
 
 def test_unused_release_tensors_are_optional(tiny_sd, tmp_path):
-    trimmed = {k: v for k, v in tiny_sd.items() if "lm_head" not in k and "masked_spec_embed" not in k}
+    """The release carries tensors inference never reads (wav2vec2's lm_head and masked_spec_embed):
+    a checkpoint without them loads to the very same weights."""
+    unused = [k for k in tiny_sd if "lm_head" in k or "masked_spec_embed" in k]
+    assert unused  # the fixture has them, so the trimmed file below lacks something
+    trimmed = {k: v for k, v in tiny_sd.items() if k not in unused}
+    torch.save(tiny_sd, tmp_path / "full.pth")
     torch.save(trimmed, tmp_path / "trimmed.pth")
-    load_release_checkpoint(tmp_path / "trimmed.pth")
+    cfg_full, full = load_release_checkpoint(tmp_path / "full.pth")
+    cfg, loaded = load_release_checkpoint(tmp_path / "trimmed.pth")
+    assert cfg == cfg_full and loaded.keys() == full.keys()
+    assert all(torch.equal(loaded[k], full[k]) for k in full)
 
 
 @pytest.mark.parametrize("edit,message", [

@@ -8,9 +8,9 @@ from emotalk_fast import Animator
 from emotalk_fast.model.style import style_weights
 from emotalk_fast.model.decoder import RingKVCache
 from emotalk_fast.model.emotalk import num_frames
-from emotalk_fast.streaming.windows import encode_windowed
-from helpers import assert_close, decode_in_steps, espeak_speech
-from test_model_parity import CONFIGS
+from emotalk_fast.streaming.encoders import encode_windowed
+from emotalk_fast.streaming.settings import StreamSettings
+from helpers import CONFIGS, assert_close, decode_in_steps, espeak_speech
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +106,11 @@ def test_stream_equals_windowed_offline(animator, speech, cuda_graphs, settings)
     the content's windows or its own, every hop or every third (no whole-utterance rule at the
     end: the long-audio path has none)."""
     stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, whole_utterance_ms=0, **settings)
-    assert stream.engine.encoder.separate_emotion == (settings["emotion_context_ms"] != settings["context_ms"])
+    assert stream.engine.grid.separate_emotion == (settings["emotion_context_ms"] != settings["context_ms"])
     streamed = _stream_all(stream, speech, [4000], 0)
-    assert bool(stream.engine._static_hops) == cuda_graphs
+    assert bool(stream.engine.executor.static_hops) == cuda_graphs
     with torch.inference_mode():
-        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech),
-                                           **{"ramp": stream.engine.ramp, **settings})  # the stream's default
+        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), stream.settings)
         offline, _ = animator.model.decode(content, emotion, *style_weights(animator.config, 0, 7, torch.float32, "cpu"))
     assert_close(streamed, offline[0], 1e-5, "stream vs windowed offline")
 
@@ -121,9 +120,9 @@ def test_a_ramp_gives_the_first_frames_after_100_ms_and_doubles_to_the_hop(anima
     come once 100 ms + the lookahead (+ the CNN's last 5 ms) have arrived; the steady latency is
     the hop's."""
     stream = animator.stream(hop_ms=1200, lookahead_ms=200, context_ms=1000, ramp=True)
-    encoder = stream.engine.encoder
-    assert [encoder.start(k) for k in range(7)] == [0, 3, 9, 21, 45, 81, 117]
-    assert encoder.hops(46) == 5 and encoder.hops(45) == 4 and encoder.hops(3) == 1
+    grid = stream.engine.grid
+    assert [grid.start(k) for k in range(7)] == [0, 3, 9, 21, 45, 81, 117]
+    assert grid.hops(46) == 5 and grid.hops(45) == 4 and grid.hops(3) == 1
     assert stream.push(speech[: 16 * 300]).shape == (0, 52)  # 300 ms: the CNN's last frame needs 5 ms more
     assert stream.push(speech[16 * 300 : 16 * 305]).shape == (3, 52)
     assert stream.push(speech[16 * 305 : 16 * 505]).shape == (6, 52)  # 300 + 200 + 5 ms
@@ -138,7 +137,7 @@ def test_long_audio_threshold(animator, speech):
     from emotalk_fast.animator import LONG_WINDOW
 
     with torch.inference_mode():
-        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), **LONG_WINDOW)
+        content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), LONG_WINDOW)
         want, _ = animator.model.decode(content, emotion, *style_weights(animator.config, 1, 0, torch.float32, "cpu"))
     assert_close(windowed.blendshapes, want[0], 1e-5, "long-audio path")
 
@@ -162,9 +161,9 @@ def test_latency_and_memory_stay_bounded(animator):
     for _ in range(40):  # 8 s of audio in 200 ms chunks
         stream.push((0.1 * rng.standard_normal(3200)).astype(np.float32))
     state = stream.engine._get(stream._id)
-    context_ms = max(500, stream.engine.emotion_context_ms)  # the longer of the two branches' windows
+    context_ms = max(500, stream.settings.emotion_context)  # the longer of the two branches' windows
     assert len(state.buffer) <= (context_ms + 100 + 200) * 16 + 400 + 320 * 2
-    assert stream.engine.cache.k.shape[2] == 60  # 2 s at 30 fps, allocated once
+    assert stream.engine.executor.cache.k.shape[2] == 60  # 2 s at 30 fps, allocated once
     assert stream.emotion_logits.shape == (7,)
 
 
@@ -310,7 +309,7 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
 
     with torch.inference_mode():
         wave = torch.from_numpy(short)
-        content, emotion = encode_windowed(animator.model, wave, 100, 200, 1000, emotion_hop_ms=300)
+        content, emotion = encode_windowed(animator.model, wave, StreamSettings(hop_ms=100, lookahead_ms=200, context_ms=1000))
         n = torch.tensor([len(short)])
         whole, _ = animator.model.encode_emotion(normalize_waveform(wave[None], n), n, [offline.num_frames])
         emotion[:, before_end:] = whole[:, before_end:]
@@ -322,7 +321,8 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
                                   whole_utterance_ms=1900)  # 2 s is longer
     _stream_all(long_stream, short, [1600], 0)
     with torch.inference_mode():
-        _, emotion = encode_windowed(animator.model, torch.from_numpy(short), 100, 200, 1000)
+        _, emotion = encode_windowed(animator.model, torch.from_numpy(short),
+                                     StreamSettings(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=100))
         running = animator.model.emotion_encoder.classify(emotion.mean(1))[0].numpy()
     np.testing.assert_allclose(long_stream.emotion_logits, running, atol=1e-5, rtol=0)
     assert np.abs(long_stream.emotion_logits - offline.emotion_logits).max() > 1e-4  # the two readouts differ here
@@ -332,23 +332,26 @@ def test_the_two_branches_at_once_give_the_same_frames(animator, speech, monkeyp
     """On a CPU with cores for both, the content and emotion encoders of a window run at once,
     each on its own thread: the same operations, so the same frames, bit for bit; the second
     branch's thread keeps the caller's inference mode."""
-    from emotalk_fast.streaming import windows
+    from emotalk_fast.runtime import threads as policy
+    from emotalk_fast.streaming.encoders import WindowedEncoder
+    from emotalk_fast.streaming.grid import StreamGrid
 
-    monkeypatch.setattr(windows, "_cores", lambda: 2)
+    monkeypatch.setattr(policy, "cores", lambda: 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out, calls = {}, []
-        real = windows.branches_run_at_once
-        monkeypatch.setattr(windows, "branches_run_at_once", lambda device: calls.append(real(device)) or calls[-1])
+        real = policy.branches_run_at_once
+        monkeypatch.setattr(policy, "branches_run_at_once", lambda device: calls.append(real(device)) or calls[-1])
         for at_once in (False, True):
-            monkeypatch.setattr(windows, "CONCURRENT_BRANCHES", at_once)
+            monkeypatch.setattr(policy, "CONCURRENT_BRANCHES", at_once)
             stream = animator.stream(hop_ms=400, context_ms=1000, lookahead_ms=200)
             out[at_once] = _stream_all(stream, speech, [1600], 0)
         assert any(calls) and not all(calls)  # both ways ran
         np.testing.assert_array_equal(out[True], out[False])
-        encoder = windows.WindowedEncoder(animator.model, hop_ms=400, lookahead_ms=200, context_ms=1000)
-        w = encoder.window(1)
+        grid = StreamGrid.for_model(StreamSettings(hop_ms=400, lookahead_ms=200, context_ms=1000), animator.config)
+        encoder = WindowedEncoder(animator.model, grid)
+        w = grid.window(1)
         with torch.inference_mode():
             content, emotion = encoder.encode(torch.from_numpy(speech[w.s0 : w.s1]), w)
         assert emotion.is_inference() and content.is_inference()

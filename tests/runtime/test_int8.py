@@ -74,14 +74,15 @@ def test_a_stream_on_int8_encoders_equals_its_long_audio_path(animators, speech)
     """Activations are scaled per row, so a row's result does not depend on what shares its
     batch: the stream and the windowed offline path agree as in float32."""
     from emotalk_fast.model.style import style_weights
-    from emotalk_fast.streaming.windows import encode_windowed
+    from emotalk_fast.streaming.encoders import encode_windowed
+    from emotalk_fast.streaming.settings import StreamSettings
 
     _, int8 = animators
     settings = {"hop_ms": 100, "lookahead_ms": 200, "context_ms": 1000, "emotion_hop_ms": 300}
     stream = int8.stream(whole_utterance_ms=0, **settings)
     frames = np.concatenate([stream.push(speech[i : i + 1600]) for i in range(0, len(speech), 1600)] + [stream.flush()])
     with torch.inference_mode():
-        content, emotion = encode_windowed(int8.model, torch.from_numpy(speech), **settings)
+        content, emotion = encode_windowed(int8.model, torch.from_numpy(speech), StreamSettings(**settings))
         want, _ = int8.model.decode(content, emotion, *style_weights(int8.config, 1, 0, torch.float32, "cpu"))
     np.testing.assert_allclose(frames, want[0].numpy(), atol=1e-4, rtol=0)
 

@@ -8,7 +8,9 @@ from torch.overrides import TorchFunctionMode
 
 from emotalk_fast import Animator
 from emotalk_fast.io.audio import resample
-from emotalk_fast.streaming.engine import EngineFull, StepFailed, StreamEngine, batch_buckets
+from emotalk_fast.streaming.engine import EngineFull, StepFailed, StreamEngine
+from emotalk_fast.streaming.executor import batch_buckets
+from emotalk_fast.streaming.settings import StreamSettings
 from emotalk_fast.model.emotalk import num_frames
 from helpers import espeak_speech
 
@@ -66,10 +68,10 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs
     buckets, the whole ring read) runs eagerly; only the capture itself needs CUDA. With a ramp,
     streams at different hop lengths share a step."""
     plans = _plans(voices)
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=4, cuda_graphs=cuda_graphs, **settings)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**settings), max_streams=4, cuda_graphs=cuda_graphs)
     if cuda_graphs:  # built up front, in silence on the scratch slot: nothing any stream sees
         engine.prepare_static_hops()
-        assert sorted(engine._static_hops) == [1, 2, 4] and engine.cache.k[:4].abs().sum() == 0  # only the scratch slot
+        assert sorted(engine.executor.static_hops) == [1, 2, 4] and engine.executor.cache.k[:4].abs().sum() == 0  # only the scratch slot
     audio = [_at_rate(p["speech"], p["rate"]) for p in plans]
     ids, pos, pushes = {}, [0] * 4, [[] for _ in plans]
     frames = [[] for _ in plans]
@@ -108,8 +110,8 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs
             break
     assert max(batch_sizes) >= 3, "streams never shared a batch"
     if cuda_graphs:  # batches of 3 ran padded to the bucket of 4, single streams in the bucket of 1
-        assert engine.buckets == [1, 2, 4] and {1, 4} <= set(engine._static_hops)
-        assert all(h.graph is None for h in engine._static_hops.values())  # no capture on the CPU
+        assert engine.executor.buckets == [1, 2, 4] and {1, 4} <= set(engine.executor.static_hops)
+        assert all(h.graph is None for h in engine.executor.static_hops.values())  # no capture on the CPU
     assert pos[2] < len(audio[2]) and ids[2] not in engine.live  # closed mid-way
     for i, p in enumerate(plans):
         got = np.concatenate(frames[i])
@@ -122,7 +124,7 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs
 
 
 def test_bad_input_touches_only_its_stream(animator, voices):
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, **SETTINGS)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=2)
     a, b = engine.open(1, 0), engine.open(0, 3)
     speech = voices[0][:16000]
     engine.push(a, speech[:8000])
@@ -152,17 +154,23 @@ class _FaultyEngine(StreamEngine):
 
     faulty: set = set()
 
-    def _run(self, batch):
-        if any(sid in self.faulty for sid, _ in batch):
-            raise RuntimeError("injected fault")
-        return super()._run(batch)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        run = self.executor.run
+
+        def faulty_run(plan, streams):
+            if any(sid in self.faulty for sid in plan.sids):
+                raise RuntimeError("injected fault")
+            return run(plan, streams)
+
+        self.executor.run = faulty_run
 
 
 def test_a_failing_group_fails_only_its_streams(animator, voices):
     """Two groups in one step (a flushed stream's short last hop, and full hops): the second
     raises; the first commits and its frames come back in StepFailed; the failed streams are
     unchanged, so a retry gives exactly the frames they would have had."""
-    engine = _FaultyEngine(animator.model, "cpu", torch.float32, max_streams=3, **SETTINGS)
+    engine = _FaultyEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=3)
     short = voices[0][:16000 + 533]  # 32 frames: its last hop has 2, the others 3
     long = np.concatenate([voices[0], voices[1]])
     a, b, c = engine.open(1, 0), engine.open(0, 3), engine.open(1, 5)
@@ -171,7 +179,7 @@ def test_a_failing_group_fails_only_its_streams(animator, voices):
     engine.flush(a)
     for sid in (b, c):
         engine.push(sid, long[:24000])
-    while num_frames(len(short)) - engine.frames_emitted(a) >= engine.encoder.hop:
+    while num_frames(len(short)) - engine.frames_emitted(a) >= engine.grid.hop:
         for sid, f in engine.step().items():
             out[sid].append(f)
     assert engine.pending() == [a, b, c]  # a's short hop (first group) and b, c's full hops (second)
@@ -196,8 +204,8 @@ def test_a_failing_group_fails_only_its_streams(animator, voices):
 
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
 def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graphs):
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, cuda_graphs=cuda_graphs, **SETTINGS)
-    storage, shape = engine.cache.k.data_ptr(), tuple(engine.cache.k.shape)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=2, cuda_graphs=cuda_graphs)
+    storage, shape = engine.executor.cache.k.data_ptr(), tuple(engine.executor.cache.k.shape)
     a, b = engine.open(), engine.open()
     with pytest.raises(EngineFull):
         engine.open()
@@ -215,7 +223,7 @@ def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graph
     alone = animator.stream(level=0, person=5, **SETTINGS)
     want = np.concatenate([alone.push(speech), alone.flush()])
     assert np.abs(np.concatenate(got) - want).max() <= TOL
-    assert engine.cache.k.data_ptr() == storage and tuple(engine.cache.k.shape) == shape
+    assert engine.executor.cache.k.data_ptr() == storage and tuple(engine.executor.cache.k.shape) == shape
     assert engine.frames_emitted(c) > engine.max_cache_frames
 
 
@@ -225,7 +233,9 @@ def test_engine_checks_its_arguments(animator):
     with pytest.raises(ValueError, match=r"KV cache for 100000 streams of up to 600 s is .* GiB, more than"):
         StreamEngine(animator.model, "cpu", torch.float32, max_streams=100_000)  # refused before any allocation
     with pytest.raises(ValueError, match="hop_ms"):
-        StreamEngine(animator.model, "cpu", torch.float32, hop_ms=150)
+        StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(hop_ms=150))
+    with pytest.raises(ValueError, match="resolve it first"):
+        StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(hop_ms="auto"))
     engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=1)
     with pytest.raises(ValueError, match="sample rate"):
         engine.open(sample_rate=1000)
@@ -265,12 +275,12 @@ def test_static_hop_is_capturable(voices, backend):
     if backend == "triton":
         pytest.importorskip("triton")
     animator = Animator.from_config("tiny", seed=11, device="cpu", backend=backend)
-    engine = StreamEngine(animator.model, "cpu", torch.float32, max_streams=2, cuda_graphs=True, **SETTINGS)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=2, cuda_graphs=True)
     sid = engine.open()
     engine.push(sid, voices[0][:16000])
     while engine.step():
         pass
-    (hop,) = engine._static_hops.values()
+    (hop,) = engine.executor.static_hops.values()
     with torch.inference_mode():
         want = [x.clone() for x in hop.fn(hop.inputs)]
         with _NoHostValues():
@@ -286,7 +296,7 @@ def test_cuda_graph_replays_equal_eager_engine(voices, dtype, tol):
     animator = Animator.from_config("tiny", seed=11, device="cuda", dtype=dtype)
     outputs = []
     for graphs in (False, True):
-        engine = StreamEngine(animator.model, "cuda", dtype, max_streams=4, cuda_graphs=graphs, **SETTINGS)
+        engine = StreamEngine(animator.model, "cuda", dtype, StreamSettings(**SETTINGS), max_streams=4, cuda_graphs=graphs)
         if graphs:
             engine.prepare_static_hops()  # every bucket captured before any stream opens
         ids = [engine.open(level=i % 2, person=3 * i) for i in range(3)]
@@ -299,8 +309,8 @@ def test_cuda_graph_replays_equal_eager_engine(voices, dtype, tol):
                 for sid, f in step.items():
                     frames[sid].append(f)
         if graphs:
-            assert {1, 2, 4} <= set(engine._static_hops)
-            assert all(h.graph is not None for h in engine._static_hops.values())
+            assert {1, 2, 4} <= set(engine.executor.static_hops)
+            assert all(h.graph is not None for h in engine.executor.static_hops.values())
         outputs.append([np.concatenate(frames[sid]) for sid in ids])
     for i, (eager, graphed) in enumerate(zip(*outputs)):
         assert eager.shape == graphed.shape and len(eager) >= 15

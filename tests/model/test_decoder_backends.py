@@ -18,7 +18,7 @@ from emotalk_fast.model.decoder import PeriodicCausalDecoder
 from helpers import FIXTURES, assert_close, assert_close_to_dtype, decode_in_steps, load_oracle
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-ORACLE_TOL = 1e-4  # as tests/test_oracle_parity.py
+ORACLE_TOL = 1e-4  # as tests/model/test_oracle_parity.py
 TOL = 1e-5
 # PPE on, an odd period, 8 heads of 6 (padded to 16 in the kernels)
 ODD = DecoderConfig(content_dim=20, emotion_dim=12, style_dim=8, num_heads=8, ff_dim=24, period=7, ppe=True)

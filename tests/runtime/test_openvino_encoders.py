@@ -13,7 +13,9 @@ from emotalk_fast.model.config import EmoTalkConfig
 from emotalk_fast.model.encoder import FRONT_END_PIECE_FRAMES
 from emotalk_fast.errors import InvalidInput
 from emotalk_fast.runtime.openvino_encoders import OpenVINOEncoder
-from emotalk_fast.streaming.windows import WindowedEncoder
+from emotalk_fast.streaming.encoders import WindowedEncoder
+from emotalk_fast.streaming.grid import StreamGrid
+from emotalk_fast.streaming.settings import StreamSettings
 from helpers import espeak_speech
 
 pytest.importorskip("openvino")
@@ -46,9 +48,10 @@ def test_offline_animation_equals_pytorch(animators, speech):
 def test_a_padded_batch_of_windows_equals_pytorch(animators, speech):
     """The engine's batches: windows of several lengths, zero-padded and masked, at once."""
     reference, compiled = animators
-    settings = dict(hop_ms=200, lookahead_ms=200, context_ms=600, ramp=True)
-    encoders = [WindowedEncoder(a.model, **settings) for a in animators]
-    windows = [encoders[0].window(k) for k in (0, 1, 3)]  # hops of 100, 200 and 200 ms at three ages
+    grid = StreamGrid.for_model(StreamSettings(hop_ms=200, lookahead_ms=200, context_ms=600, ramp=True),
+                                reference.config)
+    encoders = [WindowedEncoder(a.model, grid) for a in animators]
+    windows = [grid.window(k) for k in (0, 1, 3)]  # hops of 100, 200 and 200 ms at three ages
     samples = [torch.from_numpy(speech[w.s0 : w.s1]) for w in windows]
     assert len({len(s) for s in samples}) == 3
     with torch.inference_mode():

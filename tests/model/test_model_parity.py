@@ -5,26 +5,13 @@ import pytest
 import torch
 
 from emotalk_fast.model.checkpoint import random_release_state_dict, release_to_fast, rename_weight_norm
-from emotalk_fast.model.config import DecoderConfig, EmoTalkConfig, EncoderConfig
+from emotalk_fast.model.config import EncoderConfig
 from emotalk_fast.model.encoder import Wav2Vec2Encoder
 from emotalk_fast.model.emotalk import EmoTalk, num_frames
 from emotalk_fast.training.reference import EmoTalkReference, hf_config, load_release_weights, normalize
-from helpers import assert_close
+from helpers import CONFIGS, assert_close
 
 TOL = 1e-5
-
-CONFIGS = {
-    "tiny": EmoTalkConfig.from_name("tiny"),
-    # odd widths, an odd positional-conv tap count, 8 decoder heads, another period, PPE on
-    "odd": EmoTalkConfig(
-        EncoderConfig(hidden_size=48, num_layers=1, num_heads=3, intermediate_size=40, conv_dim=(24,) * 7,
-                      num_pos_conv_taps=7, num_pos_conv_groups=3),
-        EncoderConfig(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
-                      num_pos_conv_taps=16, num_pos_conv_groups=4, num_labels=7),
-        DecoderConfig(content_dim=20, emotion_dim=12, style_dim=8, num_heads=8, ff_dim=24, period=7, ppe=True),
-    ),
-}
-
 
 def _pair(cfg, seed=0):
     sd = random_release_state_dict(cfg, seed)
