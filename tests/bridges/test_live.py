@@ -71,13 +71,31 @@ def test_parse_target():
             parse_target(bad, 11111)
 
 
+class Metronome(threading.Thread):
+    """A plain sleep-until-deadline loop at 30 fps beside the pacer: how late this machine wakes
+    a thread right now, the reference the pacer's timing is held to."""
+
+    def __init__(self, ticks: int):
+        super().__init__(daemon=True)
+        self.ticks, self.lateness = ticks, []
+
+    def run(self):
+        t0 = time.perf_counter()
+        for k in range(self.ticks):
+            time.sleep(max(0.0, t0 + k / 30 - time.perf_counter()))
+            self.lateness.append(time.perf_counter() - t0 - k / 30)
+
+
 def test_live_stream_is_paced_without_drift(animator):
     speech = voiced(2.0)
     ll_rx, vmc_rx = Receiver(), Receiver()
+    metronome = Metronome(90)
     try:
         targets = [LiveLinkSender("127.0.0.1", ll_rx.port), VMCSender("127.0.0.1", vmc_rx.port)]
         stream = animator.stream(context_ms=1000)
+        metronome.start()
         frames, stats = stream_live(stream, speech, targets, realtime=True, slack_s=0.5)
+        metronome.join(10)
     finally:
         ll_rx.close()
         vmc_rx.close()
@@ -91,15 +109,21 @@ def test_live_stream_is_paced_without_drift(animator):
     assert sum(d.startswith(b"/VMC/Ext/Blend/Apply") for _, d in vmc_rx.got) == n
     assert all(s["errors"] == 0 for s in stats["targets"])
 
-    # frame k leaves at t0 + delay + k / 30: no drift across the clip, small jitter
+    # frame k leaves at t0 + delay + k / 30: never early, no drift across the clip (the first and
+    # last 20 frames' median lateness, robust to a busy machine's stalls), and no later than a
+    # plain sleep loop running beside it, plus a margin
     arrival = np.array([t for t, _ in packets]) - stats["t0"] - stats["delay_ms"] / 1000
     lateness = arrival - np.arange(n) / 30
-    slope = np.polyfit(np.arange(n), arrival, 1)[0]
+    drift = np.median(lateness[-20:]) - np.median(lateness[:20])
+    reference = np.array(metronome.lateness)
     print(f"lateness median {1000 * np.median(lateness):.1f} ms, max {1000 * lateness.max():.1f} ms; "
-          f"{stats['late']} late; period {1000 * slope:.3f} ms")
-    assert abs(slope * 30 - 1) < 0.01, f"frame period {1000 * slope:.3f} ms, expected 33.333"
+          f"{stats['late']} late; drift {1000 * drift:.1f} ms; a sleep loop beside it: median "
+          f"{1000 * np.median(reference):.1f} ms, max {1000 * reference.max():.1f} ms")
     assert lateness.min() > -0.002, "a frame left before its time"
-    assert np.median(lateness) < 0.010 and lateness.max() < 0.100
+    reference_drift = abs(np.median(reference[-20:]) - np.median(reference[:20]))
+    assert abs(drift) < 0.020 + reference_drift, f"drift {1000 * drift:.1f} ms"
+    assert np.median(lateness) < 0.010 + np.median(reference)
+    assert lateness.max() < 0.100 + reference.max()
 
 
 def test_target_not_listening_neither_stops_nor_slows(animator):
