@@ -89,6 +89,19 @@ def test_the_repo_root_shadows_no_installed_distribution():
     assert not importable & installed, sorted(importable & installed)
 
 
+def test_the_layout_shows_its_layers():
+    """At most 10 modules at the package root (the rest in layer folders), no class over 300 lines."""
+    import ast
+
+    package = ROOT / "emotalk_fast"
+    root_modules = [p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert len(root_modules) <= 10, root_modules
+    long = [f"{p.relative_to(ROOT)}: {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in package.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.ClassDef) and n.end_lineno - n.lineno + 1 > 300]
+    assert not long, long
+
+
 def test_transformers_imports_from_the_repo_root():
     """transformers probes Hugging Face's `kernels` package when it is installed; from the repo
     root that must be the installed one."""

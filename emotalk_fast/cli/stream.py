@@ -63,6 +63,7 @@ def stream(args) -> None:
         anim = Animation(frames, stream.emotion_logits, animator.config.emotion_labels)
         if args.random_weights is not None:
             anim.metadata["random_weights"] = args.random_weights
+        anim.metadata["stream_settings"] = stream.settings.as_dict()  # what the frames depend on
         path = anim.save(args.output, clamp=args.clamp)
         print(f"wrote {path}")
 

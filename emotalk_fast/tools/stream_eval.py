@@ -22,7 +22,8 @@ def stream_deviation(animator, speech: np.ndarray, settings: StreamSettings, off
     frames = play(stream, speech, hop_ms * SAMPLE_RATE // 1000,
                   on_hop=lambda i, f, c, w: compute.append(c) if len(f) else None)
     err = np.abs(frames - offline)
-    return {"context_ms": settings.context_ms, "lookahead_ms": settings.lookahead_ms, "hop_ms": hop_ms,
+    return {"settings": stream.settings.as_dict(), "context_ms": settings.context_ms,
+            "lookahead_ms": settings.lookahead_ms, "hop_ms": hop_ms,
             "max_abs": float(err.max()), "mean_abs": float(err.mean()),
             "latency_ms": stream.latency_ms, "hop_compute_ms": 1000 * float(np.median(compute)),
             "frames": int(len(frames))}

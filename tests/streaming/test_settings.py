@@ -109,3 +109,20 @@ def test_the_cli_names_its_flags_before_a_model_loads(argv, message):
                         "--random-weights", "tiny", *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert "RANDOM weights" not in r.stderr  # refused before the model loaded
+
+
+def test_a_streamed_json_records_the_settings_it_depends_on(tmp_path):
+    import json
+
+    import soundfile
+
+    from helpers import espeak_speech
+
+    wav = tmp_path / "speech.wav"
+    soundfile.write(str(wav), espeak_speech("Settings travel with the frames.", speed=190), 16000)
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast", "stream", str(wav), "--random-weights", "tiny",
+                        "--hop-ms", "200", "--context-ms", "1000", "-o", str(tmp_path / "out.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    recorded = json.loads((tmp_path / "out.json").read_text())["metadata"]["stream_settings"]
+    assert StreamSettings(**recorded) == StreamSettings(hop_ms=200, context_ms=1000)
