@@ -42,6 +42,10 @@ def animate(args) -> None:
     if not jobs:
         print(f"nothing to do: {len(skipped)} outputs exist (--overwrite to redo them)", file=sys.stderr)
         return
+    if not many and jobs[0].source != STDIO:  # a file that is not audio: said before the model loads
+        from ..io.audio import read_audio_file
+
+        read_audio_file(jobs[0].source)
     t0 = time.perf_counter()
     print(f"[animate] loading {args.checkpoint or 'random weights'}", file=sys.stderr, flush=True)
     animator = load_animator(args)

@@ -83,6 +83,14 @@ class EmoTalk(nn.Module):
         The statistics are taken in float32 whatever the weights' dtype."""
         return normalize_waveform(wave.float(), num_samples).to(self.content_map.weight.dtype)
 
+    def front_ends(self, wave: torch.Tensor, content: bool = True, emotion: bool = True):
+        """Normalised wave [B, N] -> (content CNN features, emotion CNN features) [B, L, C] for
+        the encoders asked for (None for the other): one run when both share a front end."""
+        shared = self.content_encoder.front_end(wave) if self.shares_front_end and content and emotion else None
+        c = shared if shared is not None else self.content_encoder.front_end(wave) if content else None
+        e = shared if shared is not None else self.emotion_encoder.front_end(wave) if emotion else None
+        return c, e
+
     def encode_content(self, wave: torch.Tensor, num_samples: torch.Tensor, frames: list[int],
                        feats: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised wave [B, N] -> content_hidden [B, max(frames), hidden].
@@ -142,10 +150,10 @@ class EmoTalk(nn.Module):
             frames = [num_frames(n) for n in _ints(num_samples)]
         lengths = num_samples if isinstance(num_samples, torch.Tensor) else torch.tensor(num_samples, device=wave.device)
         wave = self.prepare_wave(wave, lengths)
-        feats = self.content_encoder.front_end(wave)
-        content = self.encode_content(wave, num_samples, frames, feats)
+        content_feats, emotion_feats = self.front_ends(wave, emotion=emotion_wave is None)
+        content = self.encode_content(wave, num_samples, frames, content_feats)
         if emotion_wave is None:
-            emotion, logits = self.encode_emotion(wave, num_samples, frames, feats if self.shares_front_end else None)
+            emotion, logits = self.encode_emotion(wave, num_samples, frames, emotion_feats)
         else:
             emotion_wave = self.prepare_wave(emotion_wave, emotion_num_samples)
             emotion, logits = self.encode_emotion(emotion_wave, emotion_num_samples, frames)

@@ -72,12 +72,12 @@ class WindowedEncoder:
         frac = frac.to(wave.dtype)
         rows = torch.arange(wave.shape[0], device=device)[:, None]
         encoders = {"content": model.content_encoder, "emotion": model.emotion_encoder}
-        # a front end both encoders share runs once, before them
-        feats = model.content_encoder.front_end(wave) if model.shares_front_end else None
+        # a front end both encoders share runs once, before them; others run in their branch
+        shared = model.front_ends(wave)[0] if model.shares_front_end and len(branches) == 2 else None
 
         def branch(name: str) -> torch.Tensor:
             enc = encoders[name]
-            f = enc.front_end(wave) if feats is None else feats
+            f = enc.front_end(wave) if shared is None else shared
             on_grid = f[rows, i0] * (1 - frac) + f[rows, i1] * frac  # the fixed 50 Hz -> 30 fps grid
             return enc.transformer(on_grid, frames)[rows, hop_rows]
 

@@ -179,11 +179,11 @@ class StreamEngine:
         """Algorithmic latency: audio time from a frame's instant until the sample that makes it
         final arrives (the worst frame of a steady-state hop; compute time not included), at
         the stream's own rate (its resampler's delay included)."""
-        latency = self.grid.latency_s
+        latency = self.settings.latency_ms / 1000
         s = self._get(sid)
         r = s.resampler
         if r is not None:  # 16 kHz sample j needs input up to its filter's end
-            last = self.grid.window(self.grid.steady() + 1).s1
+            last = self.grid.window(self.grid.steady() + 1).s1  # the last sample a steady hop reads
             newest_input = ((last - 1 + r.first) * r.down) // r.up
             latency += (newest_input + 1) / s.sample_rate - last / SAMPLE_RATE
         return round(1000.0 * latency, 1)  # 0.1 ms: finer than any clock it is compared with

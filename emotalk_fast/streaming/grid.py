@@ -120,10 +120,3 @@ class StreamGrid:
         """(frames, samples) of the longest window: every window of this grid fits in it."""
         w = self.window(self.steady())
         return w.t1 - w.t0, w.s1 - w.s0
-
-    @property
-    def latency_s(self) -> float:
-        """Algorithmic latency at 16 kHz, read off a steady window: from the hop's first frame's
-        instant to the window's last sample (`StreamSettings.latency_ms`, a test holds them equal)."""
-        w = self.window(self.steady() + 1)  # a hop past any start-up effect
-        return w.s1 / SAMPLE_RATE - w.h0 / FPS

@@ -109,8 +109,8 @@ class StreamSettings:
     def latency_ms(self) -> float:
         """Algorithmic latency at 16 kHz: audio time from a frame's instant until the sample that
         makes it final arrives (the worst frame of a steady hop; compute not included): the hop,
-        the lookahead, and the 5 ms the last CNN frame reads past its grid position. The grid
-        (streaming/grid.py) measures the same from its windows; a test holds them equal."""
+        the lookahead, and the 5 ms the last CNN frame reads past its grid position (a test
+        reads the same off the windows of streaming/grid.py)."""
         return float(self._concrete() + self.lookahead_ms + CNN_TAIL_MS)
 
     def as_dict(self) -> dict:

@@ -75,7 +75,8 @@ def test_one_latency_formula_matches_the_windows(hop_ms, lookahead_ms, ramp):
     """hop + lookahead + the CNN's last 5 ms, as the grid's windows say, at every setting."""
     s = StreamSettings(hop_ms=hop_ms, lookahead_ms=lookahead_ms, context_ms=1000, ramp=ramp)
     grid = StreamGrid.for_model(s, EmoTalkConfig.from_name("emotalk"))
-    assert 1000 * grid.latency_s == pytest.approx(s.latency_ms, abs=1e-9)
+    w = grid.window(grid.steady() + 1)  # a steady hop: from its first frame's instant to its last sample
+    assert 1000 * (w.s1 / 16000 - w.h0 / 30) == pytest.approx(s.latency_ms, abs=1e-9)
 
 
 def test_animator_takes_settings_or_changes_and_refuses_unknown_names():
