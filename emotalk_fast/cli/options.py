@@ -141,7 +141,7 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
 
 def add_stream_options(p: argparse.ArgumentParser) -> None:
     """A stream's settings (stream, stream-eval, serve), their defaults StreamSettings' own."""
-    from ..streaming.settings import StreamSettings
+    from ..streaming.settings import ENCODINGS, StreamSettings
 
     d = StreamSettings()
     p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_auto=True), default=d.hop_ms,
@@ -162,6 +162,9 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=d.ramp,
                    help="hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for "
                         f"100 ms of audio, not a whole hop (default {'on' if d.ramp else 'off'})")
+    p.add_argument("--encoding", choices=ENCODINGS, default=d.encoding,
+                   help="windowed: each hop re-encodes its whole window; incremental: only its new rows, over the "
+                        f"kept keys and values of the context (default {d.encoding}; docs/streaming.md)")
 
 
 def stream_settings(args, **fields):
@@ -173,7 +176,7 @@ def stream_settings(args, **fields):
 
     options = dict(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
                    emotion_context_ms=args.emotion_context_ms, emotion_hop_ms=args.emotion_hop_ms,
-                   whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
+                   whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp, encoding=args.encoding)
     try:
         return StreamSettings(**options, **fields)
     except InvalidInput as e:

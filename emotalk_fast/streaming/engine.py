@@ -239,6 +239,8 @@ class StreamEngine:
             sums = result.emotion_sums[b]
             s.emotion_sum = sums if s.emotion_sum is None else s.emotion_sum + sums
             s.emotion_frames += w.h1 - w.h0
+            self.executor.keep_encoded(s.slot, s.encoded_rows, result, b)
+            s.encoded_rows += w.h1 - w.h0
             run = result.emotion_runs.get(b)
             if run is not None:
                 s.emotion_kept, s.kept_from = run.states, run.first
@@ -253,7 +255,10 @@ class StreamEngine:
         utterance that may yet end within `whole_utterance_ms` is kept whole."""
         if self.policy.keeps_whole(s):
             return
-        keep_from = min(self.grid.window(s.next_hop).s0, self.grid.emotion_window(s.next_hop).s0)
+        # the last windows of a clip start earlier than their grid says (cut at the last whole CNN
+        # frame, up to a frame and a field before): keep that much more
+        margin = self.grid.stride + self.grid.field
+        keep_from = min(self.grid.window(s.next_hop).s0, self.grid.emotion_window(s.next_hop).s0) - margin
         if keep_from > s.buffer_start:
             s.buffer = s.buffer[keep_from - s.buffer_start :].copy()
             s.buffer_start = keep_from

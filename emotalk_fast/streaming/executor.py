@@ -27,6 +27,7 @@ from ..model.config import FPS
 from ..model.emotalk import EmoTalk
 from .encoders import WindowedEncoder
 from .grid import StreamGrid, Window
+from .incremental import EncodedRows, IncrementalEncoder
 from .scheduler import EmotionSource, GroupPlan
 from .streams import StreamState
 
@@ -47,6 +48,7 @@ class HopResult:
     frames: np.ndarray  # [B, hop, 52] float32
     emotion_sums: torch.Tensor  # [B, 1, hidden]: each row's emotion states summed over its hop
     emotion_runs: dict[int, EmotionRun]  # row -> the emotion run it made, if any
+    encoded: dict[str, EncodedRows] | None = None  # incremental encoding: what the hop rows leave to keep
 
 
 def run_hop(model: EmoTalk, encoder: WindowedEncoder, cache, *, level, person, slots, starts, span: int,
@@ -59,6 +61,13 @@ def run_hop(model: EmoTalk, encoder: WindowedEncoder, cache, *, level, person, s
         content, emotion = encoder.encode_inputs(**windows)
     else:
         (content,) = encoder.encode_inputs(**windows, branches=("content",))
+    return decode_hop(model, cache, content, emotion, level=level, person=person, slots=slots, starts=starts,
+                      span=span)
+
+
+def decode_hop(model: EmoTalk, cache, content, emotion, *, level, person, slots, starts, span: int):
+    """The decoder's step over a hop's hidden states [B, hop, hidden] x 2 -> blendshapes [B, hop,
+    52], the emotion states summed over the hop [B, 1, hidden]."""
     device = model.content_map.weight.device
     x, memory = model.decoder_inputs(content, emotion, level.to(device), person.to(device))
     out = model.decoder.step_at(x, memory, cache, slots, starts.to(device), span)
@@ -79,6 +88,12 @@ class Executor:
         check_cache_fits(model, slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.cache = model.decoder.new_cache(slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
+        self.incremental = None
+        if grid.settings.incremental:
+            if self.cuda_graphs:
+                raise InvalidInput("static shapes (cuda_graphs) are not built yet for encoding incremental: "
+                                   "drop one of them")
+            self.incremental = IncrementalEncoder(model, grid, slots, self.device, dtype)
         # one memory pool for every bucket's graph (they replay one at a time on one stream)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs and self.device.type == "cuda" else None
 
@@ -90,6 +105,8 @@ class Executor:
         slots = [s.slot for s in streams]
         starts = [self.grid.start(s.next_hop) for s in streams]  # where each stream's frames go in its slot
         level, person = self._style_rows(streams, windows, per_frame=plan.static)
+        if self.incremental is not None:
+            return self._run_incremental(plan, streams, samples, level, person, slots, starts)
         runs, emotion = {}, None
         with torch.inference_mode():
             if not plan.joint:
@@ -110,6 +127,32 @@ class Executor:
     def hop(self, **inputs):
         return run_hop(self.model, self.encoder, self.cache, **inputs)
 
+    def _run_incremental(self, plan: GroupPlan, streams: list[StreamState], samples, level, person, slots, starts):
+        """Both encoders over the new rows only (incremental.py); the emotion states of a row whose
+        source is not JOINT come from the whole utterance or from kept states, as windowed."""
+        windows = [r.window for r in plan.rows]
+        with torch.inference_mode():
+            encoded = self.incremental.encode(windows, samples, slots, [s.encoded_rows for s in streams])
+            content = encoded["content"].hidden[:, : plan.hop]
+            emotion = encoded["emotion"].hidden[:, : plan.hop]
+            runs = {}
+            if not plan.joint:
+                runs = self._run_emotion(plan, streams)
+                emotion = torch.stack([emotion[b] if r.emotion is EmotionSource.JOINT else
+                                       self.encoder.kept_for(*self._kept(runs.get(b), s), r.window)
+                                       for b, (r, s) in enumerate(zip(plan.rows, streams))])
+            blendshapes, sums = decode_hop(self.model, self.cache, content, emotion, level=level, person=person,
+                                           slots=slots, starts=torch.tensor(starts),
+                                           span=min(self.cache.capacity, max(starts) + plan.hop))
+            return HopResult(blendshapes.float().cpu().numpy(), sums.clone(), runs, encoded)
+
+    def keep_encoded(self, slot: int, kept: int, result: HopResult, b: int) -> None:
+        """Commit: row b's hop rows into its slot's rings (incremental encoding), after `kept` frames."""
+        if result.encoded is not None:
+            with torch.inference_mode():
+                for name, rows in result.encoded.items():
+                    self.incremental.rings[name].commit(slot, kept, rows, b)
+
     @staticmethod
     def _kept(run: EmotionRun | None, s: StreamState) -> tuple:
         return (run.states, run.first) if run is not None else (s.emotion_kept, s.kept_from)
@@ -118,8 +161,11 @@ class Executor:
         """The emotion runs a hop needs -> {row: EmotionRun}: one batched forward over the rows'
         emotion windows, and the whole-utterance rows one by one (rare: once per short utterance)."""
         runs = {}
-        # a joint row in a group that is not all joint (beside a whole-utterance row) runs its window here
-        rows = [b for b, r in enumerate(plan.rows) if r.emotion in (EmotionSource.WINDOW, EmotionSource.JOINT)]
+        # a joint row in a group that is not all joint (beside a whole-utterance row) runs its window
+        # here, unless the incremental encoder ran its emotion branch already
+        fresh = (EmotionSource.WINDOW,) if self.incremental is not None else (EmotionSource.WINDOW,
+                                                                               EmotionSource.JOINT)
+        rows = [b for b, r in enumerate(plan.rows) if r.emotion in fresh]
         if rows:
             ws = [self.grid.emotion_window(streams[b].next_hop, *streams[b].totals) for b in rows]
             xs = [torch.from_numpy(streams[b].samples(w)).to(self.device) for b, w in zip(rows, ws)]
@@ -203,6 +249,8 @@ def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: in
     if streams < 1 or repeats < 1:
         raise InvalidInput(f"streams and repeats must be >= 1, got {streams}, {repeats}")
     device = torch.device(device)
+    if grid.settings.incremental:
+        return _time_steady_incremental_hop(model, device, dtype, grid, streams, repeats)
     encoder = WindowedEncoder(model, grid)
     k = grid.steady()  # steady windows (t0 > 0) of both branches
     w, ew = grid.window(k), grid.emotion_window(k)
@@ -234,6 +282,32 @@ def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: in
                 else (took, took)
             best = min(best, took) if run else best
     return best
+
+
+def _time_steady_incremental_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: int,
+                                 repeats: int) -> tuple[float, float]:
+    """`time_steady_hop` for incremental encoding: the new rows of a steady hop through both
+    encoders over full rings, then the decoder's step; every hop costs the same (mean = peak)."""
+    w = grid.window(grid.steady())
+    incremental = IncrementalEncoder(model, grid, streams, device, dtype)
+    cache = model.decoder.new_cache(streams, w.h1 + 1, device, dtype)
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(w.s1 - w.s0).astype(np.float32) * 0.1)
+    dec = model.cfg.decoder
+    level, person = (torch.zeros(streams, n, dtype=dtype) for n in (dec.num_levels, dec.num_persons))
+    full = [max(grid.context, grid.emotion_context)] * streams  # every ring row kept
+    slots = list(range(streams))
+    best = float("inf")
+    with torch.inference_mode():
+        for run in range(repeats + 1):  # the first run warms up
+            t0 = time.perf_counter()
+            encoded = incremental.encode([w] * streams, [noise] * streams, slots, full)
+            blendshapes, _ = decode_hop(model, cache, encoded["content"].hidden[:, : grid.hop],
+                                        encoded["emotion"].hidden[:, : grid.hop], level=level, person=person,
+                                        slots=slots, starts=torch.full((streams,), w.h0), span=w.h1)
+            blendshapes.float().cpu()
+            took = time.perf_counter() - t0
+            best = min(best, took) if run else best
+    return best, best
 
 
 def check_cache_fits(model: EmoTalk, slots: int, frames: int, device: torch.device, dtype) -> None:

@@ -100,11 +100,11 @@ class Scheduler:
         self.grid, self.policy, self.cuda_graphs = grid, policy, cuda_graphs
 
     def plan(self, streams: dict[int, StreamState]) -> list[GroupPlan]:
-        groups: dict[int, list[RowPlan]] = {}
+        groups: dict[tuple, list[RowPlan]] = {}
         for sid, s in streams.items():
             w = self.ready(s)
-            if w is not None:
-                groups.setdefault(w.h1 - w.h0, []).append(RowPlan(sid, w, self.policy.source(s, w)))
+            if w is not None:  # by hop and by new rows (hop + lookahead, cut at a clip's end)
+                groups.setdefault((w.h1 - w.h0, w.t1 - w.h0), []).append(RowPlan(sid, w, self.policy.source(s, w)))
         return [self._group(tuple(rows)) for rows in groups.values()]
 
     def _group(self, rows: tuple[RowPlan, ...]) -> GroupPlan:

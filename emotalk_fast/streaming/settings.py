@@ -15,6 +15,7 @@ from ..errors import InvalidInput
 
 GRID_MS = 100  # the grids of 50 Hz CNN frames and 30 fps output frames coincide every 100 ms
 AUTO = "auto"
+ENCODINGS = ("windowed", "incremental")
 # A 50 Hz CNN frame reads 400 samples (25 ms) from its start, 80 more than its 320-sample stride:
 # the last frame of a window ends 5 ms past the window's grid end.
 CNN_TAIL_MS = 5
@@ -50,6 +51,10 @@ class StreamSettings:
     whole_utterance_ms: int = 4000
     ramp: bool = True  # hops of 100, 200, 400, ... ms first, doubling up to the hop: first frames sooner
     max_cache_s: float = 600.0  # the decoder's KV cache (a sliding window of history), seconds
+    # windowed: each hop re-encodes its whole window (context + hop + lookahead); incremental: each
+    # hop encodes only its new rows (hop + lookahead), attending over the kept keys and values of
+    # the last `context` (streaming/incremental.py), both branches every hop
+    encoding: str = "windowed"
 
     def __post_init__(self):
         if self.hop_ms != AUTO:
@@ -73,10 +78,19 @@ class StreamSettings:
         if isinstance(self.max_cache_s, bool) or not isinstance(self.max_cache_s, (int, float)) \
                 or not self.max_cache_s > 0:
             raise InvalidInput(f"max_cache_s must be > 0, got {self.max_cache_s!r}")
+        if self.encoding not in ENCODINGS:
+            raise InvalidInput(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
+        if self.incremental and self.emotion_hop_ms is not None and self.emotion_hop_ms != self.hop_ms:
+            raise InvalidInput("encoding incremental runs the emotion branch every hop, on its own kept context "
+                               f"(emotion_context_ms): leave emotion_hop_ms unset, got {self.emotion_hop_ms!r}")
 
     @property
     def is_auto(self) -> bool:
         return self.hop_ms == AUTO
+
+    @property
+    def incremental(self) -> bool:
+        return self.encoding == "incremental"
 
     def with_hop(self, hop_ms: int) -> StreamSettings:
         """The same settings at a concrete hop (checked again)."""
@@ -97,13 +111,15 @@ class StreamSettings:
         """The emotion branch's cadence in ms: as given, else as seldom as the lookahead allows,
         the largest multiple of the hop up to hop + lookahead."""
         hop = self._concrete()
-        return hop * (1 + self.lookahead_ms // hop) if self.emotion_hop_ms is None else self.emotion_hop_ms
+        if self.emotion_hop_ms is not None:
+            return self.emotion_hop_ms
+        return hop if self.incremental else hop * (1 + self.lookahead_ms // hop)
 
     @property
     def separate_emotion(self) -> bool:
         """The emotion branch runs on windows or at a cadence of its own (else both branches
-        share each hop's window)."""
-        return (self.emotion_context, self.emotion_hop) != (self.context_ms, self._concrete())
+        share each hop's window). Incremental encoding runs both every hop: never separate."""
+        return not self.incremental and (self.emotion_context, self.emotion_hop) != (self.context_ms, self._concrete())
 
     @property
     def latency_ms(self) -> float:

@@ -36,6 +36,7 @@ class StreamState:
     emotion_kept: torch.Tensor | None = None  # emotion states [n, hidden] already computed for frames ...
     kept_from: int = 0  # ... kept_from, kept_from + 1, ...
     label_logits: torch.Tensor | None = None  # [labels]: the whole utterance's, as offline computes it
+    encoded_rows: int = 0  # frames whose encoder states the rings keep (incremental encoding)
 
     def samples(self, w: Window) -> np.ndarray:
         """The window's samples [s1 - s0] from the buffer."""

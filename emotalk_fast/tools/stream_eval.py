@@ -55,10 +55,10 @@ def evaluate(animator, speech: np.ndarray, contexts_ms, lookaheads_ms, settings:
     settings = StreamSettings() if settings is None else settings
     offline = animator.animate(speech, long_audio_s=None).blendshapes
     rows = [grid_floor(animator, speech, offline)]
-    settings = [(c, a) for c in contexts_ms for a in lookaheads_ms]
-    for i, (c, a) in enumerate(settings):
+    grid = [(c, a) for c in contexts_ms for a in lookaheads_ms]
+    for i, (c, a) in enumerate(grid):
         if progress is not None:
-            progress(i, len(settings), f"context {c} ms, lookahead {a} ms")
+            progress(i, len(grid), f"context {c} ms, lookahead {a} ms")
         rows.append(stream_deviation(animator, speech, replace(settings, context_ms=c, lookahead_ms=a), offline))
     return rows
 

@@ -17,6 +17,8 @@ from helpers import espeak_speech
 TOL = 1e-5
 SETTINGS = dict(hop_ms=100, lookahead_ms=200, context_ms=600, max_cache_s=3.0)
 RAMP = dict(hop_ms=400, lookahead_ms=200, context_ms=600, max_cache_s=3.0, ramp=True)  # hops of 100, 200, then 400
+INCREMENTAL = dict(SETTINGS, encoding="incremental")
+INCREMENTAL_RAMP = dict(RAMP, encoding="incremental", emotion_context_ms=900)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,9 @@ def _solo(animator, plan, pushes, settings=SETTINGS):
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("cuda_graphs, settings", [(False, SETTINGS), (True, SETTINGS), (False, RAMP)],
-                         ids=["eager", "static-shapes", "ramp"])
+@pytest.mark.parametrize("cuda_graphs, settings", [(False, SETTINGS), (True, SETTINGS), (False, RAMP),
+                                                   (False, INCREMENTAL), (False, INCREMENTAL_RAMP)],
+                         ids=["eager", "static-shapes", "ramp", "incremental", "incremental-ramp"])
 def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs, settings):
     """cuda_graphs on the CPU: the static-shape path (windows padded to one length, batches to
     buckets, the whole ring read) runs eagerly; only the capture itself needs CUDA. With a ramp,
@@ -166,11 +169,13 @@ class _FaultyEngine(StreamEngine):
         self.executor.run = faulty_run
 
 
-def test_a_failing_group_fails_only_its_streams(animator, voices):
+@pytest.mark.parametrize("settings", [SETTINGS, INCREMENTAL], ids=["windowed", "incremental"])
+def test_a_failing_group_fails_only_its_streams(animator, voices, settings):
     """Two groups in one step (a flushed stream's short last hop, and full hops): the second
     raises; the first commits and its frames come back in StepFailed; the failed streams are
-    unchanged, so a retry gives exactly the frames they would have had."""
-    engine = _FaultyEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=3)
+    unchanged (the incremental encoder's rings too), so a retry gives exactly the frames they
+    would have had."""
+    engine = _FaultyEngine(animator.model, "cpu", torch.float32, StreamSettings(**settings), max_streams=3)
     short = voices[0][:16000 + 533]  # 32 frames: its last hop has 2, the others 3
     long = np.concatenate([voices[0], voices[1]])
     a, b, c = engine.open(1, 0), engine.open(0, 3), engine.open(1, 5)
@@ -197,7 +202,7 @@ def test_a_failing_group_fails_only_its_streams(animator, voices):
         for sid, f in step.items():
             out[sid].append(f)
     for sid, (level, person), speech in ((a, (1, 0), short), (b, (0, 3), long), (c, (1, 5), long)):
-        alone = animator.stream(level=level, person=person, **SETTINGS)
+        alone = animator.stream(level=level, person=person, **settings)
         want = np.concatenate([alone.push(speech), alone.flush()])
         assert np.abs(np.concatenate(out[sid]) - want).max() <= TOL, sid
 

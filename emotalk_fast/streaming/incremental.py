@@ -1,0 +1,173 @@
+"""Incremental encoding: each hop encodes only its new rows (the hop and the lookahead) through
+both wav2vec2 encoders, attending over the keys and values kept from earlier hops, so a frame is
+encoded once (its lookahead rows again when their own hop comes).
+
+Per stream and encoder, rings allocated once keep, for the last `context` frames: every layer's
+keys and values, and the projected features the positional convolution reads on its left. A hop:
+
+1. normalises its window's samples over the window (as the windowed path does: so the CNN
+   features of the new rows are the windowed path's, exactly) and runs the CNN front end on the
+   new rows' samples only (their receptive fields);
+2. reads them off the fixed 30 fps grid and projects them;
+3. the positional convolution reads the kept projected rows on the left and zeros past the new
+   rows on the right (the windowed path's window edges);
+4. each layer: the new rows' queries attend over the kept keys and values and the new rows'
+   own; attention has no position of its own in wav2vec2, so the ring's order does not matter.
+
+What differs from the windowed path: kept rows were encoded when they were new, with the
+lookahead they had then, and are not re-encoded with the audio that came after. A stream with no
+context (context_ms=0) keeps nothing and equals the windowed stream (tested).
+
+The executor computes the new rows' keys and values and returns them; the engine writes them
+into the rings only when the hop's group succeeded (`EncoderRings.commit`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..model.config import ENCODER_FPS, FPS
+from ..model.emotalk import EmoTalk
+from ..model.encoder import Wav2Vec2Encoder
+from ..runtime.threads import run_pair
+from .grid import StreamGrid, Window
+
+_UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t / 3
+
+
+class EncoderRings:
+    """One encoder's kept rows for every slot: keys and values per layer [slots, layers, rows,
+    hidden] and projected features [slots, rows, hidden], written round-robin (frame f of a
+    stream at row f mod rows); allocated once."""
+
+    def __init__(self, encoder: Wav2Vec2Encoder, slots: int, rows: int, device, dtype):
+        cfg = encoder.cfg
+        self.rows = rows
+        size = (slots, cfg.num_layers, max(rows, 1), cfg.hidden_size)
+        self.k = torch.zeros(size, device=device, dtype=dtype)
+        self.v = torch.zeros(size, device=device, dtype=dtype)
+        self.proj = torch.zeros(slots, max(rows, 1), cfg.hidden_size, device=device, dtype=dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.proj))
+
+    def commit(self, slot: int, written: int, rows: EncodedRows, b: int) -> None:
+        """Keep row b's hop rows of `rows` for a stream that had `written` frames kept before."""
+        n = rows.k.shape[2]
+        keep = min(n, self.rows)  # a hop longer than the ring keeps its last rows only
+        if keep == 0:
+            return
+        index = (written + n - keep + torch.arange(keep, device=self.k.device)) % self.rows
+        self.k[slot].index_copy_(1, index, rows.k[b, :, n - keep :])
+        self.v[slot].index_copy_(1, index, rows.v[b, :, n - keep :])
+        self.proj[slot].index_copy_(0, index, rows.proj[b, n - keep :])
+
+
+@dataclass(frozen=True)
+class EncodedRows:
+    """One encoder's hop for a batch: hidden states of the new rows [B, n, hidden], and what the
+    hop rows leave to keep: keys and values [B, layers, hop, hidden], projected features [B, hop,
+    hidden]."""
+
+    hidden: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    proj: torch.Tensor
+
+
+class IncrementalEncoder:
+    """Both encoders of a model, incrementally, over the rings of `slots` streams."""
+
+    def __init__(self, model: EmoTalk, grid: StreamGrid, slots: int, device, dtype):
+        self.model, self.grid = model, grid
+        self.rings = {
+            "content": EncoderRings(model.content_encoder, slots, grid.context, device, dtype),
+            "emotion": EncoderRings(model.emotion_encoder, slots, grid.emotion_context, device, dtype),
+        }
+        self.encoders = {"content": model.content_encoder, "emotion": model.emotion_encoder}
+
+    def features(self, windows: list[Window], samples: list[torch.Tensor]):
+        """Each hop's new rows [h0, t1) as normalised CNN features on the 30 fps grid, per encoder
+        -> {"content": [B, n, C], "emotion": [B, n, C]} (one front end run where they share one).
+        `samples`: each window's raw samples [s1 - s0] (16 kHz)."""
+        model, device = self.model, self.model.content_map.weight.device
+        stride, field = self.grid.stride, self.grid.field
+        n = windows[0].t1 - windows[0].h0
+        segments, lo, hi = [], [], []
+        for w, x in zip(windows, samples):
+            x = x.to(device)
+            wave = model.prepare_wave(x[None], torch.tensor([len(x)], device=device))[0]  # over the window
+            c_a = min(_UP * w.h0 // _DOWN, w.c_hi)  # the first new row's CNN frame
+            segments.append(wave[stride * (c_a - w.c_lo) : stride * (w.c_hi - w.c_lo) + field])
+            lo.append(c_a)
+            hi.append(w.c_hi)
+        length = max(len(s) for s in segments)
+        wave = torch.stack([F.pad(s, (0, length - len(s))) for s in segments])  # past a clip's end: unread
+        t = torch.stack([w.h0 + torch.arange(n) for w in windows])  # the new rows' frames [B, n]
+        pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
+        lo, hi = torch.tensor(lo)[:, None], torch.tensor(hi)[:, None]
+        i0, i1 = (torch.minimum(p, hi) - lo for p in (pos0, pos0 + 1))
+        frac = ((_UP * t) % _DOWN / _DOWN)[..., None].to(device, wave.dtype)
+        rows = torch.arange(len(windows))[:, None]
+        content, emotion = model.front_ends(wave)
+        return {name: f[rows, i0] * (1 - frac) + f[rows, i1] * frac
+                for name, f in (("content", content), ("emotion", emotion))}
+
+    def encode(self, windows: list[Window], samples: list[torch.Tensor], slots: list[int], kept: list[int],
+               branches=("content", "emotion")) -> dict[str, EncodedRows]:
+        """The hop of each window (one length of new rows, `kept` frames already in each slot's
+        rings) through the branches asked for -> {branch: EncodedRows}. Changes no ring."""
+        feats = self.features(windows, samples)
+        hop = windows[0].h1 - windows[0].h0
+
+        def branch(name: str) -> EncodedRows:
+            return encode_rows(self.encoders[name], self.rings[name], feats[name], slots, kept, hop)
+
+        if len(branches) == 2:
+            return dict(zip(branches, run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]),
+                                               self.model.content_map.weight.device)))
+        return {name: branch(name) for name in branches}
+
+
+def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, slots: list[int], kept: list[int],
+                hop: int) -> EncodedRows:
+    """One encoder over new rows: CNN features on the grid [B, n, C] -> EncodedRows, reading each
+    slot's kept rows (`kept`: frames kept so far per stream)."""
+    B, n = feats.shape[:2]
+    device = feats.device
+    slot = torch.tensor(slots, device=device)
+    filled = torch.tensor([min(k, rings.rows) for k in kept], device=device)  # valid ring rows
+    h = enc.proj(enc.proj_norm(feats))
+    proj = h[:, :hop]
+    # the positional convolution: the kept rows in time order on the left, zeros past the new rows
+    left = min(enc.cfg.num_pos_conv_taps // 2, rings.rows)
+    if left:
+        ages = torch.arange(left, 0, -1, device=device)  # left, ..., 1 frames before the first new row
+        written = torch.tensor(kept, device=device)[:, None]
+        order = (written - ages) % rings.rows
+        before = rings.proj[slot[:, None], order] * (ages <= filled[:, None])[..., None].to(h.dtype)
+        x = torch.cat([before, h], 1)
+    else:
+        x = h
+    pos = enc.pos_conv(x.transpose(1, 2))
+    if enc.cfg.num_pos_conv_taps % 2 == 0:
+        pos = pos[..., :-1]  # an even tap count yields one extra step
+    h = h + F.gelu(pos[..., left:]).transpose(1, 2)
+    # attention over the kept rows (valid: the first `filled` of the ring) and the new rows
+    valid = torch.arange(rings.k.shape[2], device=device)[None, :] < filled[:, None]
+    mask = torch.cat([valid, valid.new_ones(B, n)], 1)[:, None, None, :]
+    ks, vs = [], []
+    for i, layer in enumerate(enc.layers):
+        q, k, v = layer.qkv(layer.norm1(h)).view(B, n, 3, layer.num_heads, -1).permute(2, 0, 3, 1, 4)
+        ks.append(k.transpose(1, 2).reshape(B, n, -1)[:, :hop])
+        vs.append(v.transpose(1, 2).reshape(B, n, -1)[:, :hop])
+        heads = lambda x: x.view(B, -1, layer.num_heads, q.shape[-1]).transpose(1, 2)  # noqa: E731
+        k_all = torch.cat([heads(rings.k[slot, i]), k], 2)
+        v_all = torch.cat([heads(rings.v[slot, i]), v], 2)
+        a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        h = h + layer.out(a.transpose(1, 2).reshape(B, n, -1))
+        h = h + layer.ff2(F.gelu(layer.ff1(layer.norm2(h))))
+    return EncodedRows(enc.final_norm(h), torch.stack(ks, 1), torch.stack(vs, 1), proj)
