@@ -4,6 +4,7 @@ batched hop timed at 1 and up to 4 streams, 80 % of the hop allowed).
 
     python benchmarks/realtime_table.py
     python benchmarks/realtime_table.py --presets mini,emotalk --dtypes float32,auto --hops 100,400,1600
+    python benchmarks/realtime_table.py --presets emotalk --dtypes float32 --encodings windowed,incremental
 """
 from __future__ import annotations
 
@@ -36,15 +37,19 @@ def main() -> None:
     p.add_argument("--emotion", default="own,content",
                    help="the emotion branch: own (its default window and cadence), content (the content's "
                         "windows, every hop), or both, compared side by side")
+    p.add_argument("--encodings", default="windowed",
+                   help="windowed, incremental (each hop encodes only its new rows), or both side by side")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's, one per core)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     emotion_settings = {"own": {}, "content": {"emotion_context_ms": args.context_ms}}
+    encodings = args.encodings.split(",")
     print(f"CPU {cpu_description()}, {torch.get_num_threads()} torch threads, torch {versions()['torch']}, "
           f"{time.strftime('%Y-%m-%d')}; context {args.context_ms} ms, lookahead {args.lookahead_ms} ms\n")
-    print("| model | precision | hop | emotion branch | a hop, 1 stream (peak) | live streams held | latency (1 stream) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | precision | hop | encoding | emotion branch | a hop, 1 stream (peak) | live streams held | "
+          "latency (1 stream) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for preset in args.presets.split(","):
         for dtype in args.dtypes.split(","):
             encoders = dtype if dtype in ("int8", "openvino") else "torch"  # float32 encoders, run otherwise
@@ -54,13 +59,14 @@ def main() -> None:
                 (" (auto)" if dtype == "auto" else "")
             for hop in (int(h) for h in args.hops.split(",")):
                 shown = set()
-                for emotion in args.emotion.split(","):  # interleaved: side by side in one run
+                rows = [(e, emotion) for e in encodings for emotion in args.emotion.split(",")]
+                for encoding, emotion in rows:  # interleaved: side by side in one run
                     settings = dict(emotion_settings[emotion])
-                    if emotion == "content":
+                    if emotion == "content" and encoding == "windowed":
                         settings["emotion_hop_ms"] = hop
                     resolved = StreamSettings(hop_ms=hop, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
-                                              **settings)
-                    key = (resolved.emotion_context, resolved.emotion_hop)
+                                              encoding=encoding, **settings)
+                    key = (encoding, resolved.emotion_context, resolved.emotion_hop)
                     if key in shown:  # the default is the content's windows at this hop: one row
                         continue
                     shown.add(key)
@@ -68,11 +74,13 @@ def main() -> None:
                     held = b.holds()
                     latency = f"{b.latency_ms(1):.0f} ms" if held else "-"
                     branch = (f"{resolved.emotion_context} ms, every {resolved.emotion_hop} ms"
-                              if resolved.separate_emotion else "the content's windows")
+                              if resolved.separate_emotion else "every hop, its own kept context"
+                              if encoding == "incremental" else "the content's windows")
                     cost = f"{1000 * b.seconds(1):.0f} ms"
                     if b.peak_s != b.hop_s:
                         cost += f" ({1000 * b.seconds(1, peak=True):.0f} ms)"
-                    print(f"| {preset} | {name} | {hop} ms | {branch} | {cost} | {held} | {latency} |", flush=True)
+                    print(f"| {preset} | {name} | {hop} ms | {encoding} | {branch} | {cost} | {held} | {latency} |",
+                          flush=True)
             del animator
 
 

@@ -139,8 +139,9 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
                         "(pip install \"emotalk-fast[openvino]\"; see docs/performance.md)")
 
 
-def add_stream_options(p: argparse.ArgumentParser) -> None:
-    """A stream's settings (stream, stream-eval, serve), their defaults StreamSettings' own."""
+def add_stream_options(p: argparse.ArgumentParser, encoding: bool = True) -> None:
+    """A stream's settings (stream, stream-eval, serve), their defaults StreamSettings' own;
+    `encoding`: offer --encoding (stream-eval reports every encoding instead)."""
     from ..streaming.settings import ENCODINGS, StreamSettings
 
     d = StreamSettings()
@@ -162,9 +163,10 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=d.ramp,
                    help="hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for "
                         f"100 ms of audio, not a whole hop (default {'on' if d.ramp else 'off'})")
-    p.add_argument("--encoding", choices=ENCODINGS, default=d.encoding,
-                   help="windowed: each hop re-encodes its whole window; incremental: only its new rows, over the "
-                        f"kept keys and values of the context (default {d.encoding}; docs/streaming.md)")
+    if encoding:
+        p.add_argument("--encoding", choices=ENCODINGS, default=d.encoding,
+                       help="windowed: each hop re-encodes its whole window; incremental: only its new rows, over "
+                            f"the kept keys and values of the context (default {d.encoding}; docs/streaming.md)")
 
 
 def stream_settings(args, **fields):
@@ -176,7 +178,9 @@ def stream_settings(args, **fields):
 
     options = dict(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
                    emotion_context_ms=args.emotion_context_ms, emotion_hop_ms=args.emotion_hop_ms,
-                   whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp, encoding=args.encoding)
+                   whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
+    if "encoding" in args:  # every command but stream-eval
+        options["encoding"] = args.encoding
     try:
         return StreamSettings(**options, **fields)
     except InvalidInput as e:

@@ -70,6 +70,7 @@ def stream(args) -> None:
 
 def stream_eval(args) -> None:
     from ..tools.measure import generated_speech
+    from ..streaming.settings import ENCODINGS
     from ..tools.stream_eval import evaluate, markdown_table
 
     contexts, lookaheads = ms_list("--contexts", args.contexts), ms_list("--lookaheads", args.lookaheads)
@@ -80,7 +81,8 @@ def stream_eval(args) -> None:
     def report(done, total, setting):
         print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
 
-    rows = evaluate(animator, speech, contexts, lookaheads, resolve_stream_settings(animator, args), progress=report)
+    rows = evaluate(animator, speech, contexts, lookaheads, resolve_stream_settings(animator, args), progress=report,
+                    encodings=ENCODINGS)
     print(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))
@@ -120,7 +122,8 @@ def register(sub) -> None:
     add_stream_options(s_)
     s_.set_defaults(func=stream)
 
-    e = sub.add_parser("stream-eval", help="streaming vs offline: deviation, latency, compute per hop")
+    e = sub.add_parser("stream-eval", help="streaming vs offline, windowed and incremental encoding side by side: "
+                                           "deviation, latency, compute per hop")
     e.add_argument("--seconds", type=float, default=8.0, help="length of the generated speech")
     e.add_argument("--contexts", default="1000,2000,4000",
                    help="context settings to compare, in ms, comma-separated (multiples of 100; each in place of "
@@ -130,7 +133,7 @@ def register(sub) -> None:
                         "--lookahead-ms)")
     e.add_argument("--json", help="also write the rows as JSON here")
     add_model_options(e)
-    add_stream_options(e)
+    add_stream_options(e, encoding=False)  # it reports every encoding, side by side
     e.set_defaults(func=stream_eval)
 
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")

@@ -49,27 +49,32 @@ def grid_floor(animator, speech: np.ndarray, offline: np.ndarray) -> dict:
 
 
 def evaluate(animator, speech: np.ndarray, contexts_ms, lookaheads_ms, settings: StreamSettings | None = None,
-             progress=None) -> list[dict]:
-    """The grid floor, then one row per (context, lookahead) at `settings` otherwise (a concrete
-    hop); progress(done, total, message) is called before each setting."""
+             progress=None, encodings=None) -> list[dict]:
+    """The grid floor, then one row per (context, lookahead, encoding) at `settings` otherwise (a
+    concrete hop); `encodings` (default the settings' own) side by side, one after the other per
+    setting. progress(done, total, message) is called before each row."""
     settings = StreamSettings() if settings is None else settings
+    encodings = (settings.encoding,) if encodings is None else tuple(encodings)
     offline = animator.animate(speech, long_audio_s=None).blendshapes
     rows = [grid_floor(animator, speech, offline)]
-    grid = [(c, a) for c in contexts_ms for a in lookaheads_ms]
-    for i, (c, a) in enumerate(grid):
+    grid = [(c, a, e) for c in contexts_ms for a in lookaheads_ms for e in encodings]
+    for i, (c, a, e) in enumerate(grid):
         if progress is not None:
-            progress(i, len(grid), f"context {c} ms, lookahead {a} ms")
-        rows.append(stream_deviation(animator, speech, replace(settings, context_ms=c, lookahead_ms=a), offline))
+            progress(i, len(grid), f"context {c} ms, lookahead {a} ms, {e}")
+        one = replace(settings, context_ms=c, lookahead_ms=a, encoding=e,
+                      emotion_hop_ms=None if e == "incremental" else settings.emotion_hop_ms)
+        rows.append(stream_deviation(animator, speech, one, offline))
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| context | lookahead | latency | max abs dev | mean abs dev | compute per hop |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| context | lookahead | encoding | latency | max abs dev | mean abs dev | compute per hop |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["context_ms"] is None:
-            lines.append(f"| whole clip | whole clip | - | {r['max_abs']:.4f} | {r['mean_abs']:.4f} | - |")
+            lines.append(f"| whole clip | whole clip | - | - | {r['max_abs']:.4f} | {r['mean_abs']:.4f} | - |")
             continue
-        lines.append(f"| {r['context_ms'] / 1000:g} s | {r['lookahead_ms']} ms | {r['latency_ms']:.0f} ms | "
-                     f"{r['max_abs']:.4f} | {r['mean_abs']:.4f} | {r['hop_compute_ms']:.0f} ms |")
+        lines.append(f"| {r['context_ms'] / 1000:g} s | {r['lookahead_ms']} ms | {r['settings']['encoding']} | "
+                     f"{r['latency_ms']:.0f} ms | {r['max_abs']:.4f} | {r['mean_abs']:.4f} | "
+                     f"{r['hop_compute_ms']:.0f} ms |")
     return "\n".join(lines)
