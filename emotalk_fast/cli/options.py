@@ -124,9 +124,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                        help=f"random weights of this size instead ({', '.join(sorted(PRESETS))}): the output "
                             "means nothing (tests and benchmarks)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice, one per core; serve: one core fewer, left to "
-                        "its network and audio threads). On a machine shared with other busy processes fewer "
-                        "threads hold steady where one per core can run 2-3x slower")
+                   help="torch CPU threads (default: torch's choice, one per core; serve and stream on a CPU: one "
+                        "core fewer, left to their network, audio and pacing threads). On a machine shared with other "
+                        "busy processes fewer threads hold steady where one per core can run 2-3x slower")
     add_encoders_option(p)
     add_runtime_options(p)
 

@@ -97,10 +97,10 @@ def startup_line(args, server, engine, load_s: float) -> str:
             f"streams; hop {s.hop_ms} ms, lookahead {s.lookahead_ms} ms, context {s.context_ms} ms, "
             f"emotion context {s.emotion_context} ms every {s.emotion_hop} ms; "
             f"{'ramp from 100 ms; ' if s.ramp and s.hop_ms > 100 else ''}{graphs}"
-            f"{_threads_note(animator_device)}loaded in {load_s:.1f} s{metrics})")
+            f"{threads_note(animator_device)}loaded in {load_s:.1f} s{metrics})")
 
 
-def _threads_note(device) -> str:
+def threads_note(device) -> str:
     import torch
 
     from ..runtime.threads import branches_run_at_once

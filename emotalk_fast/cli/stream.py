@@ -14,6 +14,7 @@ def stream(args) -> None:
     import numpy as np
 
     from ..animator import min_samples
+    from .serve import serve_threads, threads_note
     from ..io.audio import prepare_audio
     from ..bridges.live import describe, make_targets, stream_live
     from ..streaming.stream import first_frame_latency_s, play
@@ -30,11 +31,12 @@ def stream(args) -> None:
         raise FileNotFoundError(f"audio file not found: {args.input}")
     stream_settings(args)  # its errors, and the audio's, before the model loads
     samples = prepare_audio(args.input, min_samples=min_samples(config))
-    animator = load_animator(args)
+    animator = load_animator(args, threads=serve_threads(args))  # a live stream, threaded as serve is
     stream = animator.stream(args.level, args.person, resolve_stream_settings(animator, args))
     hop_ms = stream.settings.hop_ms
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops"
-          f"{' in real time' if args.realtime else ''}; algorithmic latency {stream.latency_ms:.0f} ms")
+          f"{' in real time' if args.realtime else ''}, {stream.settings.encoding} encoding; algorithmic latency "
+          f"{stream.latency_ms:.0f} ms; {threads_note(animator.device).rstrip('; ')}")
     hop_s, algo_s, computes, done = hop_ms / 1000, stream.latency_ms / 1000, [], [0]
 
     def on_hop(i, frames, compute_s, wall_s):

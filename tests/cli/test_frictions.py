@@ -128,6 +128,9 @@ def test_bench_wording():
 
 def test_threads_option(files):
     code, out, err = cli("stream", files / "speech.wav", "--random-weights", "mini", "--threads", "1")
-    assert code == 0 and "real-time factor" in out, err
+    assert code == 0 and "real-time factor" in out and "; 1 torch thread" in out, err
+    code, out, err = cli("stream", files / "speech.wav", "--random-weights", "tiny")  # as serve: one core left
+    threads = max(1, torch.get_num_threads() - 1)
+    assert code == 0 and f"; {threads} torch thread{'s' if threads > 1 else ''}" in out, err
     code, _, err = cli("stream", files / "speech.wav", "--random-weights", "mini", "--threads", "0")
     assert code == 1 and err.strip().splitlines()[-1].endswith("--threads must be >= 1, got 0")
