@@ -141,6 +141,7 @@ def main(argv=None) -> None:
     p.add_argument("--chunk-ms", type=int, default=1000, help="audio per message (NVIDIA's client: 1000)")
     p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own, 100; or auto)")
     p.add_argument("--encoders", default="torch", help="the server's --encoders (torch, int8 or openvino)")
+    p.add_argument("--encoding", default=None, help="the server's --encoding (windowed, its default, or incremental)")
     p.add_argument("--context-ms", default=None, help="the server's --context-ms (default its own, 2000)")
     p.add_argument("--threads", default=None, help="the server's --threads (default torch's, one per core)")
     p.add_argument("--json", help="also write the rows here")
@@ -153,7 +154,8 @@ def main(argv=None) -> None:
         print(f"starting serve --random-weights {args.preset} ...", file=sys.stderr, flush=True)
         extra = ("--encoders", args.encoders) + \
             (("--context-ms", args.context_ms) if args.context_ms else ()) + \
-            (("--threads", args.threads) if args.threads else ())
+            (("--threads", args.threads) if args.threads else ()) + \
+            (("--encoding", args.encoding) if args.encoding else ())
         proc, address = start_server(args.preset, args.dtype, args.device, max(clients), args.hop_ms, extra)
     try:
         rows = []
@@ -177,7 +179,8 @@ def main(argv=None) -> None:
           f"{'real-time' if args.realtime else 'as-fast-as-possible'} clients, {args.chunk_ms} ms messages"
           f"{f', server --hop-ms {args.hop_ms}' if args.hop_ms else ''}"
           f"{f', --context-ms {args.context_ms}' if args.context_ms else ''}"
-          f"{f', --threads {args.threads}' if args.threads else ''}")
+          f"{f', --threads {args.threads}' if args.threads else ''}"
+          f"{f', --encoding {args.encoding}' if args.encoding else ''}")
     print(markdown(rows))
     if proc is not None:
         print("\nThe server said:\n" + "\n".join(f"    {line}" for line in server_says(proc)))

@@ -8,6 +8,7 @@ offline curves' own spread around their mean?
     python benchmarks/stream_agreement.py --random-weights tiny --data smoke
     emotalk-fast train smoke runs/tiny-crops --preset tiny --steps 2000 --batch-size 2 --lr 1e-3 --dropout 0 --random-crop-s 0.5
     python benchmarks/stream_agreement.py --checkpoint runs/tiny-crops --data smoke --settings 100/2000/200
+    python benchmarks/stream_agreement.py --checkpoint runs/tiny --data smoke --settings 100/2000/200 --encodings windowed,incremental
 
 First, how many clips offline animation labels as their RAVDESS file names say (the model's
 own skill). Per setting (hop / context / lookahead, and where not their defaults the emotion branch's
@@ -47,7 +48,7 @@ EARLY_FRAMES = 27  # the first 900 ms of a clip: a stream has heard little of th
 
 def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, lookahead: int,
              emotion_context: int | None = None, emotion_hop: int | None = None,
-             whole_utterance: int | None = None, ramp: bool = False) -> dict:
+             whole_utterance: int | None = None, ramp: bool = False, encoding: str = "windowed") -> dict:
     """One clip at one setting (hop None: the clip in one window)."""
     offline = animator.animate(x, long_audio_s=None)
     spread = float(np.abs(offline.blendshapes - offline.blendshapes.mean(0)).mean())
@@ -65,7 +66,10 @@ def clip_row(animator: Animator, x: np.ndarray, hop: int | None, context: int, l
         if hop is not None:  # the emotion branch on the stream's own windows and cadence
             changes = dict(emotion_context_ms=emotion_context, emotion_hop_ms=emotion_hop,
                            whole_utterance_ms=whole_utterance)
+            if encoding == "incremental":  # its emotion branch runs every hop
+                changes["emotion_hop_ms"] = None
             stream = animator.stream(hop_ms=hop, context_ms=context, lookahead_ms=lookahead, ramp=ramp,
+                                     encoding=encoding,
                                      **{k: v for k, v in changes.items() if v is not None or k != "whole_utterance_ms"})
             _, emotion_win = encode_windowed(animator.model, wave, stream.settings)
         style = style_weights(animator.config, 1, 0, animator.dtype, animator.device)
@@ -114,6 +118,9 @@ def main() -> None:
                         "comma-separated (the defaults where not given)")
     p.add_argument("--ramp", action="store_true", help="each setting also with a ramp (hops of 100, 200, 400, "
                                                        "... ms first), side by side")
+    p.add_argument("--encodings", default="windowed",
+                   help="windowed, incremental, or both side by side (the branch-only columns are the windowed "
+                        "path's decomposition)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,20 +134,22 @@ def main() -> None:
           f"{np.mean([len(x) for x in audio]) / 16000:.1f} s on average; CPU {cpu_description()}, "
           f"{args.threads} threads, torch {versions()['torch']}")
     print(f"{offline_labels_right(animator, clips, audio)}\n")
-    print("| hop | context | lookahead | emotion context, cadence | whole utterance | latency | emotion agrees | deviation / spread | "
-          "first 900 ms | after | content branch only | emotion branch only |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| hop | context | lookahead | encoding | emotion context, cadence | whole utterance | latency | emotion agrees | "
+          "deviation / spread | first 900 ms | after | content branch only | emotion branch only |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     settings = [(None, 0, 0)] + [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
-    ramps = [(s, ramp) for s in settings for ramp in ((False, True) if args.ramp and s[0] else (False,))]
-    for (hop, context, lookahead, *emotion), ramp in ramps:
-        emotion = dict(zip(("emotion_context", "emotion_hop", "whole_utterance"), emotion), ramp=ramp)
+    ramps = [(s, ramp, e) for s in settings for ramp in ((False, True) if args.ramp and s[0] else (False,))
+             for e in (args.encodings.split(",") if s[0] else ("windowed",))]
+    for (hop, context, lookahead, *emotion), ramp, encoding in ramps:
+        emotion = dict(zip(("emotion_context", "emotion_hop", "whole_utterance"), emotion), ramp=ramp,
+                       encoding=encoding)
         rows = [clip_row(animator, x, hop, context, lookahead, **emotion) for x in audio]
         mean = {k: np.mean([r[k] for r in rows]) for k in ("deviation", "content_only", "emotion_only")}
         if hop is None:
-            head, agrees, latency, by_time = "whole clip | - | - | - | -", "-", "-", "- | -"
+            head, agrees, latency, by_time = "whole clip | - | - | - | - | -", "-", "-", "- | -"
         else:
-            head = (f"{hop} ms{', ramp' if ramp else ''} | {context} ms | {lookahead} ms | {rows[0]['emotion']} | "
-                    f"{rows[0]['whole']}")
+            head = (f"{hop} ms{', ramp' if ramp else ''} | {context} ms | {lookahead} ms | {encoding} | "
+                    f"{rows[0]['emotion']} | {rows[0]['whole']}")
             agrees, latency = f"{sum(r['agrees'] for r in rows)} of {len(rows)}", f"{rows[0]['latency_ms']:.0f} ms"
             by_time = f"{np.mean([r['early'] for r in rows]):.2f} | {np.nanmean([r['late'] for r in rows]):.2f}"
         print(f"| {head} | {latency} | {agrees} | {mean['deviation']:.2f} | {by_time} | {mean['content_only']:.2f} | "
