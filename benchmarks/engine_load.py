@@ -35,10 +35,11 @@ def build(preset: str, device: str, dtype: str) -> Animator:
 
 
 def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray,
-                cuda_graphs: bool = False) -> tuple[StreamEngine, list, int]:
+                cuda_graphs: bool = False, encoding: str = "windowed") -> tuple[StreamEngine, list, int]:
     """An engine with `streams` streams, each past its start-up windows (steady state; with
     cuda_graphs, its bucket's graph captured)."""
-    settings = StreamSettings(hop_ms=hop_ms, lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0)
+    settings = StreamSettings(hop_ms=hop_ms, lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0,
+                              encoding=encoding)
     engine = StreamEngine(animator.model, animator.device, animator.dtype, settings, max_streams=streams,
                           cuda_graphs=cuda_graphs)
     if cuda_graphs:
@@ -53,9 +54,9 @@ def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarra
 
 
 def hop_cost(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, rounds: int = 3,
-             cuda_graphs: bool = False) -> float:
+             cuda_graphs: bool = False, encoding: str = "windowed") -> float:
     """Median seconds of one `step()` that advances all `streams` by one hop."""
-    engine, ids, position = warm_engine(animator, streams, hop_ms, speech, cuda_graphs)
+    engine, ids, position = warm_engine(animator, streams, hop_ms, speech, cuda_graphs, encoding)
     hop = 16 * hop_ms
     times = []
     for _ in range(rounds):
@@ -72,9 +73,9 @@ def hop_cost(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, 
 
 
 def realtime(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, seconds: float,
-             cuda_graphs: bool = False) -> dict:
+             cuda_graphs: bool = False, encoding: str = "windowed") -> dict:
     """Push one hop per stream every hop_ms on the wall clock for `seconds`; latency per hop."""
-    engine, ids, position = warm_engine(animator, streams, hop_ms, speech, cuda_graphs)
+    engine, ids, position = warm_engine(animator, streams, hop_ms, speech, cuda_graphs, encoding)
     hop, latencies = 16 * hop_ms, []
     start = time.perf_counter()
     for k in range(int(seconds * 1000 / hop_ms)):
@@ -92,11 +93,11 @@ def realtime(animator: Animator, streams: int, hop_ms: int, speech: np.ndarray, 
 
 
 def capacity(animator: Animator, hop_ms: int, speech: np.ndarray, seconds: float, most: int,
-             cuda_graphs: bool = False) -> dict:
+             cuda_graphs: bool = False, encoding: str = "windowed") -> dict:
     """The largest N (doubling, then the best held) whose real-time run keeps up."""
     best, n = None, 1
     while n <= most:
-        r = realtime(animator, n, hop_ms, speech, seconds, cuda_graphs)
+        r = realtime(animator, n, hop_ms, speech, seconds, cuda_graphs, encoding)
         print(f"    {hop_ms} ms hops, {n} streams: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
               f"{'held' if r['held'] else 'falls behind'}", file=sys.stderr, flush=True)
         if not r["held"]:
@@ -117,28 +118,33 @@ def main() -> None:
     p.add_argument("--cuda-graphs", choices=("off", "on", "both"), default="off",
                    help="on: static shapes, each batch bucket's hop a CUDA graph (on the CPU: static shapes, "
                         "eager); both: the per-hop table for each, interleaved batch by batch")
+    p.add_argument("--encodings", default="windowed",
+                   help="windowed, incremental or both (comma-separated), interleaved; incremental runs eagerly")
     args = p.parse_args()
     animator = build(args.preset, args.device, args.dtype)
     speech = generated_speech(120.0)
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# {args.preset}, {args.dtype} on {device_name(animator.device)}; {versions()}")
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graphs]
+    graph_modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graphs]
+    # (encoding, cuda graphs) side by side; static shapes are built for the windowed hop only
+    modes = [(e, g) for e in args.encodings.split(",") for g in graph_modes if not (g and e == "incremental")]
     print(f"# context {CONTEXT_MS} ms, lookahead {LOOKAHEAD_MS} ms, 100 ms hops")
     print("| streams in the batch | engine | compute per hop | per stream | real-time streams by this cost |")
     print("| --- | --- | --- | --- | --- |")
     for b in batches:
-        for graphs in modes:
-            t = hop_cost(animator, b, 100, speech, cuda_graphs=graphs)
-            print(f"| {b} | {_engine_name(graphs, args.device)} | {1000 * t:.0f} ms | {1000 * t / b:.1f} ms | "
+        for encoding, graphs in modes:
+            t = hop_cost(animator, b, 100, speech, cuda_graphs=graphs, encoding=encoding)
+            print(f"| {b} | {_engine_name(graphs, args.device)}, {encoding} | {1000 * t:.0f} ms | "
+                  f"{1000 * t / b:.1f} ms | "
                   f"{int(b * 0.1 / t) if t else 0} |", flush=True)
     print()
     print("| hop | engine | streams held in real time | p50 hop latency | p99 hop latency |")
     print("| --- | --- | --- | --- | --- |")
     for hop_ms in (int(h) for h in args.hops.split(",")):
-        for graphs in modes:
-            r = capacity(animator, hop_ms, speech, args.seconds, args.most, graphs)
-            print(f"| {hop_ms} ms | {_engine_name(graphs, args.device)} | {r['streams']} | {r['p50_ms']:.0f} ms | "
-                  f"{r['p99_ms']:.0f} ms |", flush=True)
+        for encoding, graphs in modes:
+            r = capacity(animator, hop_ms, speech, args.seconds, args.most, graphs, encoding)
+            print(f"| {hop_ms} ms | {_engine_name(graphs, args.device)}, {encoding} | {r['streams']} | "
+                  f"{r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms |", flush=True)
 
 
 def _engine_name(cuda_graphs: bool, device: str) -> str:
