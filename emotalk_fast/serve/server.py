@@ -218,6 +218,9 @@ class A2FServer:
         await self._health.enter_graceful_shutdown()
         live = (lambda: self.service.sessions) if self.service is not None else (lambda: 0)
         deadline = self._loop.time() + grace
+        # health watchers (a load balancer) get NOT_SERVING before the calls close, even with no
+        # live stream to wait for: a stop right away could cancel the update on a busy machine
+        await asyncio.sleep(min(grace, 0.2))
         while live() and self._loop.time() < deadline and not self._now.is_set():
             await asyncio.sleep(0.05)
         self.streams_cut = live()
