@@ -163,3 +163,17 @@ CONFIGS = {
         DecoderConfig(content_dim=20, emotion_dim=12, style_dim=8, num_heads=8, ff_dim=24, period=7, ppe=True),
     ),
 }
+
+
+def stream_all(stream, samples, sizes, seed):
+    """Push `samples` through a stream in chunks drawn from `sizes` (by `seed`), then flush -> every
+    frame, each return checked as float32 [k, 52]."""
+    rng = np.random.default_rng(seed)
+    out, i = [], 0
+    while i < len(samples):
+        n = int(rng.choice(sizes))
+        out.append(stream.push(samples[i : i + n]))
+        i += n
+    out.append(stream.flush())
+    assert all(o.dtype == np.float32 and o.shape[1] == 52 for o in out)
+    return np.concatenate(out)

@@ -10,7 +10,7 @@ from emotalk_fast.model.decoder import RingKVCache
 from emotalk_fast.model.emotalk import num_frames
 from emotalk_fast.streaming.encoders import encode_windowed
 from emotalk_fast.streaming.settings import StreamSettings
-from helpers import CONFIGS, assert_close, decode_in_steps, espeak_speech
+from helpers import CONFIGS, assert_close, decode_in_steps, espeak_speech, stream_all
 
 
 @pytest.fixture(scope="module")
@@ -21,18 +21,6 @@ def animator():
 @pytest.fixture(scope="module")
 def speech():
     return espeak_speech("Streaming speech, pushed in pieces of every size.", speed=190)
-
-
-def _stream_all(stream, samples, sizes, seed):
-    rng = np.random.default_rng(seed)
-    out, i = [], 0
-    while i < len(samples):
-        n = int(rng.choice(sizes))
-        out.append(stream.push(samples[i : i + n]))
-        i += n
-    out.append(stream.flush())
-    assert all(o.dtype == np.float32 and o.shape[1] == 52 for o in out)
-    return np.concatenate(out)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -75,7 +63,7 @@ def test_kv_cache_window_bounds_memory():
 
 def test_push_partition_does_not_matter(animator, speech):
     results = [
-        _stream_all(animator.stream(level=1, person=2), speech, sizes, seed)
+        stream_all(animator.stream(level=1, person=2), speech, sizes, seed)
         for sizes, seed in (([0, 1, 7, 160, 16000], 0), ([0, 1, 7, 160, 16000], 1), ([len(speech)], 0), ([1600], 0))
     ]
     assert results[0].shape == (num_frames(len(speech)), 52)
@@ -87,7 +75,7 @@ def test_push_partition_does_not_matter(animator, speech):
 @pytest.mark.parametrize("n", [720, 1601, 4800, 16000, 23999])
 def test_total_frames_match_offline(animator, speech, n, ramp):
     stream = animator.stream(hop_ms=800 if ramp else 200, lookahead_ms=100, context_ms=300, ramp=ramp)
-    frames = _stream_all(stream, speech[:n], [333], 0)
+    frames = stream_all(stream, speech[:n], [333], 0)
     assert frames.shape == (num_frames(n), 52) and np.isfinite(frames).all()
     assert stream.frames_emitted == num_frames(n)
 
@@ -107,7 +95,7 @@ def test_stream_equals_windowed_offline(animator, speech, cuda_graphs, settings)
     end: the long-audio path has none)."""
     stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, whole_utterance_ms=0, **settings)
     assert stream.engine.grid.separate_emotion == (settings["emotion_context_ms"] != settings["context_ms"])
-    streamed = _stream_all(stream, speech, [4000], 0)
+    streamed = stream_all(stream, speech, [4000], 0)
     assert bool(stream.engine.executor.static_hops) == cuda_graphs
     with torch.inference_mode():
         content, emotion = encode_windowed(animator.model, torch.from_numpy(speech), stream.settings)
@@ -144,14 +132,14 @@ def test_long_audio_threshold(animator, speech):
 
 def test_reset_with_new_style(animator, speech):
     stream = animator.stream(level=1, person=0)
-    first = _stream_all(stream, speech, [3200], 0)
+    first = stream_all(stream, speech, [3200], 0)
     stream.reset(level=0, person=5)
-    second = _stream_all(stream, speech, [3200], 0)
-    fresh = _stream_all(animator.stream(level=0, person=5), speech, [3200], 0)
+    second = stream_all(stream, speech, [3200], 0)
+    fresh = stream_all(animator.stream(level=0, person=5), speech, [3200], 0)
     np.testing.assert_array_equal(second, fresh)
     assert np.abs(first - second).max() > 1e-3
     stream.reset()
-    np.testing.assert_array_equal(_stream_all(stream, speech, [3200], 0), fresh)  # keeps level 0, person 5
+    np.testing.assert_array_equal(stream_all(stream, speech, [3200], 0), fresh)  # keeps level 0, person 5
 
 
 def test_latency_and_memory_stay_bounded(animator):
@@ -168,7 +156,7 @@ def test_latency_and_memory_stay_bounded(animator):
 
 
 def test_bad_input_leaves_the_stream_usable(animator, speech):
-    clean = _stream_all(animator.stream(), speech, [4000], 0)
+    clean = stream_all(animator.stream(), speech, [4000], 0)
     stream = animator.stream()
     stream.push(speech[:4000])
     bad = speech[4000:8000].copy()
@@ -280,13 +268,13 @@ def test_stream_at_48khz(animator, speech):
 
     mic = resample(speech, 16000, 48000)
     stream = animator.stream(sample_rate=48000)
-    frames = _stream_all(stream, mic, [0, 1, 7, 480, 4800], 0)
-    np.testing.assert_array_equal(frames, _stream_all(animator.stream(sample_rate=48000), mic, [len(mic)], 0))
-    np.testing.assert_array_equal(frames, _stream_all(animator.stream(), resample(mic, 48000, 16000), [1600], 0))
+    frames = stream_all(stream, mic, [0, 1, 7, 480, 4800], 0)
+    np.testing.assert_array_equal(frames, stream_all(animator.stream(sample_rate=48000), mic, [len(mic)], 0))
+    np.testing.assert_array_equal(frames, stream_all(animator.stream(), resample(mic, 48000, 16000), [1600], 0))
     assert len(frames) == animator.animate(mic, sample_rate=48000).num_frames
     assert 305 < stream.latency_ms < 310  # plus the resampling filter's delay
     stream.reset()
-    np.testing.assert_array_equal(_stream_all(stream, mic, [4800], 1), frames)
+    np.testing.assert_array_equal(stream_all(stream, mic, [4800], 1), frames)
     with pytest.raises(ValueError, match="unsupported sample rate"):
         animator.stream(sample_rate=100)
 
@@ -319,7 +307,7 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
 
     long_stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=100,
                                   whole_utterance_ms=1900)  # 2 s is longer
-    _stream_all(long_stream, short, [1600], 0)
+    stream_all(long_stream, short, [1600], 0)
     with torch.inference_mode():
         _, emotion = encode_windowed(animator.model, torch.from_numpy(short),
                                      StreamSettings(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=100))
@@ -346,7 +334,7 @@ def test_the_two_branches_at_once_give_the_same_frames(animator, speech, monkeyp
         for at_once in (False, True):
             monkeypatch.setattr(policy, "CONCURRENT_BRANCHES", at_once)
             stream = animator.stream(hop_ms=400, context_ms=1000, lookahead_ms=200)
-            out[at_once] = _stream_all(stream, speech, [1600], 0)
+            out[at_once] = stream_all(stream, speech, [1600], 0)
         assert any(calls) and not all(calls)  # both ways ran
         np.testing.assert_array_equal(out[True], out[False])
         grid = StreamGrid.for_model(StreamSettings(hop_ms=400, lookahead_ms=200, context_ms=1000), animator.config)
