@@ -139,9 +139,9 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
                         "(pip install \"emotalk-fast[openvino]\"; see docs/performance.md)")
 
 
-def add_stream_options(p: argparse.ArgumentParser, encoding: bool = True) -> None:
+def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) -> None:
     """A stream's settings (stream, stream-eval, serve), their defaults StreamSettings' own;
-    `encoding`: offer --encoding (stream-eval reports every encoding instead)."""
+    `offer_encoding`: add --encoding (stream-eval reports every encoding instead)."""
     from ..streaming.settings import ENCODINGS, StreamSettings
 
     d = StreamSettings()
@@ -163,7 +163,7 @@ def add_stream_options(p: argparse.ArgumentParser, encoding: bool = True) -> Non
     p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=d.ramp,
                    help="hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for "
                         f"100 ms of audio, not a whole hop (default {'on' if d.ramp else 'off'})")
-    if encoding:
+    if offer_encoding:
         p.add_argument("--encoding", choices=ENCODINGS, default=d.encoding,
                        help="windowed: each hop re-encodes its whole window; incremental: only its new rows, over "
                             f"the kept keys and values of the context (default {d.encoding}; docs/streaming.md)")

@@ -135,7 +135,7 @@ def register(sub) -> None:
                         "--lookahead-ms)")
     e.add_argument("--json", help="also write the rows as JSON here")
     add_model_options(e)
-    add_stream_options(e, encoding=False)  # it reports every encoding, side by side
+    add_stream_options(e, offer_encoding=False)  # it reports every encoding, side by side
     e.set_defaults(func=stream_eval)
 
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")
