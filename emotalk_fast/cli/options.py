@@ -145,7 +145,7 @@ def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) 
     from ..streaming.settings import ENCODINGS, StreamSettings
 
     d = StreamSettings()
-    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_auto=True), default=d.hop_ms,
+    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False, allow_auto=True), default=d.hop_ms,
                    help=f"multiple of 100 (default {d.hop_ms}), or auto: the smallest hop this machine holds in real "
                         "time (measured at start-up)")
     p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d.lookahead_ms,
@@ -154,7 +154,8 @@ def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) 
                    help=f"multiple of 100 (default {d.context_ms})")
     p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d.emotion_context_ms,
                    help="the emotion branch's context, multiple of 100 (default: --context-ms)")
-    p.add_argument("--emotion-hop-ms", type=grid_ms_arg("--emotion-hop-ms"), default=d.emotion_hop_ms,
+    p.add_argument("--emotion-hop-ms", type=grid_ms_arg("--emotion-hop-ms", allow_zero=False),
+                   default=d.emotion_hop_ms,
                    help="how often the emotion branch runs: a multiple of the hop up to hop + lookahead (default: "
                         "the largest, every third 100 ms hop at the defaults; the hop itself runs it every hop)")
     p.add_argument("--whole-utterance-ms", type=int, default=d.whole_utterance_ms,
@@ -197,7 +198,7 @@ def resolve_stream_settings(animator, args, streams: int = 1, **fields):
     return animator.stream_settings(stream_settings(args, **fields), streams=streams, report=report)
 
 
-def grid_ms_arg(flag: str, allow_auto: bool = False):
+def grid_ms_arg(flag: str, allow_zero: bool = True, allow_auto: bool = False):
     """An argparse type: milliseconds on the 100 ms grid (`auto` too where allowed), checked by
     the rule StreamSettings applies, in the flag's words."""
     from ..streaming.settings import AUTO, check_grid_ms
@@ -206,7 +207,7 @@ def grid_ms_arg(flag: str, allow_auto: bool = False):
         if allow_auto and text == AUTO:
             return text
         try:
-            return check_grid_ms(int(text), flag, allow_zero=flag != "--hop-ms" and flag != "--emotion-hop-ms")
+            return check_grid_ms(int(text), flag, allow_zero=allow_zero)
         except ValueError as e:
             expected = "an integer number of ms" + (" or auto" if allow_auto else "")
             raise argparse.ArgumentTypeError(str(e) if isinstance(e, InvalidInput) else

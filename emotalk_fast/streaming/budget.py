@@ -74,7 +74,8 @@ def measure(model, device, dtype, settings: StreamSettings, streams: int) -> Bud
     if streams < 1:
         raise InvalidInput(f"streams must be >= 1, got {streams}")
     grid = StreamGrid.for_model(settings, model.cfg)
-    costs = {n: time_steady_hop(model, device, dtype, grid, n, repeats=1) for n in sorted({1, min(streams, MEASURED_MAX)})}
+    costs = {n: time_steady_hop(model, device, dtype, grid, n, repeats=1)
+             for n in sorted({1, min(streams, MEASURED_MAX)})}
     return Budget(settings, {n: c[0] for n, c in costs.items()}, {n: c[1] for n, c in costs.items()})
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from ..model.config import ENCODER_FPS, FPS
 from ..model.emotalk import EmoTalk, num_frames
 from ..runtime.threads import run_pair
-from .grid import StreamGrid, Window
+from .grid import StreamGrid, Window, grid_indices
 from .settings import StreamSettings
 
-_UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t / 3
+
+def on_grid(feats: torch.Tensor, i0, i1, frac) -> torch.Tensor:
+    """CNN features [B, L, C] read on the fixed 30 fps grid (50 Hz -> 30 fps) -> [B, n, C]."""
+    rows = torch.arange(feats.shape[0], device=feats.device)[:, None]
+    return feats[rows, i0] * (1 - frac) + feats[rows, i1] * frac
 
 
 class WindowedEncoder:
@@ -54,11 +57,10 @@ class WindowedEncoder:
             t[b] = w.t0 + torch.arange(n_frames).clamp(max=w.t1 - w.t0 - 1)  # padding repeats the last frame
             c_lo[b], c_hi[b] = w.c_lo, w.c_hi
             hop_rows[b] = w.h0 - w.t0 + hop_rows[b].clamp(max=w.h1 - w.h0 - 1)
-        pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
         valid = torch.full((rows,), n_frames)
         valid[: len(frames)] = torch.tensor(frames)
-        return dict(wave=wave, lengths=lengths, i0=torch.minimum(pos0, c_hi) - c_lo,
-                    i1=torch.minimum(pos0 + 1, c_hi) - c_lo, frac=((_UP * t) % _DOWN / _DOWN)[..., None],  # thirds
+        i0, i1, frac = grid_indices(t, c_lo, c_hi)
+        return dict(wave=wave, lengths=lengths, i0=i0, i1=i1, frac=frac,
                     frames=None if pad_to is None and len(set(frames)) == 1 else valid, hop_rows=hop_rows)
 
     def encode_inputs(self, wave, lengths, i0, i1, frac, frames, hop_rows, branches=("content", "emotion")):
@@ -78,8 +80,7 @@ class WindowedEncoder:
         def branch(name: str) -> torch.Tensor:
             enc = encoders[name]
             f = enc.front_end(wave) if shared is None else shared
-            on_grid = f[rows, i0] * (1 - frac) + f[rows, i1] * frac  # the fixed 50 Hz -> 30 fps grid
-            return enc.transformer(on_grid, frames)[rows, hop_rows]
+            return enc.transformer(on_grid(f, i0, i1, frac), frames)[rows, hop_rows]
 
         if len(branches) == 2:
             return run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]), device)

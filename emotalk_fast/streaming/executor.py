@@ -111,15 +111,14 @@ class Executor:
         with torch.inference_mode():
             if not plan.joint:
                 runs = self._run_emotion(plan, streams)
-                emotion = torch.stack([self.encoder.kept_for(*self._kept(runs.get(b), s), w)
-                                       for b, (s, w) in enumerate(zip(streams, windows))])
+                emotion = self._emotion_rows(plan, streams, runs)
             if plan.static:
                 blendshapes, sums = self._run_static(samples, windows, level, person, slots, starts, emotion)
             else:
                 inputs = self.encoder.batch_inputs([x.to(self.device) for x in samples], windows)
                 blendshapes, sums = self.hop(**inputs, level=level, person=person, slots=slots,
-                                             starts=torch.tensor(starts),
-                                             span=min(self.cache.capacity, max(starts) + plan.hop), emotion=emotion)
+                                             starts=torch.tensor(starts), span=self._span(starts, plan.hop),
+                                             emotion=emotion)
             # copies: a graph's outputs are overwritten by its next replay
             rows = len(plan.rows)
             return HopResult(blendshapes[:rows].float().cpu().numpy(), sums[:rows].clone(), runs)
@@ -138,13 +137,22 @@ class Executor:
             runs = {}
             if not plan.joint:
                 runs = self._run_emotion(plan, streams)
-                emotion = torch.stack([emotion[b] if r.emotion is EmotionSource.JOINT else
-                                       self.encoder.kept_for(*self._kept(runs.get(b), s), r.window)
-                                       for b, (r, s) in enumerate(zip(plan.rows, streams))])
+                emotion = self._emotion_rows(plan, streams, runs, own=emotion)
             blendshapes, sums = decode_hop(self.model, self.cache, content, emotion, level=level, person=person,
-                                           slots=slots, starts=torch.tensor(starts),
-                                           span=min(self.cache.capacity, max(starts) + plan.hop))
+                                           slots=slots, starts=torch.tensor(starts), span=self._span(starts, plan.hop))
             return HopResult(blendshapes.float().cpu().numpy(), sums.clone(), runs, encoded)
+
+    def _span(self, starts: list[int], hop: int) -> int:
+        """Ring frames an eager decoder step reads: up to the furthest stream's new frames."""
+        return min(self.cache.capacity, max(starts) + hop)
+
+    def _emotion_rows(self, plan: GroupPlan, streams: list[StreamState], runs: dict[int, EmotionRun],
+                      own: torch.Tensor | None = None) -> torch.Tensor:
+        """Each row's emotion states for its hop [B, hop, hidden]: a JOINT row's `own` (the
+        incremental encoder's, this hop), else a run made this hop or the states kept before."""
+        return torch.stack([own[b] if own is not None and r.emotion is EmotionSource.JOINT else
+                            self.encoder.kept_for(*self._kept(runs.get(b), s), r.window)
+                            for b, (r, s) in enumerate(zip(plan.rows, streams))])
 
     def keep_encoded(self, slot: int, kept: int, result: HopResult, b: int) -> None:
         """Commit: row b's hop rows into its slot's rings (incremental encoding), after `kept` frames."""

@@ -1,4 +1,5 @@
-"""The fixed 30 fps grid and the windows both encoders read: pure arithmetic, no tensors.
+"""The fixed 30 fps grid and the windows both encoders read: pure arithmetic (on integers, or on
+index tensors for a batch), no model.
 
 Output frame t reads CNN position 5t/3 (50 Hz -> 30 fps); hops, lookahead and context are
 multiples of 100 ms, where both grids coincide. Each hop's frames are encoded from a window
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from ..errors import InvalidInput
 from ..model.config import ENCODER_FPS, FPS, SAMPLE_RATE, EmoTalkConfig
@@ -20,6 +22,19 @@ from .settings import GRID_MS, StreamSettings
 
 _UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t / 3
 _GRID_FRAMES = FPS * GRID_MS // 1000  # output frames per 100 ms (3)
+
+
+def cnn_frame(t: int) -> int:
+    """The CNN frame at or before output frame t's position 5t/3."""
+    return _UP * t // _DOWN
+
+
+def grid_indices(t: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Output frames t [B, n] (absolute) -> (i0, i1, frac): the two CNN frames each reads around
+    its position 5t/3, counted from each row's first CNN frame lo [B, 1] and clamped to its last
+    hi [B, 1], and the weight of the second [B, n, 1] (thirds)."""
+    pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
+    return torch.minimum(pos0, hi) - lo, torch.minimum(pos0 + 1, hi) - lo, ((_UP * t) % _DOWN / _DOWN)[..., None]
 
 
 def frames_of(ms: int) -> int:
@@ -95,7 +110,7 @@ class StreamGrid:
         t0, t1 = max(0, h0 - (self.context if context is None else context)), h1 + self.lookahead
         if total_frames is not None:
             h1, t1 = min(h1, total_frames), min(t1, total_frames)
-        c_lo = _UP * t0 // _DOWN
+        c_lo = cnn_frame(t0)
         c_hi = -(-_UP * (t1 - 1) // _DOWN)  # ceil: the right neighbour of the last position
         if total_samples is not None:
             last = (total_samples - self.field) // self.stride  # last CNN frame of the clip

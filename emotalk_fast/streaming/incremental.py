@@ -28,13 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model.config import ENCODER_FPS, FPS
 from ..model.emotalk import EmoTalk
 from ..model.encoder import Wav2Vec2Encoder
 from ..runtime.threads import run_pair
-from .grid import StreamGrid, Window
-
-_UP, _DOWN = ENCODER_FPS // 10, FPS // 10  # CNN position of output frame t = 5t / 3
+from .encoders import on_grid
+from .grid import StreamGrid, Window, cnn_frame, grid_indices
 
 
 class EncoderRings:
@@ -49,10 +47,6 @@ class EncoderRings:
         self.k = torch.zeros(size, device=device, dtype=dtype)
         self.v = torch.zeros(size, device=device, dtype=dtype)
         self.proj = torch.zeros(slots, max(rows, 1), cfg.hidden_size, device=device, dtype=dtype)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.proj))
 
     def commit(self, slot: int, written: int, rows: EncodedRows, b: int) -> None:
         """Keep row b's hop rows of `rows` for a stream that had `written` frames kept before."""
@@ -100,21 +94,17 @@ class IncrementalEncoder:
         for w, x in zip(windows, samples):
             x = x.to(device)
             wave = model.prepare_wave(x[None], torch.tensor([len(x)], device=device))[0]  # over the window
-            c_a = min(_UP * w.h0 // _DOWN, w.c_hi)  # the first new row's CNN frame
+            c_a = min(cnn_frame(w.h0), w.c_hi)  # the first new row's CNN frame
             segments.append(wave[stride * (c_a - w.c_lo) : stride * (w.c_hi - w.c_lo) + field])
             lo.append(c_a)
             hi.append(w.c_hi)
         length = max(len(s) for s in segments)
         wave = torch.stack([F.pad(s, (0, length - len(s))) for s in segments])  # past a clip's end: unread
         t = torch.stack([w.h0 + torch.arange(n) for w in windows])  # the new rows' frames [B, n]
-        pos0 = torch.div(_UP * t, _DOWN, rounding_mode="floor")
-        lo, hi = torch.tensor(lo)[:, None], torch.tensor(hi)[:, None]
-        i0, i1 = (torch.minimum(p, hi) - lo for p in (pos0, pos0 + 1))
-        frac = ((_UP * t) % _DOWN / _DOWN)[..., None].to(device, wave.dtype)
-        rows = torch.arange(len(windows))[:, None]
+        i0, i1, frac = grid_indices(t, torch.tensor(lo)[:, None], torch.tensor(hi)[:, None])
+        i0, i1, frac = i0.to(device), i1.to(device), frac.to(device, wave.dtype)
         content, emotion = model.front_ends(wave)
-        return {name: f[rows, i0] * (1 - frac) + f[rows, i1] * frac
-                for name, f in (("content", content), ("emotion", emotion))}
+        return {"content": on_grid(content, i0, i1, frac), "emotion": on_grid(emotion, i0, i1, frac)}
 
     def encode(self, windows: list[Window], samples: list[torch.Tensor], slots: list[int], kept: list[int],
                branches=("content", "emotion")) -> dict[str, EncodedRows]:

@@ -7,7 +7,7 @@ emotion states come from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from ..model.config import SAMPLE_RATE, EmoTalkConfig
@@ -109,8 +109,9 @@ class Scheduler:
 
     def _group(self, rows: tuple[RowPlan, ...]) -> GroupPlan:
         plan = GroupPlan(rows, static=False)
-        static = self.cuda_graphs and plan.hop == self.grid.hop and plan.joint != self.grid.separate_emotion
-        return GroupPlan(rows, static)
+        if self.cuda_graphs and plan.hop == self.grid.hop and plan.joint != self.grid.separate_emotion:
+            plan = replace(plan, static=True)
+        return plan
 
     def ready(self, s: StreamState) -> Window | None:
         """The stream's next window if it can run now, else None."""
