@@ -1,15 +1,15 @@
 """Runs a planned group of hops through the model and returns what it computed, changing no
 stream state (gpt-fast's `decode_one_token`: the step as a function of model, cache and inputs).
 
-`run_hop` is the one hop function: both encoders over the windows (only the content's when the
-emotion states are given), one decoder step over the streams' KV rings. The engine runs it, a
-CUDA graph captures it, and `time_steady_hop` (the budget) times it.
+`run_hop` (windowed encoding) and `run_incremental_hop` (incremental) are the hop functions:
+both encoders over the hops' windows or new rows, one decoder step over the streams' KV rings.
+The engine runs them, a CUDA graph captures them, and `time_steady_hop` (the budget) times them.
 
-With `cuda_graphs`, every full hop has static shapes: each window padded to the grid's longest,
-the batch padded to a bucket (1, 2, 4, ... max_streams) whose padding rows decode into a scratch
-cache slot, and the decoder reading the whole ring. On CUDA each bucket's hop is captured once
-as a CUDA graph and replayed; on the CPU the same static path runs eagerly, which is how it is
-tested.
+With `cuda_graphs`, every full hop has static shapes: each window (or a full hop's new rows)
+padded to the grid's longest, the batch padded to a bucket (1, 2, 4, ... max_streams) whose
+padding rows decode into a scratch cache slot (and read a scratch encoder ring), and the decoder
+reading the whole ring. On CUDA each bucket's hop is captured once as a CUDA graph and replayed;
+on the CPU the same static path runs eagerly, which is how it is tested.
 """
 from __future__ import annotations
 
@@ -65,6 +65,18 @@ def run_hop(model: EmoTalk, encoder: WindowedEncoder, cache, *, level, person, s
                       span=span)
 
 
+def run_incremental_hop(model: EmoTalk, encoder: IncrementalEncoder, cache, *, level, person, slots, starts, kept,
+                        span: int, hop: int, **inputs):
+    """One batched hop of incremental encoding: both encoders over the new rows (`hop` rows and
+    the lookahead), over the kept rows of the slots' rings, one decoder step -> blendshapes [B,
+    hop, 52], the emotion states summed over the hop [B, 1, hidden], {branch: EncodedRows}.
+    Tensors in, tensors out: the function a CUDA graph captures."""
+    encoded = encoder.encode_inputs(**inputs, slots=slots, kept=kept, hop=hop)
+    blendshapes, sums = decode_hop(model, cache, encoded["content"].hidden[:, :hop], encoded["emotion"].hidden[:, :hop],
+                                   level=level, person=person, slots=slots, starts=starts, span=span)
+    return blendshapes, sums, encoded
+
+
 def decode_hop(model: EmoTalk, cache, content, emotion, *, level, person, slots, starts, span: int):
     """The decoder's step over a hop's hidden states [B, hop, hidden] x 2 -> blendshapes [B, hop,
     52], the emotion states summed over the hop [B, 1, hidden]."""
@@ -88,12 +100,9 @@ class Executor:
         check_cache_fits(model, slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.cache = model.decoder.new_cache(slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
-        self.incremental = None
+        self.incremental = None  # incremental encoding: its rings (and the scratch slot's)
         if grid.settings.incremental:
-            if self.cuda_graphs:
-                raise InvalidInput("static shapes (cuda_graphs) are not built yet for encoding incremental: "
-                                   "drop one of them")
-            self.incremental = IncrementalEncoder(model, grid, slots, self.device, dtype)
+            self.incremental = IncrementalEncoder(model, grid, slots + self.cuda_graphs, self.device, dtype)
         # one memory pool for every bucket's graph (they replay one at a time on one stream)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs and self.device.type == "cuda" else None
 
@@ -113,25 +122,30 @@ class Executor:
                 runs = self._run_emotion(plan, streams)
                 emotion = self._emotion_rows(plan, streams, runs)
             if plan.static:
-                blendshapes, sums = self._run_static(samples, windows, level, person, slots, starts, emotion)
+                blendshapes, sums = self._run_static(samples, windows, level, person, slots, starts, emotion=emotion)
             else:
                 inputs = self.encoder.batch_inputs([x.to(self.device) for x in samples], windows)
-                blendshapes, sums = self.hop(**inputs, level=level, person=person, slots=slots,
-                                             starts=torch.tensor(starts), span=self._span(starts, plan.hop),
-                                             emotion=emotion)
+                blendshapes, sums = run_hop(self.model, self.encoder, self.cache, **inputs, level=level,
+                                            person=person, slots=slots, starts=torch.tensor(starts),
+                                            span=self._span(starts, plan.hop), emotion=emotion)
             # copies: a graph's outputs are overwritten by its next replay
             rows = len(plan.rows)
             return HopResult(blendshapes[:rows].float().cpu().numpy(), sums[:rows].clone(), runs)
-
-    def hop(self, **inputs):
-        return run_hop(self.model, self.encoder, self.cache, **inputs)
 
     def _run_incremental(self, plan: GroupPlan, streams: list[StreamState], samples, level, person, slots, starts):
         """Both encoders over the new rows only (incremental.py); the emotion states of a row whose
         source is not JOINT come from the whole utterance or from kept states, as windowed."""
         windows = [r.window for r in plan.rows]
+        kept = [s.encoded_rows for s in streams]
         with torch.inference_mode():
-            encoded = self.incremental.encode(windows, samples, slots, [s.encoded_rows for s in streams])
+            if plan.static:
+                blendshapes, sums, encoded = self._run_static(samples, windows, level, person, slots, starts,
+                                                              kept=kept)
+                rows = len(plan.rows)  # copies: a graph's outputs are overwritten by its next replay
+                encoded = {name: EncodedRows(*(x[:rows].clone() for x in (e.hidden, e.k, e.v, e.proj)))
+                           for name, e in encoded.items()}
+                return HopResult(blendshapes[:rows].float().cpu().numpy(), sums[:rows].clone(), {}, encoded)
+            encoded = self.incremental.encode(windows, samples, slots, kept)
             content = encoded["content"].hidden[:, : plan.hop]
             emotion = encoded["emotion"].hidden[:, : plan.hop]
             runs = {}
@@ -139,7 +153,8 @@ class Executor:
                 runs = self._run_emotion(plan, streams)
                 emotion = self._emotion_rows(plan, streams, runs, own=emotion)
             blendshapes, sums = decode_hop(self.model, self.cache, content, emotion, level=level, person=person,
-                                           slots=slots, starts=torch.tensor(starts), span=self._span(starts, plan.hop))
+                                           slots=torch.tensor(slots), starts=torch.tensor(starts),
+                                           span=self._span(starts, plan.hop))
             return HopResult(blendshapes.float().cpu().numpy(), sums.clone(), runs, encoded)
 
     def _span(self, starts: list[int], hop: int) -> int:
@@ -216,18 +231,24 @@ class Executor:
         with torch.inference_mode():
             for bucket in self.buckets:
                 self._static_hop(bucket, self._static_inputs(bucket, [torch.zeros(w.s1 - w.s0)], [w], level, person,
-                                                             [self.scratch_slot], [0], emotion))
+                                                             [self.scratch_slot], [0], emotion=emotion, kept=[0]))
 
-    def _run_static(self, samples, windows, level, person, slots: list[int], starts: list[int], emotion=None):
-        """The hop padded to its bucket's static shapes, through that bucket's StaticHop."""
+    def _run_static(self, samples, windows, level, person, slots: list[int], starts: list[int], **extra):
+        """The hop padded to its bucket's static shapes, through that bucket's StaticHop. extra:
+        a separate emotion branch's `emotion` states (windowed), or the frames `kept` per stream
+        (incremental)."""
         bucket = next(b for b in self.buckets if b >= len(windows))
-        inputs = self._static_inputs(bucket, samples, windows, level, person, slots, starts, emotion)
+        inputs = self._static_inputs(bucket, samples, windows, level, person, slots, starts, **extra)
         return self._static_hop(bucket, inputs)(inputs)
 
     def _static_inputs(self, bucket: int, samples, windows, level, person, slots: list[int], starts: list[int],
-                       emotion=None):
+                       emotion=None, kept: list[int] | None = None):
         pad = bucket - len(windows)
-        inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.grid.longest))
+        if self.incremental is None:
+            inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.grid.longest))
+        else:
+            inputs = self.incremental.batch_inputs(windows, samples, pad_to=(bucket, *self.incremental.longest))
+            inputs["kept"] = torch.tensor(kept + [0] * pad)
         inputs.update(level=_pad_rows(level, bucket), person=_pad_rows(person, bucket),
                       slots=torch.tensor(slots + [self.scratch_slot] * pad), starts=torch.tensor(starts + [0] * pad))
         if emotion is not None:  # the emotion states of a separate emotion branch
@@ -242,9 +263,16 @@ class Executor:
             # a weak reference: the executor owns its hops, and a hop holding it back would make a
             # cycle that keeps the model's memory until the garbage collector happens to run
             this = weakref.ref(self)
-            self.static_hops[bucket] = StaticHop(lambda x: this().hop(**x, span=this().cache.capacity),
-                                                 example, self.device, self._graph_pool)
+            self.static_hops[bucket] = StaticHop(lambda x: this()._static_hop_fn(x), example, self.device,
+                                                 self._graph_pool)
         return self.static_hops[bucket]
+
+    def _static_hop_fn(self, inputs: dict) -> tuple:
+        """The hop a StaticHop runs: a full hop, the decoder reading its whole ring."""
+        span = self.cache.capacity
+        if self.incremental is None:
+            return run_hop(self.model, self.encoder, self.cache, **inputs, span=span)
+        return run_incremental_hop(self.model, self.incremental, self.cache, **inputs, span=span, hop=self.grid.hop)
 
 
 def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: int,
@@ -308,10 +336,10 @@ def _time_steady_incremental_hop(model: EmoTalk, device, dtype, grid: StreamGrid
     with torch.inference_mode():
         for run in range(repeats + 1):  # the first run warms up
             t0 = time.perf_counter()
-            encoded = incremental.encode([w] * streams, [noise] * streams, slots, full)
-            blendshapes, _ = decode_hop(model, cache, encoded["content"].hidden[:, : grid.hop],
-                                        encoded["emotion"].hidden[:, : grid.hop], level=level, person=person,
-                                        slots=slots, starts=torch.full((streams,), w.h0), span=w.h1)
+            inputs = incremental.batch_inputs([w] * streams, [noise] * streams)
+            blendshapes, _, _ = run_incremental_hop(model, incremental, cache, **inputs, level=level, person=person,
+                                                    slots=torch.tensor(slots), starts=torch.full((streams,), w.h0),
+                                                    kept=torch.tensor(full), span=w.h1, hop=grid.hop)
             blendshapes.float().cpu()
             took = time.perf_counter() - t0
             best = min(best, took) if run else best

@@ -83,61 +83,81 @@ class IncrementalEncoder:
         }
         self.encoders = {"content": model.content_encoder, "emotion": model.emotion_encoder}
 
-    def features(self, windows: list[Window], samples: list[torch.Tensor]):
-        """Each hop's new rows [h0, t1) as normalised CNN features on the 30 fps grid, per encoder
-        -> {"content": [B, n, C], "emotion": [B, n, C]} (one front end run where they share one).
-        `samples`: each window's raw samples [s1 - s0] (16 kHz)."""
-        model, device = self.model, self.model.content_map.weight.device
+    def batch_inputs(self, windows: list[Window], samples: list[torch.Tensor], pad_to: tuple | None = None) -> dict:
+        """The tensors `encode_inputs` takes for these hops (one length of new rows [h0, t1)):
+        each window's raw samples (16 kHz) and length, where its new rows' CNN input lies in it,
+        and the grid indices of the new rows. pad_to (rows, window samples, new rows' samples):
+        exactly that shape, whatever the windows (static shapes); padding rows are silence."""
         stride, field = self.grid.stride, self.grid.field
         n = windows[0].t1 - windows[0].h0
-        segments, lo, hi = [], [], []
-        for w, x in zip(windows, samples):
-            x = x.to(device)
-            wave = model.prepare_wave(x[None], torch.tensor([len(x)], device=device))[0]  # over the window
-            c_a = min(cnn_frame(w.h0), w.c_hi)  # the first new row's CNN frame
-            segments.append(wave[stride * (c_a - w.c_lo) : stride * (w.c_hi - w.c_lo) + field])
-            lo.append(c_a)
-            hi.append(w.c_hi)
-        length = max(len(s) for s in segments)
-        wave = torch.stack([F.pad(s, (0, length - len(s))) for s in segments])  # past a clip's end: unread
-        t = torch.stack([w.h0 + torch.arange(n) for w in windows])  # the new rows' frames [B, n]
-        i0, i1, frac = grid_indices(t, torch.tensor(lo)[:, None], torch.tensor(hi)[:, None])
-        i0, i1, frac = i0.to(device), i1.to(device), frac.to(device, wave.dtype)
-        content, emotion = model.front_ends(wave)
-        return {"content": on_grid(content, i0, i1, frac), "emotion": on_grid(emotion, i0, i1, frac)}
+        first = [min(cnn_frame(w.h0), w.c_hi) for w in windows]  # each hop's first new CNN frame
+        reach = [stride * (w.c_hi - c) + field for w, c in zip(windows, first)]  # samples its CNN frames read
+        rows, n_samples, n_segment = pad_to or (len(windows), max(len(x) for x in samples), max(reach))
+        wave = torch.zeros(rows, n_samples)
+        lengths = torch.full((rows,), n_samples)  # padding rows: all samples (silence) valid
+        offset = torch.zeros(rows, 1, dtype=torch.long)
+        t, lo, hi = (torch.zeros(rows, k, dtype=torch.long) for k in (n, 1, 1))
+        for b, (w, x, c) in enumerate(zip(windows, samples, first)):
+            wave[b, : len(x)] = x
+            lengths[b] = len(x)
+            offset[b] = stride * (c - w.c_lo)
+            t[b] = w.h0 + torch.arange(n)
+            lo[b], hi[b] = c, w.c_hi
+        # past a hop's reach the CNN frames are computed but never read: any sample will do there
+        index = (offset + torch.arange(n_segment)).clamp(max=n_samples - 1)
+        i0, i1, frac = grid_indices(t, lo, hi)
+        return dict(wave=wave, lengths=lengths, index=index, i0=i0, i1=i1, frac=frac)
+
+    def encode_inputs(self, wave, lengths, index, i0, i1, frac, slots, kept, hop: int,
+                      branches=("content", "emotion")) -> dict[str, EncodedRows]:
+        """`batch_inputs`' tensors, the streams' slots [B] and frames kept so far [B] -> the hop
+        (its first `hop` rows kept later) through the branches asked for -> {branch: EncodedRows}.
+        Changes no ring and reads no value back to the host (a CUDA graph can capture it)."""
+        model = self.model
+        device = model.content_map.weight.device
+        wave, lengths, index, i0, i1, frac, slots, kept = (x.to(device) for x in (wave, lengths, index, i0, i1, frac,
+                                                                                  slots, kept))
+        # normalised over the window, as the windowed path does: the new rows' CNN features are its own
+        wave = torch.gather(model.prepare_wave(wave, lengths), 1, index)
+        frac = frac.to(wave.dtype)
+        feats = dict(zip(("content", "emotion"), model.front_ends(wave, "content" in branches, "emotion" in branches)))
+
+        def branch(name: str) -> EncodedRows:
+            return encode_rows(self.encoders[name], self.rings[name], on_grid(feats[name], i0, i1, frac), slots,
+                               kept, hop)
+
+        if len(branches) == 2:
+            return dict(zip(branches, run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]), device)))
+        return {name: branch(name) for name in branches}
 
     def encode(self, windows: list[Window], samples: list[torch.Tensor], slots: list[int], kept: list[int],
                branches=("content", "emotion")) -> dict[str, EncodedRows]:
         """The hop of each window (one length of new rows, `kept` frames already in each slot's
-        rings) through the branches asked for -> {branch: EncodedRows}. Changes no ring."""
-        feats = self.features(windows, samples)
-        hop = windows[0].h1 - windows[0].h0
+        rings; `samples`: each window's raw samples [s1 - s0]) -> {branch: EncodedRows}."""
+        return self.encode_inputs(**self.batch_inputs(windows, samples), slots=torch.tensor(slots),
+                                  kept=torch.tensor(kept), hop=windows[0].h1 - windows[0].h0, branches=branches)
 
-        def branch(name: str) -> EncodedRows:
-            return encode_rows(self.encoders[name], self.rings[name], feats[name], slots, kept, hop)
-
-        if len(branches) == 2:
-            return dict(zip(branches, run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]),
-                                               self.model.content_map.weight.device)))
-        return {name: branch(name) for name in branches}
+    @property
+    def longest(self) -> tuple[int, int]:
+        """(window samples, new rows' samples) of a full hop: every hop of the grid fits in them."""
+        w = self.grid.window(self.grid.steady())
+        return w.s1 - w.s0, self.grid.stride * (w.c_hi - cnn_frame(w.h0)) + self.grid.field
 
 
-def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, slots: list[int], kept: list[int],
-                hop: int) -> EncodedRows:
-    """One encoder over new rows: CNN features on the grid [B, n, C] -> EncodedRows, reading each
-    slot's kept rows (`kept`: frames kept so far per stream)."""
+def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, slot: torch.Tensor,
+                kept: torch.Tensor, hop: int) -> EncodedRows:
+    """One encoder over new rows: CNN features on the grid [B, n, C] -> EncodedRows, reading the
+    kept rows of each stream's slot [B] (`kept` [B]: frames kept so far per stream)."""
     B, n = feats.shape[:2]
     device = feats.device
-    slot = torch.tensor(slots, device=device)
-    filled = torch.tensor([min(k, rings.rows) for k in kept], device=device)  # valid ring rows
+    filled = kept.clamp(max=rings.rows)  # valid ring rows
     h = enc.proj(enc.proj_norm(feats))
     proj = h[:, :hop]
     # the positional convolution: the kept rows in time order on the left, zeros past the new rows
     left = min(enc.cfg.num_pos_conv_taps // 2, rings.rows)
     if left:
         ages = torch.arange(left, 0, -1, device=device)  # left, ..., 1 frames before the first new row
-        written = torch.tensor(kept, device=device)[:, None]
-        order = (written - ages) % rings.rows
+        order = (kept[:, None] - ages) % rings.rows
         before = rings.proj[slot[:, None], order] * (ages <= filled[:, None])[..., None].to(h.dtype)
         x = torch.cat([before, h], 1)
     else:

@@ -74,14 +74,22 @@ class GroupPlan:
     """Hops of one length that run as one batched forward."""
 
     rows: tuple[RowPlan, ...]
-    # padded to the engine's static shapes (a CUDA graph on CUDA): a full hop whose emotion states
-    # all come one way, the hop's own windows (joint) or given (a separate emotion branch)
+    # padded to the engine's static shapes (a CUDA graph on CUDA): a full hop (incremental: its
+    # lookahead too) whose emotion states all come one way, the hop's own windows (joint) or
+    # given (a separate emotion branch)
     static: bool
 
     @property
     def hop(self) -> int:
         w = self.rows[0].window
         return w.h1 - w.h0
+
+    @property
+    def new_rows(self) -> int:
+        """Frames the hop encodes that no earlier hop did: the hop and its lookahead (cut at a
+        clip's end)."""
+        w = self.rows[0].window
+        return w.t1 - w.h0
 
     @property
     def joint(self) -> bool:
@@ -109,7 +117,9 @@ class Scheduler:
 
     def _group(self, rows: tuple[RowPlan, ...]) -> GroupPlan:
         plan = GroupPlan(rows, static=False)
-        if self.cuda_graphs and plan.hop == self.grid.hop and plan.joint != self.grid.separate_emotion:
+        full = plan.hop == self.grid.hop and (not self.grid.settings.incremental
+                                              or plan.new_rows == self.grid.hop + self.grid.lookahead)
+        if self.cuda_graphs and full and plan.joint != self.grid.separate_emotion:
             plan = replace(plan, static=True)
         return plan
 

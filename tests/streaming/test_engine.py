@@ -64,8 +64,10 @@ def _solo(animator, plan, pushes, settings=SETTINGS):
 
 
 @pytest.mark.parametrize("cuda_graphs, settings", [(False, SETTINGS), (True, SETTINGS), (False, RAMP),
-                                                   (False, INCREMENTAL), (False, INCREMENTAL_RAMP)],
-                         ids=["eager", "static-shapes", "ramp", "incremental", "incremental-ramp"])
+                                                   (False, INCREMENTAL), (False, INCREMENTAL_RAMP),
+                                                   (True, INCREMENTAL_RAMP)],
+                         ids=["eager", "static-shapes", "ramp", "incremental", "incremental-ramp",
+                              "incremental-static-shapes"])
 def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs, settings):
     """cuda_graphs on the CPU: the static-shape path (windows padded to one length, batches to
     buckets, the whole ring read) runs eagerly; only the capture itself needs CUDA. With a ramp,
@@ -75,6 +77,8 @@ def test_streams_in_one_engine_equal_streams_alone(animator, voices, cuda_graphs
     if cuda_graphs:  # built up front, in silence on the scratch slot: nothing any stream sees
         engine.prepare_static_hops()
         assert sorted(engine.executor.static_hops) == [1, 2, 4] and engine.executor.cache.k[:4].abs().sum() == 0  # only the scratch slot
+        if engine.executor.incremental is not None:  # its rings too
+            assert all(r.k[:4].abs().sum() == 0 for r in engine.executor.incremental.rings.values())
     audio = [_at_rate(p["speech"], p["rate"]) for p in plans]
     ids, pos, pushes = {}, [0] * 4, [[] for _ in plans]
     frames = [[] for _ in plans]
@@ -273,35 +277,50 @@ class _NoHostValues(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_static_hop_is_capturable(voices, backend):
+@pytest.mark.parametrize("encoding", ["windowed", "incremental"])
+def test_static_hop_is_capturable(voices, backend, encoding):
     """What each bucket's graph would capture, run eagerly on the CPU under a watch: no value
     goes back to the host and no tensor is made from host data (the Triton backend's step
     under the interpreter), and it equals the engine's own output."""
     if backend == "triton":
         pytest.importorskip("triton")
     animator = Animator.from_config("tiny", seed=11, device="cpu", backend=backend)
-    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=2, cuda_graphs=True)
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS, encoding=encoding),
+                          max_streams=2, cuda_graphs=True)
     sid = engine.open()
     engine.push(sid, voices[0][:16000])
     while engine.step():
         pass
     (hop,) = engine.executor.static_hops.values()
     with torch.inference_mode():
-        want = [x.clone() for x in hop.fn(hop.inputs)]
+        want = [x.clone() for x in _tensors(hop.fn(hop.inputs))]
         with _NoHostValues():
-            got = hop.fn(hop.inputs)
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
+            got = _tensors(hop.fn(hop.inputs))
+    assert len(got) == len(want) >= 2 and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def _tensors(out) -> list:
+    """Every tensor of a hop's outputs (the incremental hop's EncodedRows too), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = out.values()
+    elif not isinstance(out, (tuple, list)):
+        out = vars(out).values()
+    return [t for x in out for t in _tensors(x)]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, TOL), (torch.float16, 2e-2)])
-def test_cuda_graph_replays_equal_eager_engine(voices, dtype, tol):
+@pytest.mark.parametrize("encoding", ["windowed", "incremental"])
+def test_cuda_graph_replays_equal_eager_engine(voices, dtype, tol, encoding):
     """On CUDA: every bucket's hop captured once and replayed gives the eager engine's frames."""
     animator = Animator.from_config("tiny", seed=11, device="cuda", dtype=dtype)
     outputs = []
     for graphs in (False, True):
-        engine = StreamEngine(animator.model, "cuda", dtype, StreamSettings(**SETTINGS), max_streams=4, cuda_graphs=graphs)
+        engine = StreamEngine(animator.model, "cuda", dtype, StreamSettings(**SETTINGS, encoding=encoding),
+                              max_streams=4, cuda_graphs=graphs)
         if graphs:
             engine.prepare_static_hops()  # every bucket captured before any stream opens
         ids = [engine.open(level=i % 2, person=3 * i) for i in range(3)]
