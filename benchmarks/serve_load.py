@@ -139,9 +139,12 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", default="5,10,20", help="clip lengths, comma-separated")
     p.add_argument("--realtime", action="store_true", help="clients send audio no faster than spoken")
     p.add_argument("--chunk-ms", type=int, default=1000, help="audio per message (NVIDIA's client: 1000)")
-    p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own, 100; or auto)")
+    p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own: auto)")
+    p.add_argument("--live-streams", default=None, help="the server's --live-streams: the streams its auto hop "
+                                                        "must hold (default its own, 1)")
     p.add_argument("--encoders", default="torch", help="the server's --encoders (torch, int8 or openvino)")
-    p.add_argument("--encoding", default=None, help="the server's --encoding (windowed, its default, or incremental)")
+    p.add_argument("--encoding", default=None, help="the server's --encoding (default its own, incremental; or "
+                                                    "windowed)")
     p.add_argument("--context-ms", default=None, help="the server's --context-ms (default its own, 2000)")
     p.add_argument("--threads", default=None, help="the server's --threads (default torch's, one per core)")
     p.add_argument("--json", help="also write the rows here")
@@ -155,7 +158,8 @@ def main(argv=None) -> None:
         extra = ("--encoders", args.encoders) + \
             (("--context-ms", args.context_ms) if args.context_ms else ()) + \
             (("--threads", args.threads) if args.threads else ()) + \
-            (("--encoding", args.encoding) if args.encoding else ())
+            (("--encoding", args.encoding) if args.encoding else ()) + \
+            (("--live-streams", args.live_streams) if args.live_streams else ())
         proc, address = start_server(args.preset, args.dtype, args.device, max(clients), args.hop_ms, extra)
     try:
         rows = []
@@ -180,7 +184,8 @@ def main(argv=None) -> None:
           f"{f', server --hop-ms {args.hop_ms}' if args.hop_ms else ''}"
           f"{f', --context-ms {args.context_ms}' if args.context_ms else ''}"
           f"{f', --threads {args.threads}' if args.threads else ''}"
-          f"{f', --encoding {args.encoding}' if args.encoding else ''}")
+          f"{f', --encoding {args.encoding}' if args.encoding else ''}"
+          f"{f', --live-streams {args.live_streams}' if args.live_streams else ''}")
     print(markdown(rows))
     if proc is not None:
         print("\nThe server said:\n" + "\n".join(f"    {line}" for line in server_says(proc)))

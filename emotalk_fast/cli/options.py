@@ -142,12 +142,12 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
 def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) -> None:
     """A stream's settings (stream, stream-eval, serve), their defaults StreamSettings' own;
     `offer_encoding`: add --encoding (stream-eval reports every encoding instead)."""
-    from ..streaming.settings import ENCODINGS, StreamSettings
+    from ..streaming.settings import ENCODINGS, LIVE_HOP_MS, StreamSettings
 
     d = StreamSettings()
-    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False, allow_auto=True), default=d.hop_ms,
-                   help=f"multiple of 100 (default {d.hop_ms}), or auto: the smallest hop this machine holds in real "
-                        "time (measured at start-up)")
+    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False, allow_auto=True), default=None,
+                   help=f"multiple of 100, or auto: the smallest hop this machine holds in real time (measured at "
+                        f"start-up); default {LIVE_HOP_MS} for serve and stream --realtime, else {d.hop_ms}")
     p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d.lookahead_ms,
                    help=f"multiple of 100 (default {d.lookahead_ms})")
     p.add_argument("--context-ms", type=grid_ms_arg("--context-ms"), default=d.context_ms,
@@ -165,9 +165,10 @@ def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) 
                    help="hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for "
                         f"100 ms of audio, not a whole hop (default {'on' if d.ramp else 'off'})")
     if offer_encoding:
-        p.add_argument("--encoding", choices=ENCODINGS, default=d.encoding,
+        p.add_argument("--encoding", choices=ENCODINGS, default=None,
                        help="windowed: each hop re-encodes its whole window; incremental: only its new rows, over "
-                            f"the kept keys and values of the context (default {d.encoding}; docs/streaming.md)")
+                            f"the kept keys and values of the context (default {d.encoding}; windowed with "
+                            "--encoders openvino, which compiles each encoder whole; docs/streaming.md)")
 
 
 def stream_settings(args, **fields):
@@ -175,18 +176,29 @@ def stream_settings(args, **fields):
     such as serve's --max-audio-s as the cache length), errors in the flags' own words."""
     import re
 
-    from ..streaming.settings import StreamSettings
+    from ..streaming.settings import LIVE_HOP_MS, StreamSettings
 
-    options = dict(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
+    hop_ms = args.hop_ms
+    if hop_ms is None:  # not given: live commands keep up, others take the library's default
+        hop_ms = LIVE_HOP_MS if is_live(args) else StreamSettings.hop_ms
+    options = dict(hop_ms=hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
                    emotion_context_ms=args.emotion_context_ms, emotion_hop_ms=args.emotion_hop_ms,
                    whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
     if "encoding" in args:  # every command but stream-eval
-        options["encoding"] = args.encoding
+        if args.encoding is not None:
+            options["encoding"] = args.encoding
+        elif args.encoders == "openvino":  # compiled whole: no layer to run over kept keys and values
+            options["encoding"] = "windowed"
     try:
         return StreamSettings(**options, **fields)
     except InvalidInput as e:
         message = re.sub(r"\b(" + "|".join(options) + r")\b", lambda m: "--" + m.group(1).replace("_", "-"), str(e))
         raise InvalidInput(message) from None
+
+
+def is_live(args) -> bool:
+    """The command serves live audio (serve, stream --realtime): its frames must keep up."""
+    return args.command == "serve" or bool(getattr(args, "realtime", False))
 
 
 def resolve_stream_settings(animator, args, streams: int = 1, **fields):

@@ -48,7 +48,7 @@ def serve(args) -> None:
     except BaseException:
         server.stop(grace=0)
         raise
-    print(startup_line(args, server, engine, time.perf_counter() - t0), flush=True)
+    print(startup_line(args, server, engine, time.perf_counter() - t0, budget), flush=True)
     server.wait_for_signal()
     if server.streams_cut:
         print(f"stopped at once by a second signal: {server.streams_cut} live stream(s) cut", flush=True)
@@ -64,6 +64,9 @@ def check_serve_options(server_module, args):
         client_ca=args.client_ca, metrics_port=args.metrics_port)
     if args.max_streams < 1:
         raise InvalidInput(f"--max-streams must be >= 1, got {args.max_streams}")
+    if not 1 <= args.live_streams <= args.max_streams:
+        raise InvalidInput(f"--live-streams must be between 1 and --max-streams ({args.max_streams}), "
+                           f"got {args.live_streams}")
     for path in (args.tls_cert, args.tls_key, args.client_ca):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"file not found: {path}")
@@ -84,8 +87,9 @@ def serve_threads(args) -> int | None:
     return cpu_threads()
 
 
-def startup_line(args, server, engine, load_s: float) -> str:
-    """What the server listens on and what its settings hold, in one line."""
+def startup_line(args, server, engine, load_s: float, budget=None) -> str:
+    """What the server listens on, its settings and (given the measured budget) what they hold,
+    in one line."""
     s, animator_device = engine.settings, engine.device
     tls = "mutual TLS" if args.client_ca else "TLS" if args.tls_cert else "no TLS"
     metrics = f", metrics on http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port is not None else ""
@@ -93,9 +97,15 @@ def startup_line(args, server, engine, load_s: float) -> str:
     if args.cuda_graphs:
         graphs = "static shapes and CUDA graphs; " if animator_device.type == "cuda" else \
             "static shapes (eager: CUDA graphs need CUDA); "
+    held = ""
+    if budget is not None:
+        n = budget.holds()
+        held = f"holds {n} live stream{'s' if n != 1 else ''} in real time; "
+    emotion = "" if s.incremental and s.emotion_context == s.context_ms else \
+        f"emotion context {s.emotion_context} ms every {s.emotion_hop} ms; "
     return (f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
-            f"streams; hop {s.hop_ms} ms, lookahead {s.lookahead_ms} ms, context {s.context_ms} ms, "
-            f"emotion context {s.emotion_context} ms every {s.emotion_hop} ms; "
+            f"streams; {s.encoding} encoding, hop {s.hop_ms} ms{' (auto)' if args.hop_ms in (None, 'auto') else ''}, "
+            f"lookahead {s.lookahead_ms} ms, context {s.context_ms} ms; {emotion}{held}"
             f"{'ramp from 100 ms; ' if s.ramp and s.hop_ms > 100 else ''}{graphs}"
             f"{threads_note(animator_device)}loaded in {load_s:.1f} s{metrics})")
 
@@ -114,10 +124,10 @@ def threads_note(device) -> str:
 
 def measure_budget(animator, args, settings):
     """What this machine holds at the serve's settings (measured now), said on stderr, with a
-    warning when it cannot keep up with --max-streams; --hop-ms auto picks the hop."""
+    warning when it cannot keep up with --live-streams; --hop-ms auto picks the hop."""
     from ..streaming.budget import choose_hop, measure
 
-    streams = args.max_streams
+    streams = args.live_streams
 
     def report(b):
         print(f"emotalk-fast serve: {'--hop-ms auto: ' if settings.is_auto else ''}{b.describe(streams)}",
@@ -131,7 +141,7 @@ def measure_budget(animator, args, settings):
     held = budget.holds()
     if held < streams:
         hint = "--hop-ms auto, a shorter --context-ms, " if not settings.is_auto else "a shorter --context-ms, "
-        warn(f"this machine keeps up with {held} of --max-streams {streams} live streams at hop {budget.hop_ms} ms: "
+        warn(f"this machine keeps up with {held} of --live-streams {streams} at hop {budget.hop_ms} ms: "
              f"more fall behind real time (try {hint}fewer streams, or a faster device)")
     return budget
 
@@ -195,6 +205,10 @@ def register(sub) -> None:
     v.add_argument("--port", type=int, default=52000, help="gRPC port (default 52000, as Audio2Face-3D)")
     v.add_argument("--max-streams", type=int, default=16, help="concurrent streams; more get RESOURCE_EXHAUSTED "
                                                                "(default 16)")
+    v.add_argument("--live-streams", type=int, default=1,
+                   help="live streams that must keep up in real time (default 1, at most --max-streams): --hop-ms "
+                        "auto, the default, picks the smallest hop that holds them; a hop given that does not hold "
+                        "them gets a warning at start-up")
     v.add_argument("--max-audio-s", type=float, default=600.0,
                    help="longest stream in seconds of audio; longer ones get INVALID_ARGUMENT (default 600)")
     v.add_argument("--idle-timeout", type=float, default=30.0,

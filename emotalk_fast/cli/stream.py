@@ -34,7 +34,8 @@ def stream(args) -> None:
     animator = load_animator(args, threads=serve_threads(args))  # a live stream, threaded as serve is
     stream = animator.stream(args.level, args.person, resolve_stream_settings(animator, args))
     hop_ms = stream.settings.hop_ms
-    print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops"
+    auto = " (auto)" if args.hop_ms in (None, "auto") and stream_settings(args).is_auto else ""
+    print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops{auto}"
           f"{' in real time' if args.realtime else ''}, {stream.settings.encoding} encoding; algorithmic latency "
           f"{stream.latency_ms:.0f} ms; {threads_note(animator.device).rstrip('; ')}")
     hop_s, algo_s, computes, done = hop_ms / 1000, stream.latency_ms / 1000, [], [0]
@@ -83,8 +84,9 @@ def stream_eval(args) -> None:
     def report(done, total, setting):
         print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
 
+    encodings = ("windowed",) if args.encoders == "openvino" else ENCODINGS  # compiled whole: windows only
     rows = evaluate(animator, speech, contexts, lookaheads, resolve_stream_settings(animator, args), progress=report,
-                    encodings=ENCODINGS)
+                    encodings=encodings)
     print(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInput
 from ..model.emotalk import EmoTalk
 from ..model.encoder import Wav2Vec2Encoder
 from ..runtime.threads import run_pair
@@ -76,6 +77,10 @@ class IncrementalEncoder:
     """Both encoders of a model, incrementally, over the rings of `slots` streams."""
 
     def __init__(self, model: EmoTalk, grid: StreamGrid, slots: int, device, dtype):
+        if not all(isinstance(e, Wav2Vec2Encoder) for e in (model.content_encoder, model.emotion_encoder)):
+            raise InvalidInput("encoding incremental runs each encoder layer by layer over kept keys and values: "
+                               "it needs the PyTorch encoders (torch or int8), not ones compiled whole "
+                               "(OpenVINO); use encoding windowed (--encoding windowed)")
         self.model, self.grid = model, grid
         self.rings = {
             "content": EncoderRings(model.content_encoder, slots, grid.context, device, dtype),

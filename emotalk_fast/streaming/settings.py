@@ -15,6 +15,9 @@ from ..errors import InvalidInput
 
 GRID_MS = 100  # the grids of 50 Hz CNN frames and 30 fps output frames coincide every 100 ms
 AUTO = "auto"
+# `serve` and `stream --realtime` given no hop: the smallest this machine keeps up at, measured
+# at start-up (a live stream that falls behind grows its latency without bound)
+LIVE_HOP_MS = AUTO
 ENCODINGS = ("windowed", "incremental")
 # A 50 Hz CNN frame reads 400 samples (25 ms) from its start, 80 more than its 320-sample stride:
 # the last frame of a window ends 5 ms past the window's grid end.
@@ -54,7 +57,7 @@ class StreamSettings:
     # windowed: each hop re-encodes its whole window (context + hop + lookahead); incremental: each
     # hop encodes only its new rows (hop + lookahead), attending over the kept keys and values of
     # the last `context` (streaming/incremental.py), both branches every hop
-    encoding: str = "windowed"
+    encoding: str = "incremental"
 
     def __post_init__(self):
         if self.hop_ms != AUTO:

@@ -1,6 +1,7 @@
 """serve's start-up as the small functions it is made of: each is called here on parsed options,
 and none changes them."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def test_options_are_checked_and_left_as_parsed():
 
 
 def test_the_budget_and_the_startup_line(capsys):
-    args = _args("--max-streams", "2", "--hop-ms", "400", "--context-ms", "1000")
+    args = _args("--max-streams", "2", "--hop-ms", "400", "--context-ms", "1000", "--encoding", "windowed")
     animator = Animator.from_config("tiny", device="cpu", warn_random=False)
     budget = measure_budget(animator, args, stream_settings(args))
     assert budget.settings.hop_ms == 400 and budget.seconds(1) > 0
@@ -43,8 +44,57 @@ def test_the_budget_and_the_startup_line(capsys):
     class Listening:
         address = "127.0.0.1:52000"
 
-    line = startup_line(args, Listening(), engine, 1.25)
+    line = startup_line(args, Listening(), engine, 1.25, budget)
+    held = budget.holds()
     assert line.startswith("serving Audio2Face-3D ProcessAudioStream on 127.0.0.1:52000 (no TLS; up to 2 streams; "
-                           "hop 400 ms, lookahead 200 ms, context 1000 ms, emotion context 1000 ms every 400 ms; "
+                           "windowed encoding, hop 400 ms, lookahead 200 ms, context 1000 ms; emotion context 1000 ms "
+                           f"every 400 ms; holds {held} live stream{'s' if held != 1 else ''} in real time; "
                            "ramp from 100 ms; ")
     assert line.endswith("loaded in 1.2 s)")
+
+
+@pytest.mark.parametrize("machine, per_hop, hop_ms", [
+    ("fast", lambda hop_ms, n: 0.05 * n, 100),  # 50 ms a hop: 100 ms hops hold one stream
+    ("slow", lambda hop_ms, n: n * (0.3 + 0.0002 * hop_ms), 500),  # 300 ms + 0.2 ms per ms of hop
+    ("too slow", lambda hop_ms, n: 5.0 * n, 3200),  # none holds: the longest, with a warning
+])
+def test_serve_and_stream_realtime_choose_a_hop_that_keeps_up(monkeypatch, capsys, machine, per_hop, hop_ms):
+    """Given no hop, encoding or dtype, serve and stream --realtime choose incremental encoding in
+    float32 and the smallest hop this machine holds one live stream at (the machine stood in for
+    by a hop cost); stream without --realtime keeps the library's 100 ms."""
+    from emotalk_fast.cli.options import resolve_stream_settings
+    from emotalk_fast.streaming import budget as budget_module
+    from emotalk_fast.streaming.budget import Budget
+
+    def measure(model, device, dtype, settings, streams):
+        return Budget(settings, {n: per_hop(settings.hop_ms, n) for n in sorted({1, streams})})
+
+    monkeypatch.setattr(budget_module, "measure", measure)
+    animator = Animator.from_config("tiny", device="cpu", warn_random=False)
+    args = _args()
+    settings = stream_settings(args)
+    assert settings.is_auto and settings.incremental and args.live_streams == 1 and args.dtype is None
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        budget = measure_budget(animator, args, settings)
+    assert budget.hop_ms == hop_ms and budget.settings.incremental
+    assert f"--hop-ms auto: a hop of {hop_ms} ms takes" in capsys.readouterr().err
+    warned = [str(w.message) for w in said if "keeps up with" in str(w.message)]
+    assert warned == (["this machine keeps up with 0 of --live-streams 1 at hop 3200 ms: more fall behind real "
+                       "time (try a shorter --context-ms, fewer streams, or a faster device)"]
+                      if machine == "too slow" else [])
+    engine = animator.engine(args.max_streams, budget.settings)
+
+    class Listening:
+        address = "127.0.0.1:52000"
+
+    line = startup_line(args, Listening(), engine, 1.0, budget)
+    assert f"incremental encoding, hop {hop_ms} ms (auto)" in line
+    assert f"holds {budget.holds()} live stream" in line and ("holds 0" in line) == (machine == "too slow")
+
+    parse = build_parser().parse_args
+    live = parse(["stream", "speech.wav", "--random-weights", "tiny", "--realtime"])
+    assert resolve_stream_settings(animator, live).hop_ms == hop_ms
+    assert resolve_stream_settings(animator, parse(["stream", "speech.wav", "--random-weights", "tiny"])).hop_ms == 100
+    with pytest.raises(ValueError, match="--live-streams must be between 1 and --max-streams"):
+        check_serve_options(server_module, _args("--live-streams", "3", "--max-streams", "2"))

@@ -78,7 +78,7 @@ def test_a_stream_on_int8_encoders_equals_its_long_audio_path(animators, speech)
     from emotalk_fast.streaming.settings import StreamSettings
 
     _, int8 = animators
-    settings = {"hop_ms": 100, "lookahead_ms": 200, "context_ms": 1000, "emotion_hop_ms": 300}
+    settings = {"hop_ms": 100, "lookahead_ms": 200, "context_ms": 1000, "emotion_hop_ms": 300, "encoding": "windowed"}
     stream = int8.stream(whole_utterance_ms=0, **settings)
     frames = np.concatenate([stream.push(speech[i : i + 1600]) for i in range(0, len(speech), 1600)] + [stream.flush()])
     with torch.inference_mode():

@@ -62,13 +62,25 @@ def test_a_padded_batch_of_windows_equals_pytorch(animators, speech):
 
 
 def test_a_stream_equals_pytorch(animators, speech):
-    settings = dict(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=300, whole_utterance_ms=0)
+    settings = dict(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=300, whole_utterance_ms=0,
+                    encoding="windowed")  # OpenVINO compiles each transformer whole: incremental refuses it
     out = []
     for animator in animators:
         stream = animator.stream(**settings)
         out.append(np.concatenate([stream.push(speech[i : i + 1600]) for i in range(0, len(speech), 1600)]
                                   + [stream.flush()]))
     assert out[0].shape == out[1].shape and np.abs(out[0] - out[1]).max() < TOL
+
+
+def test_incremental_encoding_refuses_them_and_the_cli_streams_windowed(animators):
+    from emotalk_fast.cli import build_parser
+    from emotalk_fast.cli.options import stream_settings
+
+    with pytest.raises(ValueError, match="encoding incremental .* not ones compiled whole"):
+        animators[1].stream(encoding="incremental")
+    parse = build_parser().parse_args
+    assert stream_settings(parse(["serve", "--random-weights", "tiny", "--encoders", "openvino"])).encoding == "windowed"
+    assert stream_settings(parse(["serve", "--random-weights", "tiny"])).encoding == "incremental"
 
 
 def test_a_shared_front_end_stays_shared_and_exact(speech):

@@ -40,7 +40,8 @@ def test_an_emotion_cadence_is_budgeted_by_its_mean_and_its_peak(animator):
     """The emotion branch every third hop: the mean hop pays a third of its run, the latency the
     whole run (the hop that runs it)."""
     b = budget.measure(animator.model, "cpu", animator.dtype,
-                       StreamSettings(context_ms=1000, emotion_context_ms=4000, emotion_hop_ms=300), streams=1)
+                       StreamSettings(context_ms=1000, emotion_context_ms=4000, emotion_hop_ms=300,
+                                      encoding="windowed"), streams=1)
     assert 0 < b.hop_s[1] < b.peak_s[1] < 10
     assert b.latency_ms(1) == pytest.approx(100 + 200 + 5 + 1000 * b.peak_s[1])
     assert "when it runs the emotion branch" in b.describe(1)
@@ -56,11 +57,12 @@ def test_auto_tries_only_hops_the_emotion_cadence_fits(monkeypatch, animator):
         return Budget(settings, {1: 1.0})  # holds nothing: the longest fitting hop
 
     monkeypatch.setattr(budget, "measure", fake)
-    b = budget.choose_hop(animator.model, "cpu", animator.dtype, StreamSettings(hop_ms="auto", emotion_hop_ms=400), 1)
+    b = budget.choose_hop(animator.model, "cpu", animator.dtype, StreamSettings(hop_ms="auto", emotion_hop_ms=400,
+                                                                                  encoding="windowed"), 1)
     assert tried == [(200, 400), (400, 400)] and b.hop_ms == 400  # 100 ms: 400 > 100 + 200
     with pytest.raises(ValueError, match="none fits emotion_hop_ms 3300"):
         budget.choose_hop(animator.model, "cpu", animator.dtype,
-                          StreamSettings(hop_ms="auto", lookahead_ms=0, emotion_hop_ms=3300), 1)
+                          StreamSettings(hop_ms="auto", lookahead_ms=0, emotion_hop_ms=3300, encoding="windowed"), 1)
 
 
 def _costing(seconds_of_hop):
@@ -116,7 +118,8 @@ def test_serve_says_what_it_holds_and_warns_past_it():
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "emotalk_fast", "serve", "--random-weights", "mini", "--port",
-                             str(port), "--max-streams", "500", "--max-audio-s", "30", "--context-ms", "1000"],
+                             str(port), "--max-streams", "500", "--live-streams", "500", "--hop-ms", "100",
+                             "--max-audio-s", "30", "--context-ms", "1000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_this_process)
     try:
         end = time.monotonic() + 120
@@ -130,7 +133,8 @@ def test_serve_says_what_it_holds_and_warns_past_it():
         at_once = ", each encoder on its own, both at once" if 2 * threads <= cores() else ""
         assert line.startswith("serving") and f"; {threads} torch thread{'s' if threads > 1 else ''}{at_once};" in line
         assert "a hop of 100 ms takes" in err and "ms for 500 (extrapolated): holds" in err
-        assert "warning: this machine keeps up with" in err and "of --max-streams 500 live streams" in err
+        assert "warning: this machine keeps up with" in err and "of --live-streams 500 at hop 100 ms" in err
+        assert "; holds " in line and " live stream" in line
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -56,11 +56,13 @@ def test_settings_are_checked_once_with_the_field_named(changes, message):
 def test_defaults_and_their_derived_values():
     s = StreamSettings()
     assert (s.hop_ms, s.lookahead_ms, s.context_ms, s.whole_utterance_ms, s.ramp) == (100, 200, 2000, 4000, True)
-    assert s.emotion_context == 2000 and s.emotion_hop == 300 and s.separate_emotion  # every third 100 ms hop
-    every_hop = StreamSettings(emotion_hop_ms=100)
+    assert s.incremental and s.emotion_context == 2000 and s.emotion_hop == 100 and not s.separate_emotion
+    windowed = StreamSettings(encoding="windowed")
+    assert windowed.emotion_hop == 300 and windowed.separate_emotion  # every third 100 ms hop
+    every_hop = StreamSettings(emotion_hop_ms=100, encoding="windowed")
     assert every_hop.emotion_hop == 100 and not every_hop.separate_emotion
-    assert StreamSettings(hop_ms=1200).emotion_hop == 1200  # the lookahead is shorter than the hop
-    auto = StreamSettings(hop_ms="auto", emotion_hop_ms=400)  # the relation waits for a concrete hop
+    assert StreamSettings(hop_ms=1200, encoding="windowed").emotion_hop == 1200  # the lookahead is shorter than the hop
+    auto = StreamSettings(hop_ms="auto", emotion_hop_ms=400, encoding="windowed")  # the relation waits for a concrete hop
     assert auto.is_auto and auto.with_hop(200).emotion_hop == 400
     with pytest.raises(ValueError, match="emotion_hop_ms must be a multiple"):
         auto.with_hop(300)

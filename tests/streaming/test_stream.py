@@ -93,7 +93,8 @@ def test_stream_equals_windowed_offline(animator, speech, cuda_graphs, settings)
     through the engine's static-shape path, eager on the CPU), whether the emotion branch reads
     the content's windows or its own, every hop or every third (no whole-utterance rule at the
     end: the long-audio path has none)."""
-    stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, whole_utterance_ms=0, **settings)
+    stream = animator.stream(level=0, person=7, cuda_graphs=cuda_graphs, whole_utterance_ms=0, encoding="windowed",
+                             **settings)
     assert stream.engine.grid.separate_emotion == (settings["emotion_context_ms"] != settings["context_ms"])
     streamed = stream_all(stream, speech, [4000], 0)
     assert bool(stream.engine.executor.static_hops) == cuda_graphs
@@ -287,7 +288,8 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
     short = speech[: 16000 * 2]
     offline = animator.animate(short)
     for whole_utterance_ms in (2000, 4000):
-        stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, whole_utterance_ms=whole_utterance_ms)
+        stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, whole_utterance_ms=whole_utterance_ms,
+                                 encoding="windowed")
         pushed = [stream.push(short[i : i + 1600]) for i in range(0, len(short), 1600)]
         before_end = len(np.concatenate(pushed))
         streamed = np.concatenate(pushed + [stream.flush()])
@@ -297,7 +299,7 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
 
     with torch.inference_mode():
         wave = torch.from_numpy(short)
-        content, emotion = encode_windowed(animator.model, wave, StreamSettings(hop_ms=100, lookahead_ms=200, context_ms=1000))
+        content, emotion = encode_windowed(animator.model, wave, stream.settings)
         n = torch.tensor([len(short)])
         whole, _ = animator.model.encode_emotion(normalize_waveform(wave[None], n), n, [offline.num_frames])
         emotion[:, before_end:] = whole[:, before_end:]
@@ -306,11 +308,11 @@ def test_a_short_utterance_gets_offline_label(animator, speech):
     assert_close(streamed, want[0], 1e-5, "the stream, offline's emotion states from the end on")
 
     long_stream = animator.stream(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=100,
-                                  whole_utterance_ms=1900)  # 2 s is longer
+                                  whole_utterance_ms=1900, encoding="windowed")  # 2 s is longer
     stream_all(long_stream, short, [1600], 0)
     with torch.inference_mode():
         _, emotion = encode_windowed(animator.model, torch.from_numpy(short),
-                                     StreamSettings(hop_ms=100, lookahead_ms=200, context_ms=1000, emotion_hop_ms=100))
+                                     long_stream.settings.with_hop(100))
         running = animator.model.emotion_encoder.classify(emotion.mean(1))[0].numpy()
     np.testing.assert_allclose(long_stream.emotion_logits, running, atol=1e-5, rtol=0)
     assert np.abs(long_stream.emotion_logits - offline.emotion_logits).max() > 1e-4  # the two readouts differ here
