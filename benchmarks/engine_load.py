@@ -119,7 +119,8 @@ def main() -> None:
                    help="on: static shapes, each batch bucket's hop a CUDA graph (on the CPU: static shapes, "
                         "eager); both: the per-hop table for each, interleaved batch by batch")
     p.add_argument("--encodings", default="windowed",
-                   help="windowed, incremental or both (comma-separated), interleaved; incremental runs eagerly")
+                   help="windowed (default: the tables of docs/engine.md), incremental or both (comma-separated), "
+                        "interleaved")
     args = p.parse_args()
     animator = build(args.preset, args.device, args.dtype)
     speech = generated_speech(120.0)

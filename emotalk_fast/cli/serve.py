@@ -103,8 +103,9 @@ def startup_line(args, server, engine, load_s: float, budget=None) -> str:
         held = f"holds {n} live stream{'s' if n != 1 else ''} in real time; "
     emotion = "" if s.incremental and s.emotion_context == s.context_ms else \
         f"emotion context {s.emotion_context} ms every {s.emotion_hop} ms; "
+    auto = " (auto)" if args.hop_ms in (None, "auto") else ""
     return (f"serving Audio2Face-3D ProcessAudioStream on {server.address} ({tls}; up to {args.max_streams} "
-            f"streams; {s.encoding} encoding, hop {s.hop_ms} ms{' (auto)' if args.hop_ms in (None, 'auto') else ''}, "
+            f"stream{'s' if args.max_streams != 1 else ''}; {s.encoding} encoding, hop {s.hop_ms} ms{auto}, "
             f"lookahead {s.lookahead_ms} ms, context {s.context_ms} ms; {emotion}{held}"
             f"{'ramp from 100 ms; ' if s.ramp and s.hop_ms > 100 else ''}{graphs}"
             f"{threads_note(animator_device)}loaded in {load_s:.1f} s{metrics})")

@@ -10,7 +10,8 @@ exactly these places:
    frames) keep both grids aligned, so hop, lookahead and context are multiples of 100 ms.
 2. Windows: each hop's frames are encoded from a window of `context` before the hop, the hop,
    and `lookahead` after it; the encoders are bidirectional, so what lies outside the window
-   is not seen.
+   is not seen. Incremental encoding (the default) encodes only the hop's new rows, over the
+   keys and values earlier hops kept; windowed encoding re-encodes the whole window.
 3. Normalisation: per window (zero mean, unit variance over the window's samples), not over
    the whole clip.
 4. Emotion branch: encoded on the same 30 fps grid; offline it runs on int(L/50*30) frames and
@@ -18,8 +19,8 @@ exactly these places:
    of its own (`emotion_context_ms`, `emotion_hop_ms`). An utterance up to
    `whole_utterance_ms` long gets its last frames' emotion states and its label exactly as
    offline: the emotion encoder over the whole utterance, once it has ended.
-5. The CNN front end is recomputed per window, since per-window normalisation changes its
-   input; it is not incremental.
+5. The CNN front end runs on the new rows' samples (incremental) or on the whole window
+   (windowed), normalised over the window either way.
 6. Decoder: exact. A KV cache continues the offline decoder frame for frame, capped at
    `max_cache_s` seconds of history (a sliding window) so memory stays bounded.
 
