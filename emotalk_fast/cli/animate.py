@@ -221,6 +221,8 @@ def export_onnx(args) -> None:
     if args.encoders != "torch":
         raise InvalidInput("the ONNX export is the float32 model in PyTorch (runtimes compile and quantize in "
                            f"their own way): drop --encoders {args.encoders}")
+    if args.streaming:
+        return export_stream_onnx(args, out)
     from ..runtime.onnx_export import export_onnx as export, parity
 
     animator = load_animator(args, device="cpu")
@@ -238,6 +240,27 @@ def export_onnx(args) -> None:
     blendshapes, logits = parity(animator.model, out)
     print(f"ONNX Runtime vs PyTorch on noise speech: max abs difference {blendshapes:.2g} (blendshapes), "
           f"{logits:.2g} (emotion logits)")
+
+
+def export_stream_onnx(args, out: Path) -> None:
+    """export-onnx --streaming: the incremental hop with its states explicit (runtime/onnx_stream.py)."""
+    import importlib.util
+
+    from ..runtime.onnx_stream import export_stream_onnx as export
+    from ..streaming.settings import StreamSettings
+
+    settings = StreamSettings(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
+                              emotion_context_ms=args.emotion_context_ms, max_cache_s=args.max_cache_s)
+    animator = load_animator(args, device="cpu")
+    t0 = time.perf_counter()
+    print("[export-onnx] tracing one streaming hop (the release size: about a minute)", file=sys.stderr, flush=True)
+    meta = export(animator.model, out, settings)
+    size = sum(p.stat().st_size for p in (out, out.with_name(out.name + ".data")) if p.exists()) / 1e6
+    print(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.0f} s: one hop of {meta['hop_ms']} ms, "
+          f"lookahead {meta['lookahead_ms']} ms, context {meta['context_ms']} ms, decoder history "
+          f"{int(meta['cache_frames']) / 30:g} s; run it with examples/onnx_stream.py")
+    if importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime is not installed: the graph was not run (pip install onnxruntime to check it)")
 
 
 def preview(args) -> None:
@@ -332,5 +355,29 @@ def register(sub) -> None:
                    help="the clip length the graph animates (another length needs another export: the frame grid "
                         "depends on it)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    x.add_argument("--streaming", action="store_true",
+                   help="one hop of a live stream instead, every state an input and an output: any length, pushed "
+                        "as it comes (examples/onnx_stream.py runs it with ONNX Runtime alone; docs/game-engines.md)")
+    add_export_stream_options(x)
     add_model_options(x)
     x.set_defaults(func=export_onnx)
+
+
+def add_export_stream_options(p) -> None:
+    """The settings a streaming export bakes in (--streaming only): the stream's, but for the
+    decoder's history, which passes in and out of the graph each hop."""
+    from ..streaming.settings import EXPORT_MAX_CACHE_S, StreamSettings
+    from .options import grid_ms_arg
+
+    d = StreamSettings()
+    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False), default=d.hop_ms,
+                   help=f"--streaming: audio per hop, a multiple of 100 (default {d.hop_ms})")
+    p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d.lookahead_ms,
+                   help=f"--streaming: multiple of 100 (default {d.lookahead_ms})")
+    p.add_argument("--context-ms", type=grid_ms_arg("--context-ms"), default=d.context_ms,
+                   help=f"--streaming: multiple of 100 (default {d.context_ms})")
+    p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d.emotion_context_ms,
+                   help="--streaming: the emotion branch's context (default: --context-ms)")
+    p.add_argument("--max-cache-s", type=float, default=EXPORT_MAX_CACHE_S,
+                   help=f"--streaming: the decoder's history in seconds, a state passed in and out each hop "
+                        f"(default {EXPORT_MAX_CACHE_S:g})")

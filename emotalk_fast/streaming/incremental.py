@@ -173,7 +173,9 @@ def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, 
     h = h + F.gelu(pos[..., left:]).transpose(1, 2)
     # attention over the kept rows (valid: the first `filled` of the ring) and the new rows
     valid = torch.arange(rings.k.shape[2], device=device)[None, :] < filled[:, None]
-    mask = torch.cat([valid, valid.new_ones(B, n)], 1)[:, None, None, :]
+    valid = torch.cat([valid, valid.new_ones(B, n)], 1)[:, None, None, :]
+    # additive, not boolean: the same softmax, and an ONNX export needs no NaN guard (IsNaN) for it
+    mask = torch.zeros(valid.shape, device=device, dtype=feats.dtype).masked_fill(~valid, float("-inf"))
     ks, vs = [], []
     for i, layer in enumerate(enc.layers):
         q, k, v = layer.qkv(layer.norm1(h)).view(B, n, 3, layer.num_heads, -1).permute(2, 0, 3, 1, 4)

@@ -18,6 +18,9 @@ AUTO = "auto"
 # `serve` and `stream --realtime` given no hop: the smallest this machine keeps up at, measured
 # at start-up (a live stream that falls behind grows its latency without bound)
 LIVE_HOP_MS = AUTO
+# A streaming ONNX export's decoder history (max_cache_s): its ring passes in and out of the
+# graph every hop, and a stream's 600 s would be 147 MB each way at release size
+EXPORT_MAX_CACHE_S = 20.0
 ENCODINGS = ("windowed", "incremental")
 # A 50 Hz CNN frame reads 400 samples (25 ms) from its start, 80 more than its 320-sample stride:
 # the last frame of a window ends 5 ms past the window's grid end.

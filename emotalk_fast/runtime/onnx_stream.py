@@ -1,0 +1,185 @@
+"""Streaming ONNX export: one hop of an incremental stream as a graph whose every state is an
+input and an output (as LLM exports pass `past_key_values`), so that a host with ONNX Runtime
+alone, in a game engine, streams any length of audio through one export.
+
+A hop (frames [h0, h1) of a stream with one style; no ramp, no whole-utterance rule) takes:
+
+- `window` [1, W]: the hop's window of raw 16 kHz samples (context, hop, lookahead: the
+  samples its frames read), for the normalisation statistics, as the Python stream;
+- `segment` [1, S]: the part of the window the new rows' CNN frames read (from the first new
+  CNN frame to the window's end); `first_cnn_frame` []: that frame's index;
+- `new_frames` [n]: the new rows' frame indices (the hop and its lookahead, cut at the end);
+  `hop_frames` [h]: the hop's own (its first h), where its outputs go;
+- `kept` []: frames the encoder rings hold so far (the stream's frames before h0);
+- `level` [1, levels], `person` [1, persons]: the style weights;
+- the states: `content_keys`, `content_values` [layers, context, hidden], `content_proj`
+  [context, hidden] (and `emotion_*` alike): the encoders' kept rows; `decoder_keys`,
+  `decoder_values` [1, heads, cache, head_dim]: the decoder's ring.
+
+and returns `blendshapes` [h, 52] and every state updated (`next_*`). The host's arithmetic (which
+samples a hop's window holds, when a hop may run) is in examples/onnx_stream.py, in numpy;
+the metadata names the settings it needs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import InvalidInput
+from ..model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
+from ..model.decoder import RingKVCache
+from ..model.emotalk import NORM_EPS, EmoTalk
+from ..streaming.encoders import on_grid
+from ..streaming.grid import StreamGrid, grid_indices
+from ..streaming.incremental import encode_rows
+from ..streaming.settings import StreamSettings
+
+STATES = ("content_keys", "content_values", "content_proj", "emotion_keys", "emotion_values", "emotion_proj",
+          "decoder_keys", "decoder_values")
+INPUTS = ("window", "segment", "first_cnn_frame", "new_frames", "hop_frames", "kept", "level", "person") + STATES
+OUTPUTS = ("blendshapes",) + tuple(f"next_{s}" for s in STATES)
+
+
+def stream_settings_for_export(settings: StreamSettings) -> StreamSettings:
+    """The settings a streaming graph runs: incremental encoding, no ramp (one hop length), no
+    whole-utterance rule (the host keeps no utterance)."""
+    if settings.is_auto:
+        raise InvalidInput("a streaming export needs a concrete hop_ms, not auto")
+    return StreamSettings(hop_ms=settings.hop_ms, lookahead_ms=settings.lookahead_ms, context_ms=settings.context_ms,
+                          emotion_context_ms=settings.emotion_context_ms, whole_utterance_ms=0, ramp=False,
+                          max_cache_s=settings.max_cache_s, encoding="incremental")
+
+
+class IncrementalHopGraph(nn.Module):
+    """One incremental hop of one stream, every state in and out (the module docstring)."""
+
+    def __init__(self, model: EmoTalk, settings: StreamSettings):
+        super().__init__()
+        self.model = model
+        self.settings = stream_settings_for_export(settings)
+        self.grid = StreamGrid.for_model(self.settings, model.cfg)
+        self.cache_frames = max(int(self.settings.max_cache_s * FPS), self.grid.hop)  # as the engine's
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each state's shape (a new stream's states are zeros)."""
+        cfg, dec = self.model.cfg, self.model.decoder.cfg
+        shapes = {}
+        for name, enc, rows in (("content", cfg.content, self.grid.context),
+                                ("emotion", cfg.emotion, self.grid.emotion_context)):
+            rows = max(rows, 1)  # as EncoderRings: a context of 0 keeps one row, never read
+            shapes[f"{name}_keys"] = shapes[f"{name}_values"] = (enc.num_layers, rows, enc.hidden_size)
+            shapes[f"{name}_proj"] = (rows, enc.hidden_size)
+        shapes["decoder_keys"] = shapes["decoder_values"] = (1, dec.num_heads, self.cache_frames,
+                                                             dec.feature_dim // dec.num_heads)
+        return shapes
+
+    def forward(self, window, segment, first_cnn_frame, new_frames, hop_frames, kept, level, person,
+                content_keys, content_values, content_proj, emotion_keys, emotion_values, emotion_proj,
+                decoder_keys, decoder_values):
+        model, dtype = self.model, self.model.content_map.weight.dtype
+        # normalised by the window's statistics (normalize_waveform over the whole window)
+        mean = window.mean(1, keepdim=True)
+        var = ((window - mean) ** 2).mean(1, keepdim=True)
+        wave = ((segment - mean) / torch.sqrt(var + NORM_EPS)).to(dtype)
+        content, emotion = model.front_ends(wave)
+        lo = first_cnn_frame.reshape(1, 1)
+        i0, i1, frac = grid_indices(new_frames[None], lo, lo + content.shape[1] - 1)
+        frac = frac.to(dtype)
+        slot, kept = torch.zeros(1, dtype=torch.long), kept.reshape(1)
+        hop = hop_frames.shape[0]
+        rings = {"content": (content_keys, content_values, content_proj, self.grid.context),
+                 "emotion": (emotion_keys, emotion_values, emotion_proj, self.grid.emotion_context)}
+        hidden, states = {}, []
+        for name, feats, enc in (("content", content, model.content_encoder),
+                                 ("emotion", emotion, model.emotion_encoder)):
+            k, v, proj, rows = rings[name]
+            ring = SimpleNamespace(k=k[None], v=v[None], proj=proj[None], rows=rows)
+            out = encode_rows(enc, ring, on_grid(feats, i0, i1, frac), slot, kept, hop)
+            hidden[name] = out.hidden[:, :hop]
+            states += [_commit(k, out.k[0], kept, rows, 1), _commit(v, out.v[0], kept, rows, 1),
+                       _commit(proj, out.proj[0], kept, rows, 0)]
+        x, memory = model.decoder_inputs(hidden["content"], hidden["emotion"], level, person)
+        cache = RingKVCache.__new__(RingKVCache)  # the ring's buffers are this graph's inputs
+        cache.k, cache.v, cache.capacity = decoder_keys.clone(), decoder_values.clone(), self.cache_frames
+        out = model.decoder.step_at(x, memory, cache, slot, hop_frames[:1], self.cache_frames)
+        return (model.blendshape_head(out)[0].float(), *states, cache.k, cache.v)
+
+
+def _commit(ring: torch.Tensor, new: torch.Tensor, kept: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
+    """The ring with the hop's rows `new` written at frames kept, kept + 1, ... mod rows (the
+    last `rows` of them when the hop is longer), as EncoderRings.commit."""
+    if rows == 0:
+        return ring
+    j = torch.arange(new.shape[dim])[-rows:]
+    return ring.index_copy(dim, (kept + j) % rows, new.index_select(dim, j))
+
+
+def example_inputs(graph: IncrementalHopGraph) -> dict[str, torch.Tensor]:
+    """Inputs of a steady hop (full window and new rows) in noise, with zero states."""
+    grid = graph.grid
+    w = grid.window(grid.steady())
+    first = w.h0 * 5 // 3
+    window = torch.from_numpy(np.random.default_rng(0).standard_normal((1, w.s1 - w.s0)).astype(np.float32) * 0.1)
+    dec = graph.model.cfg.decoder
+    level, person = torch.zeros(1, dec.num_levels), torch.zeros(1, dec.num_persons)
+    level[0, min(1, dec.num_levels - 1)], person[0, 0] = 1.0, 1.0
+    inputs = dict(window=window, segment=window[:, grid.stride * (first - w.c_lo):],
+                  first_cnn_frame=torch.tensor(first), new_frames=torch.arange(w.h0, w.t1),
+                  hop_frames=torch.arange(w.h0, w.h1), kept=torch.tensor(w.h0), level=level, person=person)
+    inputs.update({name: torch.zeros(shape) for name, shape in graph.state_shapes().items()})
+    return inputs
+
+
+def metadata(graph: IncrementalHopGraph) -> dict[str, str]:
+    """What a host needs beside the graph: the settings in frames and samples, the names."""
+    grid, s = graph.grid, graph.settings
+    return {"kind": "emotalk_fast incremental stream hop", "sample_rate": str(SAMPLE_RATE), "fps": str(FPS),
+            "hop_ms": str(s.hop_ms), "lookahead_ms": str(s.lookahead_ms), "context_ms": str(s.context_ms),
+            "emotion_context_ms": str(s.emotion_context), "hop_frames": str(grid.hop),
+            "lookahead_frames": str(grid.lookahead), "context_frames": str(grid.context),
+            "emotion_context_frames": str(grid.emotion_context), "cache_frames": str(graph.cache_frames),
+            "cnn_stride": str(grid.stride), "cnn_field": str(grid.field),
+            "blendshapes": json.dumps(list(BLENDSHAPE_NAMES)),
+            "num_levels": str(graph.model.cfg.decoder.num_levels),
+            "num_persons": str(graph.model.cfg.decoder.num_persons),
+            "state_shapes": json.dumps(graph.state_shapes())}
+
+
+def export_stream_onnx(model: EmoTalk, path, settings: StreamSettings) -> dict:
+    """Write the incremental hop of `settings` (concrete hop; no ramp, no whole-utterance rule)
+    to `path` (float32, CPU) -> its metadata."""
+    if next(model.parameters()).dtype != torch.float32:
+        raise InvalidInput("the ONNX export is float32: load the model with dtype float32")
+    model = model.cpu().eval()
+    graph = IncrementalHopGraph(model, settings).eval()
+    inputs = example_inputs(graph)
+    grid = graph.grid
+    dim = torch.export.Dim
+    window, segment = dim("window", min=grid.field, max=1 << 20), dim("segment", min=grid.field, max=1 << 20)
+    new, hop = dim("new_frames", min=1, max=grid.hop + grid.lookahead), dim("hop_frames", min=1, max=grid.hop)
+    dynamic = {name: None for name in INPUTS}
+    dynamic.update(window={1: window}, segment={1: segment}, new_frames={0: new}, hop_frames={0: hop})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        exporter_log.setLevel(logging.ERROR)
+        try:
+            graph(**inputs)  # fills the decoder's per-device caches first: the trace then only reads them
+            program = torch.onnx.export(graph, (), kwargs=inputs, dynamo=True, input_names=list(INPUTS),
+                                        output_names=list(OUTPUTS), dynamic_shapes=dynamic, verbose=False)
+        finally:
+            exporter_log.setLevel(level)
+    meta = metadata(graph)
+    program.model.metadata_props.update(meta)
+    program.save(str(path))
+    return meta

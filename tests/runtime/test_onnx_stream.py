@@ -1,0 +1,101 @@
+"""The streaming ONNX export: examples/onnx_stream.py, ONNX Runtime and numpy alone, streams a
+real clip through one export and gets the Python stream's frames at the same settings, whatever
+the push sizes; the graph uses only the standard operators named here, at opset 20."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emotalk_fast import Animator
+from helpers import espeak_speech
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = dict(hop_ms=200, lookahead_ms=200, context_ms=600, max_cache_s=4.0)
+TOL = 1e-4
+# The standard ONNX operators (domain ai.onnx, opset 20) the streaming graph uses, and no others.
+# Unity's Inference Engine takes opsets up to 25 (since 2.6) and Unreal's NNE runs ONNX Runtime;
+# a change that brings in another operator fails here, to be checked against those engines'
+# lists before it is added (docs/game-engines.md names them).
+OPERATORS = {
+    "Add", "Cast", "Clip", "Concat", "Conv", "Div", "Expand", "Floor", "Gather", "GatherND", "Gelu", "Gemm",
+    "LayerNormalization", "Less", "LessOrEqual", "MatMul", "Max", "Min", "Mod", "Mul", "Not", "Pow", "Range",
+    "ReduceMean", "Relu", "Reshape", "ScatterND", "Shape", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
+    "Transpose", "Unsqueeze", "Where",
+}
+OPSET = 20
+
+
+def _host():
+    """examples/onnx_stream.py as a module (it is not a package)."""
+    spec = importlib.util.spec_from_file_location("onnx_stream_example", ROOT / "examples" / "onnx_stream.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return espeak_speech("A game streams its own voice through one exported graph.", speed=180)
+
+
+@pytest.fixture(scope="module", params=["mini", "tiny"])
+def exported(request, tmp_path_factory):
+    from emotalk_fast.runtime.onnx_stream import export_stream_onnx
+    from emotalk_fast.streaming.settings import StreamSettings
+
+    animator = Animator.from_config(request.param, seed=3, device="cpu", warn_random=False)
+    path = tmp_path_factory.mktemp("onnx_stream") / f"{request.param}.onnx"
+    meta = export_stream_onnx(animator.model, path, StreamSettings(**SETTINGS))
+    return animator, path, meta
+
+
+def test_the_onnx_loop_streams_as_the_python_stream(exported, speech):
+    animator, path, meta = exported
+    assert (meta["hop_frames"], meta["lookahead_frames"], meta["context_frames"]) == ("6", "6", "18")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    stream = animator.stream(level=1, person=0, whole_utterance_ms=0, ramp=False, encoding="incremental", **SETTINGS)
+    want = np.concatenate([stream.push(speech[i : i + 1600]) for i in range(0, len(speech), 1600)] + [stream.flush()])
+    host = _host()
+    for chunk in (1600, 333, len(speech)):
+        got = host.stream_file(session, speech, chunk)
+        assert got.shape == want.shape
+        err = float(np.abs(got - want).max())
+        assert err <= TOL, f"chunk {chunk}: max |ONNX loop - Python stream| = {err:.2e}"
+
+
+def test_the_graph_uses_only_the_named_operators(exported):
+    _, path, _ = exported
+    model = onnx.load(str(path), load_external_data=False)
+    assert not model.functions  # every node a standard operator, none inside a local function
+    used = {node.op_type for node in model.graph.node}
+    assert used <= OPERATORS, f"operators not named here: {sorted(used - OPERATORS)}"
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", OPSET)}
+
+
+def test_the_example_runs_without_torch_or_the_library(exported, speech, tmp_path):
+    """The loop as a host runs it: a subprocess in which torch and emotalk_fast cannot import."""
+    import soundfile
+
+    _, path, _ = exported
+    wav, out = tmp_path / "speech.wav", tmp_path / "frames.npy"
+    soundfile.write(wav, speech, 16000)
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    for name in ("torch", "emotalk_fast"):
+        (blocker / name).mkdir()
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} must not be needed')\n")
+    env = {"PYTHONPATH": str(blocker), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_stream.py"), str(path), str(wav), "-o", str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    frames = np.load(out)
+    assert frames.dtype == np.float32 and frames.shape == (int(np.ceil(len(speech) / 16000 * 30)), 52)
+    as_read, _ = soundfile.read(wav, dtype="float32")  # 16-bit PCM: the file's samples, not the array's
+    np.testing.assert_array_equal(frames, _host().stream_file(ort.InferenceSession(str(path)), as_read, 1600))
