@@ -33,6 +33,8 @@ NOT_RUN = [  # (pattern, why the line is not run here)
     (r"^mkdocs ", "tests/test_docs_site.py builds the site"),
     (r"python benchmarks/", "a benchmark script: minutes to hours, or the released code; benchmarks/ are "
                             "collected by the test suite and gpu_check's dry run runs them small"),
+    (r"^python examples/onnx_stream\.py ", "the torch-free host loop reads a 16 kHz wav from the repository's "
+                                           "examples/; tests/runtime/test_onnx_stream.py runs it"),
     (r"^ADDON=|^blender ", "needs Blender and a scene with a face; tests/bridges/test_blender.py runs the add-on"),
     (r"^cd emotalk_fast/serve/protos", "rewrites the committed descriptor set; tests/serve/test_protocol.py "
                                        "recompiles it and compares"),

@@ -211,6 +211,13 @@ def export_onnx(args) -> None:
         raise InvalidInput(f"{out} exists; pass --overwrite to replace it")
     if not args.seconds > 0:
         raise InvalidInput(f"--seconds must be > 0, got {args.seconds}")
+    if not args.streaming:
+        given = [f for f, default in EXPORT_STREAM_DEFAULTS.items() if getattr(args, f) != default]
+        if given:
+            raise InvalidInput(f"{', '.join('--' + f.replace('_', '-') for f in given)}: options of "
+                               "export-onnx --streaming (the fixed-length graph has no hops)")
+    elif args.seconds != EXPORT_SECONDS:
+        raise InvalidInput("--seconds is the fixed-length graph's: a streaming export takes any length")
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise InvalidInput(f"export-onnx needs {' and '.join(missing)}: pip install 'emotalk-fast[onnx]'")
@@ -351,7 +358,7 @@ def register(sub) -> None:
     x = sub.add_parser("export-onnx", help="the model as an ONNX graph for clips of one length (float32)")
     x.add_argument("-o", "--output", required=True, help="the .onnx file (the release size's weights go in a side "
                                                          "file next to it)")
-    x.add_argument("--seconds", type=float, default=4.0,
+    x.add_argument("--seconds", type=float, default=EXPORT_SECONDS,
                    help="the clip length the graph animates (another length needs another export: the frame grid "
                         "depends on it)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing file")
@@ -363,21 +370,34 @@ def register(sub) -> None:
     x.set_defaults(func=export_onnx)
 
 
+EXPORT_SECONDS = 4.0  # the fixed-length graph's default clip
+
+
+def _export_stream_defaults() -> dict:
+    from ..streaming.settings import EXPORT_MAX_CACHE_S, StreamSettings
+
+    d = StreamSettings()
+    return dict(hop_ms=d.hop_ms, lookahead_ms=d.lookahead_ms, context_ms=d.context_ms,
+                emotion_context_ms=d.emotion_context_ms, max_cache_s=EXPORT_MAX_CACHE_S)
+
+
+EXPORT_STREAM_DEFAULTS = _export_stream_defaults()
+
+
 def add_export_stream_options(p) -> None:
     """The settings a streaming export bakes in (--streaming only): the stream's, but for the
     decoder's history, which passes in and out of the graph each hop."""
-    from ..streaming.settings import EXPORT_MAX_CACHE_S, StreamSettings
     from .options import grid_ms_arg
 
-    d = StreamSettings()
-    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False), default=d.hop_ms,
-                   help=f"--streaming: audio per hop, a multiple of 100 (default {d.hop_ms})")
-    p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d.lookahead_ms,
-                   help=f"--streaming: multiple of 100 (default {d.lookahead_ms})")
-    p.add_argument("--context-ms", type=grid_ms_arg("--context-ms"), default=d.context_ms,
-                   help=f"--streaming: multiple of 100 (default {d.context_ms})")
-    p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d.emotion_context_ms,
+    d = EXPORT_STREAM_DEFAULTS
+    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False), default=d["hop_ms"],
+                   help=f"--streaming: audio per hop, a multiple of 100 (default {d['hop_ms']})")
+    p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d["lookahead_ms"],
+                   help=f"--streaming: multiple of 100 (default {d['lookahead_ms']})")
+    p.add_argument("--context-ms", type=grid_ms_arg("--context-ms"), default=d["context_ms"],
+                   help=f"--streaming: multiple of 100 (default {d['context_ms']})")
+    p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d["emotion_context_ms"],
                    help="--streaming: the emotion branch's context (default: --context-ms)")
-    p.add_argument("--max-cache-s", type=float, default=EXPORT_MAX_CACHE_S,
+    p.add_argument("--max-cache-s", type=float, default=d["max_cache_s"],
                    help=f"--streaming: the decoder's history in seconds, a state passed in and out each hop "
-                        f"(default {EXPORT_MAX_CACHE_S:g})")
+                        f"(default {d['max_cache_s']:g})")

@@ -99,3 +99,28 @@ def test_the_example_runs_without_torch_or_the_library(exported, speech, tmp_pat
     assert frames.dtype == np.float32 and frames.shape == (int(np.ceil(len(speech) / 16000 * 30)), 52)
     as_read, _ = soundfile.read(wav, dtype="float32")  # 16-bit PCM: the file's samples, not the array's
     np.testing.assert_array_equal(frames, _host().stream_file(ort.InferenceSession(str(path)), as_read, 1600))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "emotalk_fast", "export-onnx", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_command_writes_a_streaming_graph(tmp_path):
+    out = tmp_path / "stream.onnx"
+    r = _cli("--streaming", "--random-weights", "mini", "-o", out, "--hop-ms", "300", "--context-ms", "1000")
+    assert r.returncode == 0, r.stderr
+    assert "one hop of 300 ms, lookahead 200 ms, context 1000 ms, decoder history 20 s" in r.stdout
+    meta = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
+    assert (meta["hop_frames"], meta["context_frames"], meta["cache_frames"]) == ("9", "30", "600")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--hop-ms", "300"), "--hop-ms: options of export-onnx --streaming"),
+    (("--streaming", "--seconds", "2"), "--seconds is the fixed-length graph's"),
+    (("--streaming", "--hop-ms", "250"), "--hop-ms must be a positive multiple of 100 ms"),
+])
+def test_the_command_refuses_mixed_options_in_one_line(tmp_path, args, message):
+    r = _cli("--random-weights", "mini", "-o", tmp_path / "x.onnx", *args)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert "RANDOM" not in r.stderr  # before the model loads

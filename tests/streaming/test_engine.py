@@ -15,8 +15,8 @@ from emotalk_fast.model.emotalk import num_frames
 from helpers import espeak_speech
 
 TOL = 1e-5
-SETTINGS = dict(hop_ms=100, lookahead_ms=200, context_ms=600, max_cache_s=3.0)
-RAMP = dict(hop_ms=400, lookahead_ms=200, context_ms=600, max_cache_s=3.0, ramp=True)  # hops of 100, 200, then 400
+SETTINGS = dict(hop_ms=100, lookahead_ms=200, context_ms=600, max_cache_s=3.0, encoding="windowed")
+RAMP = dict(SETTINGS, hop_ms=400, ramp=True)  # hops of 100, 200, then 400
 INCREMENTAL = dict(SETTINGS, encoding="incremental")
 INCREMENTAL_RAMP = dict(RAMP, encoding="incremental", emotion_context_ms=900)
 
@@ -212,12 +212,18 @@ def test_a_failing_group_fails_only_its_streams(animator, voices, settings):
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
-def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graphs):
-    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=2, cuda_graphs=cuda_graphs)
+@pytest.mark.parametrize("settings", [SETTINGS, INCREMENTAL], ids=["windowed", "incremental"])
+def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graphs, settings):
+    """A closed stream's slot serves the next one from scratch: its KV rows and (incremental)
+    its encoder rings are masked by position, so the new stream equals a stream alone."""
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**settings), max_streams=2, cuda_graphs=cuda_graphs)
     storage, shape = engine.executor.cache.k.data_ptr(), tuple(engine.executor.cache.k.shape)
     a, b = engine.open(), engine.open()
     with pytest.raises(EngineFull):
         engine.open()
+    engine.push(a, voices[0][:16000])  # a's slot then holds a second of a's KV rows and rings
+    while engine.step():
+        pass
     engine.close(a)
     c = engine.open(level=0, person=5)  # takes a's slot, starts from position 0
     with pytest.raises(KeyError):
@@ -229,7 +235,7 @@ def test_slots_are_reused_and_the_cache_never_grows(animator, voices, cuda_graph
     got = []
     while step := engine.step():
         got += [step[c]] if c in step else []
-    alone = animator.stream(level=0, person=5, **SETTINGS)
+    alone = animator.stream(level=0, person=5, **settings)
     want = np.concatenate([alone.push(speech), alone.flush()])
     assert np.abs(np.concatenate(got) - want).max() <= TOL
     assert engine.executor.cache.k.data_ptr() == storage and tuple(engine.executor.cache.k.shape) == shape
@@ -285,7 +291,7 @@ def test_static_hop_is_capturable(voices, backend, encoding):
     if backend == "triton":
         pytest.importorskip("triton")
     animator = Animator.from_config("tiny", seed=11, device="cpu", backend=backend)
-    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS, encoding=encoding),
+    engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**dict(SETTINGS, encoding=encoding)),
                           max_streams=2, cuda_graphs=True)
     sid = engine.open()
     engine.push(sid, voices[0][:16000])
@@ -319,7 +325,7 @@ def test_cuda_graph_replays_equal_eager_engine(voices, dtype, tol, encoding):
     animator = Animator.from_config("tiny", seed=11, device="cuda", dtype=dtype)
     outputs = []
     for graphs in (False, True):
-        engine = StreamEngine(animator.model, "cuda", dtype, StreamSettings(**SETTINGS, encoding=encoding),
+        engine = StreamEngine(animator.model, "cuda", dtype, StreamSettings(**dict(SETTINGS, encoding=encoding)),
                               max_streams=4, cuda_graphs=graphs)
         if graphs:
             engine.prepare_static_hops()  # every bucket captured before any stream opens

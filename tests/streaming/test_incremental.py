@@ -39,10 +39,10 @@ def test_as_many_frames_as_offline(animator, speech, n):
 
 
 @pytest.mark.parametrize("hop_ms, ramp", [(100, False), (400, True)])
-def test_with_nothing_kept_it_is_the_windowedstream_all(animator, speech, hop_ms, ramp):
+def test_with_nothing_kept_it_is_the_windowed_stream(animator, speech, hop_ms, ramp):
     """No context: both paths encode exactly the new rows' window, normalised the same way."""
     common = dict(hop_ms=hop_ms, lookahead_ms=200, context_ms=0, ramp=ramp)
-    windowed = stream_all(animator.stream(**common, emotion_hop_ms=hop_ms), speech, [1600], 0)
+    windowed = stream_all(animator.stream(**common, emotion_hop_ms=hop_ms, encoding="windowed"), speech, [1600], 0)
     incremental = stream_all(animator.stream(**common, encoding="incremental"), speech, [1600], 0)
     np.testing.assert_allclose(incremental, windowed, atol=1e-5, rtol=0)
 
@@ -61,12 +61,12 @@ def test_the_rings_are_allocated_once_and_sized_by_the_contexts(animator, speech
     assert state.encoded_rows == len(frames)  # every frame encoded once, kept round-robin
 
 
-def test_it_lands_about_as_close_to_offline_as_the_windowedstream_all(animator, speech):
+def test_it_lands_about_as_close_to_offline_as_the_windowed_stream(animator, speech):
     """Random weights exaggerate every deviation; still, keeping states costs little fidelity
     here (the trained-model figures are in docs/streaming.md)."""
     offline = animator.animate(speech, long_audio_s=None).blendshapes
     settings = dict(hop_ms=100, lookahead_ms=200, context_ms=1000, whole_utterance_ms=0)
-    windowed = stream_all(animator.stream(**settings), speech, [1600], 0)
+    windowed = stream_all(animator.stream(**settings, encoding="windowed"), speech, [1600], 0)
     incremental = stream_all(animator.stream(**settings, encoding="incremental"), speech, [1600], 0)
     deviation = {name: float(np.abs(f - offline).mean()) for name, f in (("windowed", windowed),
                                                                           ("incremental", incremental))}

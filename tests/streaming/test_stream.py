@@ -61,9 +61,10 @@ def test_kv_cache_window_bounds_memory():
     assert cache.k[0].abs().sum() == 0  # the other slot untouched
 
 
-def test_push_partition_does_not_matter(animator, speech):
+@pytest.mark.parametrize("encoding", ["incremental", "windowed"])
+def test_push_partition_does_not_matter(animator, speech, encoding):
     results = [
-        stream_all(animator.stream(level=1, person=2), speech, sizes, seed)
+        stream_all(animator.stream(level=1, person=2, encoding=encoding), speech, sizes, seed)
         for sizes, seed in (([0, 1, 7, 160, 16000], 0), ([0, 1, 7, 160, 16000], 1), ([len(speech)], 0), ([1600], 0))
     ]
     assert results[0].shape == (num_frames(len(speech)), 52)
