@@ -156,8 +156,9 @@ def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) 
                    help="the emotion branch's context, multiple of 100 (default: --context-ms)")
     p.add_argument("--emotion-hop-ms", type=grid_ms_arg("--emotion-hop-ms", allow_zero=False),
                    default=d.emotion_hop_ms,
-                   help="how often the emotion branch runs: a multiple of the hop up to hop + lookahead (default: "
-                        "the largest, every third 100 ms hop at the defaults; the hop itself runs it every hop)")
+                   help="windowed encoding: how often the emotion branch runs, a multiple of the hop up to hop + "
+                        "lookahead (default: the largest, every third 100 ms hop; the hop itself runs it every hop). "
+                        "Incremental encoding runs it every hop")
     p.add_argument("--whole-utterance-ms", type=int, default=d.whole_utterance_ms,
                    help=f"an utterance up to this long gets offline's emotion label, exactly, when it ends (default "
                         f"{d.whole_utterance_ms}; 0: never)")
