@@ -29,11 +29,15 @@ class OnnxStream:
         self.rate, self.fps = int(meta["sample_rate"]), int(meta["fps"])
         self.hop, self.lookahead = int(meta["hop_frames"]), int(meta["lookahead_frames"])
         self.context = int(meta["context_frames"])
+        # with a ramp, hops of 3, 6, 12, ... frames (100, 200, 400 ms) come first, doubling up to the hop
+        self.ramp_hops = sum(1 for i in range(32) if 3 << i < self.hop) if json.loads(meta["ramp"]) else 0
         self.stride, self.field = int(meta["cnn_stride"]), int(meta["cnn_field"])
         self.level = np.zeros((1, int(meta["num_levels"])), np.float32)
         self.person = np.zeros((1, int(meta["num_persons"])), np.float32)
         self.level[0, level], self.person[0, person] = 1.0, 1.0
         self.states = {name: np.zeros(shape, np.float32) for name, shape in json.loads(meta["state_shapes"]).items()}
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.emotion_logits = None
         self.audio = np.zeros(0, np.float32)  # every sample so far (a game would keep only the last window)
         self.next_hop = 0
 
@@ -41,10 +45,15 @@ class OnnxStream:
         """The 50 Hz CNN frame at or before output frame t (position 5t/3)."""
         return 5 * t // 3
 
+    def start(self, k: int) -> int:
+        """The first frame of hop k."""
+        ramp = min(k, self.ramp_hops)
+        return 3 * ((1 << ramp) - 1) + (k - ramp) * self.hop
+
     def window(self, k: int, total_frames=None, total_samples=None):
-        """Hop k's frames [h0, h1), its new rows' end t1, and its window's CNN frames and samples,
-        clipped to the clip's totals at the end."""
-        h0, h1 = k * self.hop, (k + 1) * self.hop
+        """Hop k's frames [h0, h1), its new rows' end t1, and its window's CNN frames, clipped to
+        the clip's totals at the end."""
+        h0, h1 = self.start(k), self.start(k + 1)
         t0, t1 = max(0, h0 - self.context), h1 + self.lookahead
         if total_frames is not None:
             h1, t1 = min(h1, total_frames), min(t1, total_frames)
@@ -62,10 +71,11 @@ class OnnxStream:
                   "first_cnn_frame": np.array(first, np.int64), "new_frames": np.arange(h0, t1, dtype=np.int64),
                   "hop_frames": np.arange(h0, h1, dtype=np.int64), "kept": np.array(h0, np.int64),
                   "level": self.level, "person": self.person, **self.states}
-        frames, *states = self.session.run(None, inputs)
-        self.states = dict(zip(self.states, states))
+        outputs = dict(zip(self.output_names, self.session.run(None, inputs)))
+        self.states = {name: outputs[f"next_{name}"] for name in self.states}
+        self.emotion_logits = outputs["emotion_logits"]  # the label so far, over the metadata's emotion_labels
         self.next_hop = k + 1
-        return frames
+        return outputs["blendshapes"]
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
@@ -82,7 +92,7 @@ class OnnxStream:
             raise ValueError(f"{n} samples: too short to animate (at least {self.field})")
         total = math.ceil(n / self.rate * self.fps)
         out = [np.zeros((0, 52), np.float32)]
-        while self.next_hop * self.hop < total:
+        while self.start(self.next_hop) < total:
             out.append(self.run(self.next_hop, (total, n)))
         return np.concatenate(out)
 

@@ -1,6 +1,7 @@
 """The file commands: animate (one file, many, folders, pipes), preview, info, convert, export-onnx."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -257,7 +258,8 @@ def export_stream_onnx(args, out: Path) -> None:
     from ..streaming.settings import StreamSettings
 
     settings = StreamSettings(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
-                              emotion_context_ms=args.emotion_context_ms, max_cache_s=args.max_cache_s)
+                              emotion_context_ms=args.emotion_context_ms, ramp=args.ramp,
+                              max_cache_s=args.max_cache_s)
     animator = load_animator(args, device="cpu")
     t0 = time.perf_counter()
     print("[export-onnx] tracing one streaming hop (the release size: about a minute)", file=sys.stderr, flush=True)
@@ -378,7 +380,7 @@ def _export_stream_defaults() -> dict:
 
     d = StreamSettings()
     return dict(hop_ms=d.hop_ms, lookahead_ms=d.lookahead_ms, context_ms=d.context_ms,
-                emotion_context_ms=d.emotion_context_ms, max_cache_s=EXPORT_MAX_CACHE_S)
+                emotion_context_ms=d.emotion_context_ms, ramp=d.ramp, max_cache_s=EXPORT_MAX_CACHE_S)
 
 
 EXPORT_STREAM_DEFAULTS = _export_stream_defaults()
@@ -398,6 +400,8 @@ def add_export_stream_options(p) -> None:
                    help=f"--streaming: multiple of 100 (default {d['context_ms']})")
     p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d["emotion_context_ms"],
                    help="--streaming: the emotion branch's context (default: --context-ms)")
+    p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=d["ramp"],
+                   help="--streaming: hops of 100, 200, 400, ... ms first, through the same graph (default on)")
     p.add_argument("--max-cache-s", type=float, default=d["max_cache_s"],
                    help=f"--streaming: the decoder's history in seconds, a state passed in and out each hop "
                         f"(default {d['max_cache_s']:g})")

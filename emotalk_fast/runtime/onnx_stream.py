@@ -2,7 +2,8 @@
 input and an output (as LLM exports pass `past_key_values`), so that a host with ONNX Runtime
 alone, in a game engine, streams any length of audio through one export.
 
-A hop (frames [h0, h1) of a stream with one style; no ramp, no whole-utterance rule) takes:
+A hop (frames [h0, h1) of a stream with one style; no whole-utterance rule; with a ramp, the
+first hops are shorter and run through the same graph) takes:
 
 - `window` [1, W]: the hop's window of raw 16 kHz samples (context, hop, lookahead: the
   samples its frames read), for the normalisation statistics, as the Python stream;
@@ -16,7 +17,9 @@ A hop (frames [h0, h1) of a stream with one style; no ramp, no whole-utterance r
   [context, hidden] (and `emotion_*` alike): the encoders' kept rows; `decoder_keys`,
   `decoder_values` [1, heads, cache, head_dim]: the decoder's ring.
 
-and returns `blendshapes` [h, 52] and every state updated (`next_*`). The host's arithmetic (which
+and `emotion_sum` [1, hidden] (the emitted frames' emotion states, summed), and returns
+`blendshapes` [h, 52], `emotion_logits` [labels] (the classifier on the mean emotion state of
+the frames so far, as the stream's label) and every state updated (`next_*`). The host's arithmetic (which
 samples a hop's window holds, when a hop may run) is in examples/onnx_stream.py, in numpy;
 the metadata names the settings it needs.
 """
@@ -42,18 +45,19 @@ from ..streaming.incremental import encode_rows
 from ..streaming.settings import StreamSettings
 
 STATES = ("content_keys", "content_values", "content_proj", "emotion_keys", "emotion_values", "emotion_proj",
-          "decoder_keys", "decoder_values")
+          "decoder_keys", "decoder_values", "emotion_sum")
 INPUTS = ("window", "segment", "first_cnn_frame", "new_frames", "hop_frames", "kept", "level", "person") + STATES
-OUTPUTS = ("blendshapes",) + tuple(f"next_{s}" for s in STATES)
+OUTPUTS = ("blendshapes", "emotion_logits") + tuple(f"next_{s}" for s in STATES)
 
 
 def stream_settings_for_export(settings: StreamSettings) -> StreamSettings:
-    """The settings a streaming graph runs: incremental encoding, no ramp (one hop length), no
-    whole-utterance rule (the host keeps no utterance)."""
+    """The settings a streaming graph runs: incremental encoding, no whole-utterance rule (the
+    host keeps no utterance). A ramp's shorter first hops run through the same graph (its hop
+    dimension is dynamic up to the hop); the host schedules them."""
     if settings.is_auto:
         raise InvalidInput("a streaming export needs a concrete hop_ms, not auto")
     return StreamSettings(hop_ms=settings.hop_ms, lookahead_ms=settings.lookahead_ms, context_ms=settings.context_ms,
-                          emotion_context_ms=settings.emotion_context_ms, whole_utterance_ms=0, ramp=False,
+                          emotion_context_ms=settings.emotion_context_ms, whole_utterance_ms=0, ramp=settings.ramp,
                           max_cache_s=settings.max_cache_s, encoding="incremental")
 
 
@@ -78,11 +82,12 @@ class IncrementalHopGraph(nn.Module):
             shapes[f"{name}_proj"] = (rows, enc.hidden_size)
         shapes["decoder_keys"] = shapes["decoder_values"] = (1, dec.num_heads, self.cache_frames,
                                                              dec.feature_dim // dec.num_heads)
+        shapes["emotion_sum"] = (1, cfg.emotion.hidden_size)  # the emitted frames' emotion states, summed
         return shapes
 
     def forward(self, window, segment, first_cnn_frame, new_frames, hop_frames, kept, level, person,
                 content_keys, content_values, content_proj, emotion_keys, emotion_values, emotion_proj,
-                decoder_keys, decoder_values):
+                decoder_keys, decoder_values, emotion_sum):
         model, dtype = self.model, self.model.content_map.weight.dtype
         # normalised by the window's statistics (normalize_waveform over the whole window)
         mean = window.mean(1, keepdim=True)
@@ -109,7 +114,10 @@ class IncrementalHopGraph(nn.Module):
         cache = RingKVCache.__new__(RingKVCache)  # the ring's buffers are this graph's inputs
         cache.k, cache.v, cache.capacity = decoder_keys.clone(), decoder_values.clone(), self.cache_frames
         out = model.decoder.step_at(x, memory, cache, slot, hop_frames[:1], self.cache_frames)
-        return (model.blendshape_head(out)[0].float(), *states, cache.k, cache.v)
+        # the stream's label: the classifier on the mean emotion state of the frames so far (0 .. h1)
+        emotion_sum = emotion_sum + hidden["emotion"].sum(1)
+        logits = model.emotion_encoder.classify(emotion_sum / (hop_frames[-1:] + 1).to(emotion_sum.dtype))
+        return (model.blendshape_head(out)[0].float(), logits[0].float(), *states, cache.k, cache.v, emotion_sum)
 
 
 def _commit(ring: torch.Tensor, new: torch.Tensor, kept: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
@@ -145,8 +153,10 @@ def metadata(graph: IncrementalHopGraph) -> dict[str, str]:
             "emotion_context_ms": str(s.emotion_context), "hop_frames": str(grid.hop),
             "lookahead_frames": str(grid.lookahead), "context_frames": str(grid.context),
             "emotion_context_frames": str(grid.emotion_context), "cache_frames": str(graph.cache_frames),
+            "ramp": json.dumps(bool(s.ramp)),
             "cnn_stride": str(grid.stride), "cnn_field": str(grid.field),
             "blendshapes": json.dumps(list(BLENDSHAPE_NAMES)),
+            "emotion_labels": json.dumps(list(graph.model.cfg.emotion_labels)),
             "num_levels": str(graph.model.cfg.decoder.num_levels),
             "num_persons": str(graph.model.cfg.decoder.num_persons),
             "state_shapes": json.dumps(graph.state_shapes())}

@@ -17,7 +17,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = dict(hop_ms=200, lookahead_ms=200, context_ms=600, max_cache_s=4.0)
+# mini: 400 ms hops after a ramp of 100 and 200 ms ones; tiny: 200 ms hops from the start
+SETTINGS = {"mini": dict(hop_ms=400, lookahead_ms=200, context_ms=600, max_cache_s=4.0, ramp=True),
+            "tiny": dict(hop_ms=200, lookahead_ms=200, context_ms=600, max_cache_s=4.0, ramp=False)}
 TOL = 1e-4
 # The standard ONNX operators (domain ai.onnx, opset 20) the streaming graph uses, and no others.
 # Unity's Inference Engine takes opsets up to 25 (since 2.6) and Unreal's NNE runs ONNX Runtime;
@@ -26,8 +28,8 @@ TOL = 1e-4
 OPERATORS = {
     "Add", "Cast", "Clip", "Concat", "Conv", "Div", "Expand", "Floor", "Gather", "GatherND", "Gelu", "Gemm",
     "LayerNormalization", "Less", "LessOrEqual", "MatMul", "Max", "Min", "Mod", "Mul", "Not", "Pow", "Range",
-    "ReduceMean", "Relu", "Reshape", "ScatterND", "Shape", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
-    "Transpose", "Unsqueeze", "Where",
+    "ReduceMean", "ReduceSum", "Relu", "Reshape", "ScatterND", "Shape", "Slice", "Softmax", "Sqrt", "Squeeze",
+    "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
 }
 OPSET = 20
 
@@ -52,15 +54,17 @@ def exported(request, tmp_path_factory):
 
     animator = Animator.from_config(request.param, seed=3, device="cpu", warn_random=False)
     path = tmp_path_factory.mktemp("onnx_stream") / f"{request.param}.onnx"
-    meta = export_stream_onnx(animator.model, path, StreamSettings(**SETTINGS))
-    return animator, path, meta
+    meta = export_stream_onnx(animator.model, path, StreamSettings(**SETTINGS[request.param]))
+    return animator, path, meta, SETTINGS[request.param]
 
 
 def test_the_onnx_loop_streams_as_the_python_stream(exported, speech):
-    animator, path, meta = exported
-    assert (meta["hop_frames"], meta["lookahead_frames"], meta["context_frames"]) == ("6", "6", "18")
+    animator, path, meta, settings = exported
+    assert (meta["hop_frames"], meta["lookahead_frames"], meta["context_frames"]) == \
+        (str(settings["hop_ms"] * 3 // 100), "6", "18")
+    assert meta["ramp"] == ("true" if settings["ramp"] else "false")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    stream = animator.stream(level=1, person=0, whole_utterance_ms=0, ramp=False, encoding="incremental", **SETTINGS)
+    stream = animator.stream(level=1, person=0, whole_utterance_ms=0, encoding="incremental", **settings)
     want = np.concatenate([stream.push(speech[i : i + 1600]) for i in range(0, len(speech), 1600)] + [stream.flush()])
     host = _host()
     for chunk in (1600, 333, len(speech)):
@@ -68,10 +72,14 @@ def test_the_onnx_loop_streams_as_the_python_stream(exported, speech):
         assert got.shape == want.shape
         err = float(np.abs(got - want).max())
         assert err <= TOL, f"chunk {chunk}: max |ONNX loop - Python stream| = {err:.2e}"
+    loop = host.OnnxStream(session)
+    loop.push(speech)
+    loop.flush()
+    np.testing.assert_allclose(loop.emotion_logits, stream.emotion_logits, atol=TOL, rtol=0)  # the label too
 
 
 def test_the_graph_uses_only_the_named_operators(exported):
-    _, path, _ = exported
+    path = exported[1]
     model = onnx.load(str(path), load_external_data=False)
     assert not model.functions  # every node a standard operator, none inside a local function
     used = {node.op_type for node in model.graph.node}
@@ -83,7 +91,7 @@ def test_the_example_runs_without_torch_or_the_library(exported, speech, tmp_pat
     """The loop as a host runs it: a subprocess in which torch and emotalk_fast cannot import."""
     import soundfile
 
-    _, path, _ = exported
+    path = exported[1]
     wav, out = tmp_path / "speech.wav", tmp_path / "frames.npy"
     soundfile.write(wav, speech, 16000)
     blocker = tmp_path / "blocker"
