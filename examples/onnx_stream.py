@@ -78,7 +78,10 @@ class OnnxStream:
         return outputs["blendshapes"]
 
     def push(self, samples: np.ndarray) -> np.ndarray:
-        self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim != 1 or not np.isfinite(samples).all():
+            raise ValueError("push mono float samples, every one finite")
+        self.audio = np.concatenate([self.audio, samples])
         out = [np.zeros((0, 52), np.float32)]
         while True:
             h0, h1, t1, c_lo, c_hi = self.window(self.next_hop)
@@ -118,7 +121,10 @@ def main() -> None:
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     if rate != int(session.get_modelmeta().custom_metadata_map["sample_rate"]):
         raise SystemExit(f"{args.input} is {rate} Hz: this loop takes 16000 Hz (resample it first)")
-    frames = stream_file(session, samples.mean(1), args.chunk)
+    try:
+        frames = stream_file(session, samples.mean(1), args.chunk)
+    except ValueError as e:
+        raise SystemExit(f"{args.input}: {e}")
     np.save(args.output, frames.astype(np.float32))
     print(f"wrote {args.output}: {len(frames)} frames")
 

@@ -105,6 +105,11 @@ def test_the_example_runs_without_torch_or_the_library(exported, speech, tmp_pat
     assert r.returncode == 0, r.stderr
     frames = np.load(out)
     assert frames.dtype == np.float32 and frames.shape == (int(np.ceil(len(speech) / 16000 * 30)), 52)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(100, np.float32), 16000)
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_stream.py"), str(path), str(empty), "-o",
+                        str(tmp_path / "x.npy")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip().endswith("100 samples: too short to animate (at least 400)"), r.stderr
     as_read, _ = soundfile.read(wav, dtype="float32")  # 16-bit PCM: the file's samples, not the array's
     np.testing.assert_array_equal(frames, _host().stream_file(ort.InferenceSession(str(path)), as_read, 1600))
 
