@@ -28,7 +28,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="mini,tiny,emotalk")
     p.add_argument("--dtypes", default="float32,auto", help="float32, auto, bfloat16, int8 (float32 with int8 "
-                                                            "encoder layers) or openvino (float32 encoders compiled "
+                                                            "encoder layers), onnx (a stream's incremental encoders "
+                                                            "in ONNX Runtime) or openvino (float32 encoders compiled "
                                                             "by OpenVINO), comma-separated")
     p.add_argument("--hops", default="100,200,400,800,1600")
     p.add_argument("--context-ms", type=int, default=2000)
@@ -52,7 +53,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for preset in args.presets.split(","):
         for dtype in args.dtypes.split(","):
-            encoders = dtype if dtype in ("int8", "openvino") else "torch"  # float32 encoders, run otherwise
+            encoders = dtype if dtype in ("int8", "openvino", "onnx") else "torch"  # float32 encoders, run otherwise
             animator = Animator.from_config(preset, seed=0, device="cpu", dtype=None if encoders != "torch" else dtype,
                                             encoders=encoders)
             name = f"{encoders} encoders" if encoders != "torch" else str(animator.dtype).replace("torch.", "") + \

@@ -144,8 +144,9 @@ class Animator:
     def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto", encoders: str = "torch"):
         """encoders: how the two wav2vec2 encoders run (`ENCODERS`): "torch" (PyTorch), "int8"
         (their transformer layers as int8 GEMMs; CPU, float32; opt-in: it changes the output;
-        int8.py) or "openvino" (compiled by OpenVINO; CPU, float32; the same arithmetic;
-        openvino_encoders.py)."""
+        int8.py), "openvino" (compiled by OpenVINO; CPU, float32; the same arithmetic;
+        openvino_encoders.py) or "onnx" (a stream's incremental encoders in ONNX Runtime; CPU,
+        float32; streams with incremental encoding only; onnx_encoders.py)."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.backend = resolve_backend(backend, self.device, self.dtype)
@@ -162,6 +163,10 @@ class Animator:
             from .runtime.openvino_encoders import compile_encoders
 
             compile_encoders(self.model)
+        elif encoders == "onnx":
+            from .runtime.onnx_encoders import OnnxEncoders
+
+            self.model.onnx_encoders = OnnxEncoders(self.model)
         self.config: EmoTalkConfig = model.cfg
 
     def __repr__(self) -> str:

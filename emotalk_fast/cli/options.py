@@ -70,6 +70,8 @@ def load_animator(args, threads: int | None = None, device: str | None = None):
         import torch
 
         torch.set_num_threads(threads)
+    if args.encoders == "onnx" and args.command not in ("stream", "serve"):
+        raise InvalidInput("--encoders onnx runs a live stream's incremental encoders: stream and serve only")
     if args.encoders != "torch" and (args.dtype not in (None, "float32", "fp32") or args.device not in ("auto", "cpu")):
         raise InvalidInput(f"--encoders {args.encoders} runs on the CPU in float32: drop --dtype and --device")
     device = device or ("cpu" if args.encoders != "torch" else args.device)
@@ -136,7 +138,9 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
                    help="how the two wav2vec2 encoders run: torch (default); int8: their transformer layers as "
                         "int8 GEMMs on the CPU, about twice as fast there, and the output moves; openvino: compiled "
                         "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
-                        "(pip install \"emotalk-fast[openvino]\"; see docs/performance.md)")
+                        "(pip install \"emotalk-fast[openvino]\"); onnx: a live stream's incremental encoders in "
+                        "ONNX Runtime, exported at start-up, faster on a CPU (stream and serve; pip install "
+                        "\"emotalk-fast[onnx]\"; see docs/performance.md)")
 
 
 def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) -> None:
@@ -190,6 +194,8 @@ def stream_settings(args, **fields):
             options["encoding"] = args.encoding
         elif args.encoders == "openvino":  # compiled whole: no layer to run over kept keys and values
             options["encoding"] = "windowed"
+        if args.encoders == "onnx" and options.get("encoding") == "windowed":
+            raise InvalidInput("--encoders onnx runs incremental encoding: drop --encoding windowed")
     try:
         return StreamSettings(**options, **fields)
     except InvalidInput as e:

@@ -15,7 +15,7 @@ BACKENDS = ("auto", "torch", "triton")
 # How the two wav2vec2 encoders run (Animator's `encoders`): PyTorch; their transformer layers
 # as int8 GEMMs (CPU, changes the output; int8.py); compiled by OpenVINO (CPU, the same
 # float32 arithmetic; openvino_encoders.py).
-ENCODERS = ("torch", "int8", "openvino")
+ENCODERS = ("torch", "int8", "openvino", "onnx")
 
 # ARKit blendshape names in the order of the model's 52 output channels.
 BLENDSHAPE_NAMES: tuple[str, ...] = (

@@ -88,25 +88,14 @@ class IncrementalHopGraph(nn.Module):
     def forward(self, window, segment, first_cnn_frame, new_frames, hop_frames, kept, level, person,
                 content_keys, content_values, content_proj, emotion_keys, emotion_values, emotion_proj,
                 decoder_keys, decoder_values, emotion_sum):
-        model, dtype = self.model, self.model.content_map.weight.dtype
-        # normalised by the window's statistics (normalize_waveform over the whole window)
-        mean = window.mean(1, keepdim=True)
-        var = ((window - mean) ** 2).mean(1, keepdim=True)
-        wave = ((segment - mean) / torch.sqrt(var + NORM_EPS)).to(dtype)
-        content, emotion = model.front_ends(wave)
-        lo = first_cnn_frame.reshape(1, 1)
-        i0, i1, frac = grid_indices(new_frames[None], lo, lo + content.shape[1] - 1)
-        frac = frac.to(dtype)
-        slot, kept = torch.zeros(1, dtype=torch.long), kept.reshape(1)
-        hop = hop_frames.shape[0]
+        model = self.model
+        hop, slot = hop_frames.shape[0], torch.zeros(1, dtype=torch.long)
         rings = {"content": (content_keys, content_values, content_proj, self.grid.context),
                  "emotion": (emotion_keys, emotion_values, emotion_proj, self.grid.emotion_context)}
+        encoded = encode_new_rows(model, rings, window, segment, first_cnn_frame, new_frames, kept, hop)
         hidden, states = {}, []
-        for name, feats, enc in (("content", content, model.content_encoder),
-                                 ("emotion", emotion, model.emotion_encoder)):
+        for name, out in encoded.items():
             k, v, proj, rows = rings[name]
-            ring = SimpleNamespace(k=k[None], v=v[None], proj=proj[None], rows=rows)
-            out = encode_rows(enc, ring, on_grid(feats, i0, i1, frac), slot, kept, hop)
             hidden[name] = out.hidden[:, :hop]
             states += [_commit(k, out.k[0], kept, rows, 1), _commit(v, out.v[0], kept, rows, 1),
                        _commit(proj, out.proj[0], kept, rows, 0)]
@@ -118,6 +107,30 @@ class IncrementalHopGraph(nn.Module):
         emotion_sum = emotion_sum + hidden["emotion"].sum(1)
         logits = model.emotion_encoder.classify(emotion_sum / (hop_frames[-1:] + 1).to(emotion_sum.dtype))
         return (model.blendshape_head(out)[0].float(), logits[0].float(), *states, cache.k, cache.v, emotion_sum)
+
+
+def encode_new_rows(model: EmoTalk, rings: dict, window, segment, first_cnn_frame, new_frames, kept,
+                    hop: int) -> dict:
+    """One stream's hop through both encoders, incrementally, on explicit tensors: the window's
+    raw samples [1, W] (for the normalisation statistics), the segment the new rows' CNN frames
+    read [1, S], its first CNN frame [], the new rows' frame indices [n], the frames kept so far
+    [], and per encoder its ring (keys, values [layers, rows, hidden], projected features [rows,
+    hidden], rows) -> {branch: EncodedRows} as incremental.encode_rows gives them."""
+    dtype = model.content_map.weight.dtype
+    # normalised by the window's statistics (normalize_waveform over the whole window)
+    mean = window.mean(1, keepdim=True)
+    var = ((window - mean) ** 2).mean(1, keepdim=True)
+    wave = ((segment - mean) / torch.sqrt(var + NORM_EPS)).to(dtype)
+    feats = dict(zip(("content", "emotion"), model.front_ends(wave)))
+    lo = first_cnn_frame.reshape(1, 1)
+    i0, i1, frac = grid_indices(new_frames[None], lo, lo + feats["content"].shape[1] - 1)
+    slot, kept = torch.zeros(1, dtype=torch.long), kept.reshape(1)
+    out = {}
+    for name, enc in (("content", model.content_encoder), ("emotion", model.emotion_encoder)):
+        k, v, proj, rows = rings[name]
+        ring = SimpleNamespace(k=k[None], v=v[None], proj=proj[None], rows=rows)
+        out[name] = encode_rows(enc, ring, on_grid(feats[name], i0, i1, frac.to(dtype)), slot, kept, hop)
+    return out
 
 
 def _commit(ring: torch.Tensor, new: torch.Tensor, kept: torch.Tensor, rows: int, dim: int) -> torch.Tensor:

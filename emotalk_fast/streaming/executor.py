@@ -27,7 +27,7 @@ from ..model.config import FPS
 from ..model.emotalk import EmoTalk
 from .encoders import WindowedEncoder
 from .grid import StreamGrid, Window
-from .incremental import EncodedRows, IncrementalEncoder
+from .incremental import EncodedRows, IncrementalEncoder, incremental_encoder
 from .scheduler import EmotionSource, GroupPlan
 from .streams import StreamState
 
@@ -101,8 +101,12 @@ class Executor:
         self.cache = model.decoder.new_cache(slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
         self.incremental = None  # incremental encoding: its rings (and the scratch slot's)
+        onnx = getattr(model, "onnx_encoders", None) is not None
+        if onnx and (self.cuda_graphs or not grid.settings.incremental):
+            raise InvalidInput("the ONNX encoders run incremental encoding, eagerly: drop encoding windowed and "
+                               "cuda_graphs, or the ONNX encoders")
         if grid.settings.incremental:
-            self.incremental = IncrementalEncoder(model, grid, slots + self.cuda_graphs, self.device, dtype)
+            self.incremental = incremental_encoder(model, grid, slots + self.cuda_graphs, self.device, dtype)
         # one memory pool for every bucket's graph (they replay one at a time on one stream)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs and self.device.type == "cuda" else None
 
@@ -325,7 +329,7 @@ def _time_steady_incremental_hop(model: EmoTalk, device, dtype, grid: StreamGrid
     """`time_steady_hop` for incremental encoding: the new rows of a steady hop through both
     encoders over full rings, then the decoder's step; every hop costs the same (mean = peak)."""
     w = grid.window(grid.steady())
-    incremental = IncrementalEncoder(model, grid, streams, device, dtype)
+    incremental = incremental_encoder(model, grid, streams, device, dtype)
     cache = model.decoder.new_cache(streams, w.h1 + 1, device, dtype)
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal(w.s1 - w.s0).astype(np.float32) * 0.1)
     dec = model.cfg.decoder
@@ -336,10 +340,10 @@ def _time_steady_incremental_hop(model: EmoTalk, device, dtype, grid: StreamGrid
     with torch.inference_mode():
         for run in range(repeats + 1):  # the first run warms up
             t0 = time.perf_counter()
-            inputs = incremental.batch_inputs([w] * streams, [noise] * streams)
-            blendshapes, _, _ = run_incremental_hop(model, incremental, cache, **inputs, level=level, person=person,
-                                                    slots=torch.tensor(slots), starts=torch.full((streams,), w.h0),
-                                                    kept=torch.tensor(full), span=w.h1, hop=grid.hop)
+            encoded = incremental.encode([w] * streams, [noise] * streams, slots, full)
+            blendshapes, _ = decode_hop(model, cache, encoded["content"].hidden[:, : grid.hop],
+                                        encoded["emotion"].hidden[:, : grid.hop], level=level, person=person,
+                                        slots=torch.tensor(slots), starts=torch.full((streams,), w.h0), span=w.h1)
             blendshapes.float().cpu()
             took = time.perf_counter() - t0
             best = min(best, took) if run else best

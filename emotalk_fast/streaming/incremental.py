@@ -149,6 +149,16 @@ class IncrementalEncoder:
         return w.s1 - w.s0, self.grid.stride * (w.c_hi - cnn_frame(w.h0)) + self.grid.field
 
 
+def incremental_encoder(model: EmoTalk, grid: StreamGrid, slots: int, device, dtype):
+    """The model's incremental encoder: ONNX Runtime's where the model has them (encoders="onnx",
+    runtime/onnx_encoders.py), else PyTorch's."""
+    if getattr(model, "onnx_encoders", None) is not None:
+        from ..runtime.onnx_encoders import OnnxIncrementalEncoder
+
+        return OnnxIncrementalEncoder(model, grid, slots, device, dtype)
+    return IncrementalEncoder(model, grid, slots, device, dtype)
+
+
 def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, slot: torch.Tensor,
                 kept: torch.Tensor, hop: int) -> EncodedRows:
     """One encoder over new rows: CNN features on the grid [B, n, C] -> EncodedRows, reading the

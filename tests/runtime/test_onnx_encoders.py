@@ -1,0 +1,103 @@
+"""The incremental encoders in ONNX Runtime (encoders="onnx"): a stream, an engine of several
+streams and the budget run them and give PyTorch's frames; what they cannot run is refused in
+one line."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from emotalk_fast import Animator
+from emotalk_fast.streaming.engine import StreamEngine
+from emotalk_fast.streaming.settings import StreamSettings
+from helpers import espeak_speech, stream_all
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+TOL = 1e-4  # float32 both, summed in other orders: measured ~5e-6 at mini size
+SETTINGS = dict(hop_ms=200, lookahead_ms=200, context_ms=600)  # the default ramp and whole-utterance rule
+
+
+@pytest.fixture(scope="module")
+def animators():
+    return (Animator.from_config("mini", seed=2, device="cpu", warn_random=False),
+            Animator.from_config("mini", seed=2, device="cpu", warn_random=False, encoders="onnx"))
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return espeak_speech("The encoders run in another runtime, hop after hop, and nothing moves.", speed=180)
+
+
+def test_a_stream_equals_pytorch_whatever_the_pushes(animators, speech):
+    torch_animator, onnx_animator = animators
+    reference = torch_animator.stream(**SETTINGS)
+    want = stream_all(reference, speech, [1600], 0)
+    for sizes, seed in (([1600], 0), ([0, 1, 333, 7000], 1)):
+        stream = onnx_animator.stream(**SETTINGS)
+        got = stream_all(stream, speech, sizes, seed)
+        assert got.shape == want.shape and np.abs(got - want).max() <= TOL
+        np.testing.assert_allclose(stream.emotion_logits, reference.emotion_logits, atol=TOL, rtol=0)
+
+
+def test_an_engine_of_several_streams_equals_pytorch(animators, speech):
+    """Streams that share a step run one by one through the session, over their own rings."""
+    outputs = []
+    for animator in animators:
+        engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=3)
+        ids = [engine.open(level=i % 2, person=5 * i) for i in range(3)]
+        frames = {sid: [] for sid in ids}
+        for k in range(0, len(speech), 1600):
+            for i, sid in enumerate(ids):
+                if k >= 3200 * i:  # joining at different hops
+                    engine.push(sid, speech[k - 3200 * i : k - 3200 * i + 1600])
+            while step := engine.step():
+                for sid, f in step.items():
+                    frames[sid].append(f)
+        outputs.append([np.concatenate(frames[sid]) for sid in ids])
+    for want, got in zip(*outputs):
+        assert got.shape == want.shape and len(got) > 30 and np.abs(got - want).max() <= TOL
+
+
+def test_the_budget_times_them(animators):
+    from emotalk_fast.streaming import budget
+
+    b = budget.measure(animators[1].model, "cpu", torch.float32, StreamSettings(**SETTINGS), streams=2)
+    assert set(b.hop_s) == {1, 2} and all(0 < t < 10 for t in b.hop_s.values())
+
+
+def test_what_they_cannot_run_is_refused(animators):
+    onnx_animator = animators[1]
+    with pytest.raises(ValueError, match="the ONNX encoders run incremental encoding, eagerly"):
+        onnx_animator.stream(**SETTINGS, encoding="windowed")
+    with pytest.raises(ValueError, match="the ONNX encoders run incremental encoding, eagerly"):
+        onnx_animator.stream(**SETTINGS, cuda_graphs=True)
+    with pytest.raises(ValueError, match="run on the CPU in float32"):
+        Animator.from_config("mini", device="cpu", dtype="bfloat16", encoders="onnx", warn_random=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("animate", "x.wav", "-o", "x.csv"), "--encoders onnx runs a live stream's incremental encoders: stream and serve only"),
+    (("stream", "x.wav", "--encoding", "windowed"), "--encoders onnx runs incremental encoding: drop --encoding"),
+])
+def test_the_cli_refuses_them_where_they_do_not_run(tmp_path, args, message):
+    import soundfile
+
+    soundfile.write(tmp_path / "x.wav", np.zeros(16000, np.float32), 16000)
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast", *args, "--random-weights", "mini", "--encoders", "onnx"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_the_stream_command_runs_them(tmp_path, speech):
+    import soundfile
+
+    soundfile.write(tmp_path / "x.wav", speech, 16000)
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast", "stream", "x.wav", "--random-weights", "mini",
+                        "--encoders", "onnx", "--hop-ms", "200", "-o", "x.npy"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "exporting the incremental encoders to ONNX Runtime" in r.stderr
+    assert np.load(tmp_path / "x.npy").shape == (int(np.ceil(len(speech) / 16000 * 30)), 52)
