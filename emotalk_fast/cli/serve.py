@@ -108,10 +108,11 @@ def startup_line(args, server, engine, load_s: float, budget=None) -> str:
             f"stream{'s' if args.max_streams != 1 else ''}; {s.encoding} encoding, hop {s.hop_ms} ms{auto}, "
             f"lookahead {s.lookahead_ms} ms, context {s.context_ms} ms; {emotion}{held}"
             f"{'ramp from 100 ms; ' if s.ramp and s.hop_ms > 100 else ''}{graphs}"
-            f"{threads_note(animator_device)}loaded in {load_s:.1f} s{metrics})")
+            f"{threads_note(animator_device, engine.model)}loaded in {load_s:.1f} s{metrics})")
 
 
-def threads_note(device) -> str:
+def threads_note(device, model=None) -> str:
+    """The threads that compute a hop, in words ("" on a GPU)."""
     import torch
 
     from ..runtime.threads import branches_run_at_once
@@ -119,6 +120,9 @@ def threads_note(device) -> str:
     if device.type != "cpu":
         return ""
     n = torch.get_num_threads()
+    onnx = getattr(model, "onnx_encoders", None)
+    if onnx is not None:
+        return f"{n} torch thread{'s' if n != 1 else ''}, the encoders in ONNX Runtime on {onnx.threads}; "
     at_once = ", each encoder on its own, both at once" if branches_run_at_once(device) else ""
     return f"{n} torch thread{'s' if n != 1 else ''}{at_once}; "
 

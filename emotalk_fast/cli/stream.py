@@ -37,7 +37,7 @@ def stream(args) -> None:
     auto = " (auto)" if args.hop_ms in (None, "auto") and stream_settings(args).is_auto else ""
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops{auto}"
           f"{' in real time' if args.realtime else ''}, {stream.settings.encoding} encoding; algorithmic latency "
-          f"{stream.latency_ms:.0f} ms; {threads_note(animator.device).rstrip('; ')}")
+          f"{stream.latency_ms:.0f} ms; {threads_note(animator.device, animator.model).rstrip('; ')}")
     hop_s, algo_s, computes, done = hop_ms / 1000, stream.latency_ms / 1000, [], [0]
 
     def on_hop(i, frames, compute_s, wall_s):

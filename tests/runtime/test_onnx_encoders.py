@@ -100,4 +100,5 @@ def test_the_stream_command_runs_them(tmp_path, speech):
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "exporting the incremental encoders to ONNX Runtime" in r.stderr
+    assert "incremental encoding" in r.stdout and "the encoders in ONNX Runtime on " in r.stdout
     assert np.load(tmp_path / "x.npy").shape == (int(np.ceil(len(speech) / 16000 * 30)), 52)
