@@ -11,6 +11,7 @@ stay the engine's (`EncoderRings`).
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -56,6 +57,9 @@ class OnnxEncoders:
 
     def __init__(self, model: EmoTalk, threads: int | None = None):
         require_cpu_float32(model, "ONNX encoders")
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InvalidInput(f"the ONNX encoders need {', '.join(missing)}: pip install 'emotalk-fast[onnx]'")
         self.model, self.threads = model, threads or cores()
         self._sessions: dict[tuple[int, int], object] = {}
         self._dir = tempfile.TemporaryDirectory(prefix="emotalk_onnx_encoders_")
