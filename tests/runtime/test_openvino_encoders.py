@@ -99,8 +99,8 @@ def test_a_shared_front_end_stays_shared_and_exact(speech):
 def test_openvino_encoders_refuse_what_they_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="CPU in float32"):
         Animator.from_config("tiny", device="cpu", dtype="bfloat16", encoders="openvino")
-    with pytest.raises(ValueError, match="encoders must be one of torch, int8, openvino"):
-        Animator.from_config("tiny", device="cpu", encoders="onnx")
+    with pytest.raises(ValueError, match="encoders must be one of torch, int8, openvino, onnx, not 'tensorrt'"):
+        Animator.from_config("tiny", device="cpu", encoders="tensorrt")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     with pytest.raises(InvalidInput, match=r'pip install "emotalk-fast\[openvino\]"'):
         Animator.from_config("tiny", device="cpu", encoders="openvino")
