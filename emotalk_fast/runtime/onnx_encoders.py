@@ -12,10 +12,8 @@ stay the engine's (`EncoderRings`).
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from ..model.emotalk import EmoTalk
 from ..streaming.grid import StreamGrid, Window, cnn_frame
 from ..streaming.incremental import EncodedRows, EncoderRings
 from .device import require_cpu_float32
+from .onnx_export import quiet_export
 from .onnx_stream import encode_new_rows
 from .threads import cores
 
@@ -86,16 +85,7 @@ class OnnxEncoders:
                        segment={1: dim("segment", min=field, max=1 << 22)}, new_frames={0: new},
                        hop_frames={0: hop})
         path = Path(self._dir.name) / f"encoders_{rows['content']}_{rows['emotion']}.onnx"
-        exporter_log = logging.getLogger("torch.onnx")
-        level = exporter_log.level
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            exporter_log.setLevel(logging.ERROR)
-            try:
-                program = torch.onnx.export(graph, (), kwargs=inputs, dynamo=True, input_names=list(INPUTS),
-                                            output_names=list(OUTPUTS), dynamic_shapes=dynamic, verbose=False)
-            finally:
-                exporter_log.setLevel(level)
+        program = quiet_export(graph, (), inputs, INPUTS, OUTPUTS, dynamic)
         program.save(str(path))
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads

@@ -63,21 +63,26 @@ def export_onnx(model: EmoTalk, path, seconds: float) -> dict:
             "emotion_labels": json.dumps(list(model.cfg.emotion_labels)),
             "num_levels": str(model.cfg.decoder.num_levels), "num_persons": str(model.cfg.decoder.num_persons)}
     graph, inputs = FixedLengthGraph(model).eval(), example_inputs(model, num_samples)
+    program = quiet_export(graph, inputs, {}, ["wave", "level", "person"], ["blendshapes", "emotion_logits"])
+    program.model.metadata_props.update(meta)  # ONNX IR: string key/value pairs any runtime can read
+    program.save(str(path))  # weights in a side file when over protobuf's 2 GB (the release size)
+    return meta
+
+
+def quiet_export(graph: nn.Module, args: tuple, kwargs: dict, input_names, output_names, dynamic_shapes=None):
+    """torch's ONNX exporter (dynamo) over `graph` on these example inputs -> its ONNXProgram,
+    without the exporter's own notes (optional torchvision ops, its deprecations: not the user's)."""
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
-    # the exporter's own notes (optional torchvision ops, its deprecations) are not the user's
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         exporter_log.setLevel(logging.ERROR)
         try:
-            graph(*inputs)  # fills the decoder's per-device caches first: the trace then only reads them
-            program = torch.onnx.export(graph, inputs, dynamo=True, input_names=["wave", "level", "person"],
-                                        output_names=["blendshapes", "emotion_logits"], verbose=False)
+            graph(*args, **kwargs)  # fills the decoder's per-device caches first: the trace then only reads them
+            return torch.onnx.export(graph, args, kwargs=kwargs, dynamo=True, input_names=list(input_names),
+                                     output_names=list(output_names), dynamic_shapes=dynamic_shapes, verbose=False)
         finally:
             exporter_log.setLevel(level)
-    program.model.metadata_props.update(meta)  # ONNX IR: string key/value pairs any runtime can read
-    program.save(str(path))  # weights in a side file when over protobuf's 2 GB (the release size)
-    return meta
 
 
 def parity(model: EmoTalk, path, threads: int | None = None) -> tuple[float, float]:

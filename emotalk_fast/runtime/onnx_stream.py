@@ -26,8 +26,6 @@ the metadata names the settings it needs.
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,6 +41,7 @@ from ..streaming.encoders import on_grid
 from ..streaming.grid import StreamGrid, grid_indices
 from ..streaming.incremental import encode_rows
 from ..streaming.settings import StreamSettings
+from .onnx_export import quiet_export
 
 STATES = ("content_keys", "content_values", "content_proj", "emotion_keys", "emotion_values", "emotion_proj",
           "decoder_keys", "decoder_values", "emotion_sum")
@@ -191,17 +190,7 @@ def export_stream_onnx(model: EmoTalk, path, settings: StreamSettings) -> dict:
     dynamic.update(window={1: window}, segment={1: segment}, new_frames={0: new}, hop_frames={0: hop})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        exporter_log.setLevel(logging.ERROR)
-        try:
-            graph(**inputs)  # fills the decoder's per-device caches first: the trace then only reads them
-            program = torch.onnx.export(graph, (), kwargs=inputs, dynamo=True, input_names=list(INPUTS),
-                                        output_names=list(OUTPUTS), dynamic_shapes=dynamic, verbose=False)
-        finally:
-            exporter_log.setLevel(level)
+    program = quiet_export(graph, (), inputs, INPUTS, OUTPUTS, dynamic)
     meta = metadata(graph)
     program.model.metadata_props.update(meta)
     program.save(str(path))
