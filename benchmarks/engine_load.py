@@ -41,7 +41,7 @@ def warm_engine(animator: Animator, streams: int, hop_ms: int, speech: np.ndarra
     settings = StreamSettings(hop_ms=hop_ms, lookahead_ms=LOOKAHEAD_MS, context_ms=CONTEXT_MS, max_cache_s=60.0,
                               encoding=encoding)
     engine = StreamEngine(animator.model, animator.device, animator.dtype, settings, max_streams=streams,
-                          cuda_graphs=cuda_graphs)
+                          cuda_graphs=cuda_graphs, encoders=animator.encoder_backend)
     if cuda_graphs:
         engine.prepare_static_hops()
     ids = [engine.open(level=1, person=i % 24) for i in range(streams)]

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalk_fast import Animator  # noqa: E402
 from emotalk_fast.tools.measure import versions  # noqa: E402
-from emotalk_fast.runtime.onnx_export import FixedLengthGraph, example_inputs  # noqa: E402
+from emotalk_fast.export.onnx_export import FixedLengthGraph, example_inputs  # noqa: E402
 from emotalk_fast.runtime.device import cpu_description  # noqa: E402
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from emotalk_fast import Animator  # noqa: E402
 from emotalk_fast.model.config import SAMPLE_RATE  # noqa: E402
 from emotalk_fast.runtime.device import cpu_description  # noqa: E402
-from emotalk_fast.runtime.onnx_stream import export_stream_onnx  # noqa: E402
+from emotalk_fast.export.onnx_stream import export_stream_onnx  # noqa: E402
 from emotalk_fast.streaming.settings import StreamSettings  # noqa: E402
 from emotalk_fast.tools.measure import generated_speech, versions  # noqa: E402
 

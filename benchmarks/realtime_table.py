@@ -71,7 +71,8 @@ def main() -> None:
                     if key in shown:  # the default is the content's windows at this hop: one row
                         continue
                     shown.add(key)
-                    b = budget.measure(animator.model, animator.device, animator.dtype, resolved, args.streams)
+                    b = budget.measure(animator.model, animator.device, animator.dtype, resolved, args.streams,
+                                       animator.encoder_backend)
                     held = b.holds()
                     latency = f"{b.latency_ms(1):.0f} ms" if held else "-"
                     branch = (f"{resolved.emotion_context} ms, every {resolved.emotion_hop} ms"

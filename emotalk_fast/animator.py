@@ -13,7 +13,8 @@ import torch
 
 from .model import checkpoint as ckpt
 from .io.audio import load_waveform, prepare_audio
-from .model.config import BLENDSHAPE_NAMES, ENCODERS, FPS, SAMPLE_RATE, EmoTalkConfig
+from .backends.registry import resolve as resolve_encoders
+from .model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE, EmoTalkConfig
 from .model.style import Schedule, check_style
 from .errors import InvalidInput, InvalidType
 from .io.curves import save_blendshapes
@@ -21,9 +22,10 @@ from .model.emotalk import EmoTalk, num_emotion_frames, resample_frames
 from .model.emotalk import num_frames as model_num_frames
 from .model.postprocess import postprocess as postprocess_curves
 from .runtime.device import resolve_backend, resolve_device, resolve_dtype
+from .streaming.backend import EncoderBackend
 from .streaming.settings import StreamSettings
 
-# Clips longer than this are encoded through overlapping windows (see streaming.py), so memory
+# Clips longer than this are encoded through overlapping windows (streaming/encoders.py, encode_windowed), so memory
 # and time grow linearly with length; shorter clips get exactly the offline computation.
 LONG_AUDIO_S = 60.0
 # 24 s windows, both encoders on each (no ramp, no emotion cadence of its own): per second of
@@ -90,14 +92,14 @@ class Animation:
     def plot(self, audio=None, sample_rate: int | None = None):
         """A matplotlib Figure: the waveform (a path, or samples at `sample_rate`), the curves
         that matter and the emotion timeline (needs the [preview] extra)."""
-        from .tools.preview import plot
+        from .io.preview import plot
 
         wave, rate = load_waveform(audio, sample_rate)
         return plot(self.blendshapes, self.names, self.fps, wave, rate, self.emotion_timeline)
 
     def save_preview(self, path: str | os.PathLike, audio=None, sample_rate: int | None = None) -> Path:
         """.png (the plot), .mp4 (a 2D face beside the curves, with the audio) or .gif (see preview.py)."""
-        from .tools.preview import save_preview
+        from .io.preview import save_preview
 
         return save_preview(path, self.blendshapes, self.names, self.fps, audio, sample_rate, self.emotion_timeline)
 
@@ -141,44 +143,36 @@ class Animator:
     >>> anim.save("speech.csv")
     """
 
-    def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto", encoders: str = "torch"):
-        """encoders: how the two wav2vec2 encoders run (`ENCODERS`): "torch" (PyTorch), "int8"
-        (their transformer layers as int8 GEMMs; CPU, float32; opt-in: it changes the output;
-        int8.py), "openvino" (compiled by OpenVINO; CPU, float32; the same arithmetic;
-        openvino_encoders.py) or "onnx" (a stream's incremental encoders in ONNX Runtime; CPU,
-        float32; streams with incremental encoding only; onnx_encoders.py)."""
-        self.device = resolve_device(device)
+    def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto",
+                 encoders: str | EncoderBackend = "torch"):
+        """encoders: how the two wav2vec2 encoders run, a name in backends/registry.py (or a
+        backend object): "torch" (PyTorch), "int8" (their transformer layers as int8 GEMMs; CPU,
+        float32; opt-in: it changes the output), "openvino" (compiled by OpenVINO; CPU, float32;
+        the same arithmetic; streams windowed) or "onnx" (a stream's incremental encoders in ONNX
+        Runtime; CPU, float32; streams only). Resolved once, here, and handed to every stream."""
+        self.encoder_backend = resolve_encoders(encoders)
+        caps = self.encoder_backend.capabilities
+        # "auto" where the encoders cannot run on a GPU: the CPU they run on
+        self.device = resolve_device("cpu" if device == "auto" and "cuda" not in caps.devices else device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.encoder_backend.verify(self.device, self.dtype)
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.decoder.set_backend(self.backend)  # the encoders are PyTorch (SDPA) either way
-        if encoders not in ENCODERS:
-            raise InvalidInput(f"encoders must be one of {', '.join(ENCODERS)}, not {encoders!r}")
-        self.encoders = encoders
-        if encoders == "int8":
-            from .runtime.int8 import quantize_encoders
-
-            quantize_encoders(self.model)
-        elif encoders == "openvino":
-            from .runtime.openvino_encoders import compile_encoders
-
-            compile_encoders(self.model)
-        elif encoders == "onnx":
-            from .runtime.onnx_encoders import OnnxEncoders
-
-            self.model.onnx_encoders = OnnxEncoders(self.model)
+        self.encoder_backend.prepare(self.model)
+        self.encoders = self.encoder_backend.name
         self.config: EmoTalkConfig = model.cfg
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
         dtype = str(self.dtype).replace("torch.", "")
         return (f"Animator({params / 1e6:.1f} M parameters, device {self.device}, {dtype}"
-                f"{'' if self.encoders == 'torch' else f', {self.encoders} encoders'}, decoder backend {self.backend})")
+                f", {self.encoders} encoders, decoder backend {self.backend})")
 
     # --- construction -------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device="auto", dtype=None, backend="auto",
-                        config: EmoTalkConfig | None = None, encoders: str = "torch") -> "Animator":
+                        config: EmoTalkConfig | None = None, encoders: str | EncoderBackend = "torch") -> "Animator":
         """Load a released `EmoTalk.pth` or a `save_pretrained` directory.
 
         `config` is needed only for a release checkpoint whose head counts differ from the
@@ -195,7 +189,8 @@ class Animator:
 
     @classmethod
     def from_config(cls, config: EmoTalkConfig | str = "emotalk", seed: int = 0, device="auto", dtype=None,
-                    backend="auto", rule: str = "fast", encoders: str = "torch", warn_random: bool = True) -> "Animator":
+                    backend="auto", rule: str = "fast", encoders: str | EncoderBackend = "torch",
+                    warn_random: bool = True) -> "Animator":
         """Random weights (for tests and benchmarks: speed does not depend on weights), drawn by
         `rule` (see checkpoint.random_release_state_dict: "fast", or "oracle" as the fixtures).
         Warns once (RandomWeightsWarning) that the output means nothing, unless `warn_random` is
@@ -210,7 +205,7 @@ class Animator:
 
     @classmethod
     def from_state_dict(cls, config: EmoTalkConfig, state_dict: dict[str, torch.Tensor], device="auto",
-                        dtype=None, backend="auto", encoders: str = "torch") -> "Animator":
+                        dtype=None, backend="auto", encoders: str | EncoderBackend = "torch") -> "Animator":
         """Weights already in memory, in this library's layout (`checkpoint.release_to_fast`
         maps a release state dict onto it). The tensors are used as they are, not copied,
         unless the device or dtype asks for a cast."""
@@ -266,7 +261,7 @@ class Animator:
 
         settings = self.stream_settings(settings, streams=1, **changes)
         return AnimationStream(self.model, self.device, self.dtype, level, person, settings, sample_rate=sample_rate,
-                               cuda_graphs=cuda_graphs)
+                               cuda_graphs=cuda_graphs, encoders=self.encoder_backend)
 
     def engine(self, max_streams: int = 16, settings: StreamSettings | None = None, *, cuda_graphs: bool = False,
                **changes):
@@ -279,7 +274,7 @@ class Animator:
 
         settings = self.stream_settings(settings, streams=max_streams, **changes)
         engine = StreamEngine(self.model, self.device, self.dtype, settings, max_streams=max_streams,
-                              cuda_graphs=cuda_graphs)
+                              cuda_graphs=cuda_graphs, encoders=self.encoder_backend)
         if cuda_graphs:
             engine.prepare_static_hops()
         return engine
@@ -291,14 +286,17 @@ class Animator:
         each hop tried)."""
         from .streaming.budget import resolve_hop
 
-        settings = StreamSettings() if settings is None else settings
+        if settings is None:  # the library's defaults, in an encoding these encoders run
+            settings = StreamSettings()
+            settings = replace(settings, encoding=self.encoder_backend.default_encoding(settings.encoding))
         if not isinstance(settings, StreamSettings):
             raise InvalidType(f"settings must be a StreamSettings, got {type(settings).__name__}")
         unknown = set(changes) - set(StreamSettings.__dataclass_fields__)
         if unknown:
             raise InvalidType(f"unknown stream setting(s) {', '.join(sorted(unknown))}: StreamSettings has "
                               f"{', '.join(StreamSettings.__dataclass_fields__)}")
-        return resolve_hop(self.model, self.device, self.dtype, replace(settings, **changes), streams, report)
+        return resolve_hop(self.model, self.device, self.dtype, replace(settings, **changes), streams, report,
+                           self.encoder_backend)
 
     def animate_batch(self, audios, sample_rate: int | None = None, level=1, person=0,
                       postprocess: bool = False, seed: int | None = None, *, emotion_reference=None,
@@ -310,6 +308,7 @@ class Animator:
         one (see `animate`); an emotion reference or a frame count keeps a clip offline."""
         if isinstance(audios, (str, os.PathLike, np.ndarray, torch.Tensor)):
             raise InvalidType("animate_batch takes a list of clips; use animate() for one clip")
+        self.encoder_backend.verify(self.device, self.dtype, offline=True)
         audios = list(audios)
         if not audios:
             raise InvalidInput("animate_batch needs at least one clip")

@@ -22,7 +22,7 @@ import numpy as np
 from .io.audio import check_rate, load_mono
 from .model.config import BLENDSHAPE_NAMES, FPS
 from .errors import InvalidInput, InvalidType
-from .io.files import read_pem
+from .files import read_pem
 from .serve import protocol as pb
 
 _ARKIT_NAME = dict(zip(pb.A2F_BLENDSHAPE_NAMES, BLENDSHAPE_NAMES))

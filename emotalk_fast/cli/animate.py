@@ -226,12 +226,9 @@ def export_onnx(args) -> None:
         raise InvalidInput("the ONNX export is float32 (runtimes pick their own precision): drop --dtype")
     if args.device not in ("auto", "cpu"):
         raise InvalidInput("the export traces the model on the CPU: drop --device")
-    if args.encoders != "torch":
-        raise InvalidInput("the ONNX export is the float32 model in PyTorch (runtimes compile and quantize in "
-                           f"their own way): drop --encoders {args.encoders}")
     if args.streaming:
         return export_stream_onnx(args, out)
-    from ..runtime.onnx_export import export_onnx as export, parity
+    from ..export.onnx_export import export_onnx as export, parity
 
     animator = load_animator(args, device="cpu")
     t0 = time.perf_counter()
@@ -251,10 +248,10 @@ def export_onnx(args) -> None:
 
 
 def export_stream_onnx(args, out: Path) -> None:
-    """export-onnx --streaming: the incremental hop with its states explicit (runtime/onnx_stream.py)."""
+    """export-onnx --streaming: the incremental hop with its states explicit (export/onnx_stream.py)."""
     import importlib.util
 
-    from ..runtime.onnx_stream import export_stream_onnx as export
+    from ..export.onnx_stream import export_stream_onnx as export
     from ..streaming.settings import StreamSettings
 
     settings = StreamSettings(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
@@ -274,7 +271,7 @@ def export_stream_onnx(args, out: Path) -> None:
 
 def preview(args) -> None:
     from ..io.curves import load_blendshapes
-    from ..tools.preview import save_preview
+    from ..io.preview import save_preview
 
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".mp4", ".gif"):
@@ -368,7 +365,7 @@ def register(sub) -> None:
                    help="one hop of a live stream instead, every state an input and an output: any length, pushed "
                         "as it comes (examples/onnx_stream.py runs it with ONNX Runtime alone; docs/game-engines.md)")
     add_export_stream_options(x)
-    add_model_options(x)
+    add_model_options(x, encoders=False)  # the graph is the float32 model: runtimes compile it their own way
     x.set_defaults(func=export_onnx)
 
 

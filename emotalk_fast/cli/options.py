@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..model.config import BACKENDS, ENCODERS
+from ..model.config import BACKENDS
 from ..errors import InvalidInput
 
 
@@ -70,12 +70,8 @@ def load_animator(args, threads: int | None = None, device: str | None = None):
         import torch
 
         torch.set_num_threads(threads)
-    if args.encoders == "onnx" and args.command not in ("stream", "serve"):
-        raise InvalidInput("--encoders onnx runs a live stream's incremental encoders: stream and serve only")
-    if args.encoders != "torch" and (args.dtype not in (None, "float32", "fp32") or args.device not in ("auto", "cpu")):
-        raise InvalidInput(f"--encoders {args.encoders} runs on the CPU in float32: drop --dtype and --device")
-    device = device or ("cpu" if args.encoders != "torch" else args.device)
-    runtime = dict(device=device, dtype=args.dtype, backend=args.backend, encoders=args.encoders)
+    encoders = encoder_backend(args)
+    runtime = dict(device=device or args.device, dtype=args.dtype, backend=args.backend, encoders=encoders)
     if args.random_weights is not None:  # asked for by name, and said out loud
         print(f"emotalk-fast {args.command}: RANDOM weights ({args.random_weights} preset): the output means "
               "nothing (for tests and benchmarks)", file=sys.stderr, flush=True)
@@ -89,6 +85,30 @@ def load_animator(args, threads: int | None = None, device: str | None = None):
         print(f"emotalk-fast {args.command}: --dtype auto chose {str(animator.dtype).replace('torch.', '')} "
               f"({where})", file=sys.stderr, flush=True)
     return animator
+
+
+def encoder_backend(args):
+    """The --encoders backend, refusing in the flags' words what it cannot run here (before any
+    model loads): the device and dtype asked for, a command that is not a live stream's."""
+    from ..backends.registry import resolve
+    from ..runtime.device import resolve_dtype
+
+    backend = resolve(args.encoders)
+    device = run_device(args, backend)
+    backend.verify(device, resolve_dtype(args.dtype, device), flags=True,
+                   offline=args.command not in ("stream", "serve"), encoding=getattr(args, "encoding", None))
+    return backend
+
+
+def run_device(args, backend=None):
+    """The device the model will run on: --device, where "auto" is the CPU for encoders that run
+    on the CPU only."""
+    from ..backends.registry import resolve
+    from ..runtime.device import resolve_device
+
+    backend = backend or resolve(args.encoders)
+    auto_cpu = args.device == "auto" and "cuda" not in backend.capabilities.devices
+    return resolve_device("cpu" if auto_cpu else args.device)
 
 
 def warn(message: str) -> None:
@@ -115,9 +135,9 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton (default auto)")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, encoders: bool = True) -> None:
     """The model: a checkpoint, or random weights asked for by name (never by accident); and
-    where it runs."""
+    where it runs (`encoders`: offer --encoders; without it, the model's own)."""
     from ..model.config import PRESETS
 
     model = p.add_mutually_exclusive_group(required=True)
@@ -129,14 +149,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: torch's choice, one per core; serve and stream on a CPU: one "
                         "core fewer, left to their network, audio and pacing threads). On a machine shared with other "
                         "busy processes fewer threads hold steady where one per core can run 2-3x slower")
-    add_encoders_option(p)
+    if encoders:
+        add_encoders_option(p)
+    else:
+        from ..backends.registry import DEFAULT
+
+        p.set_defaults(encoders=DEFAULT)
     add_runtime_options(p)
 
 
 def add_encoders_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoders", choices=ENCODERS, default="torch",
+    from ..backends.registry import DEFAULT, names
+
+    p.add_argument("--encoders", choices=names(), default=DEFAULT,
                    help="how the two wav2vec2 encoders run: torch (default); int8: their transformer layers as "
-                        "int8 GEMMs on the CPU, about twice as fast there, and the output moves; openvino: compiled "
+                        "int8 GEMMs on the CPU, faster there, and the output moves; openvino: compiled "
                         "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
                         "(pip install \"emotalk-fast[openvino]\"); onnx: a live stream's incremental encoders in "
                         "ONNX Runtime, exported at start-up, faster on a CPU (stream and serve; pip install "
@@ -190,12 +217,12 @@ def stream_settings(args, **fields):
                    emotion_context_ms=args.emotion_context_ms, emotion_hop_ms=args.emotion_hop_ms,
                    whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
     if "encoding" in args:  # every command but stream-eval
-        if args.encoding is not None:
-            options["encoding"] = args.encoding
-        elif args.encoders == "openvino":  # compiled whole: no layer to run over kept keys and values
-            options["encoding"] = "windowed"
-        if args.encoders == "onnx" and options.get("encoding") == "windowed":
-            raise InvalidInput("--encoders onnx runs incremental encoding: drop --encoding windowed")
+        from ..backends.registry import resolve
+
+        backend = resolve(args.encoders)
+        encoding = args.encoding or backend.default_encoding(StreamSettings.encoding)
+        backend.verify(encoding=encoding, flags=True)
+        options["encoding"] = encoding
     try:
         return StreamSettings(**options, **fields)
     except InvalidInput as e:

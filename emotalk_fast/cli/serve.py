@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 from ..io.curves import check_output
-from .options import add_model_options, add_stream_options, load_animator, stream_settings, warn
+from .options import add_model_options, add_stream_options, load_animator, run_device, stream_settings, warn
 
 
 def _import_serve(module: str):
@@ -77,12 +77,11 @@ def serve_threads(args) -> int | None:
     """--threads, else on a CPU one core fewer than torch's default (runtime.threads.serve_threads):
     on 2 cores beside a live client, 2 threads served no faster than 1 (docs/performance.md).
     None (torch's choice) on a GPU."""
-    from ..runtime.device import resolve_device
     from ..runtime.threads import serve_threads as cpu_threads
 
     if args.threads is not None:
         return args.threads
-    if args.encoders == "torch" and resolve_device(args.device).type != "cpu":  # the others run on the CPU
+    if run_device(args).type != "cpu":
         return None
     return cpu_threads()
 
@@ -108,11 +107,11 @@ def startup_line(args, server, engine, load_s: float, budget=None) -> str:
             f"stream{'s' if args.max_streams != 1 else ''}; {s.encoding} encoding, hop {s.hop_ms} ms{auto}, "
             f"lookahead {s.lookahead_ms} ms, context {s.context_ms} ms; {emotion}{held}"
             f"{'ramp from 100 ms; ' if s.ramp and s.hop_ms > 100 else ''}{graphs}"
-            f"{threads_note(animator_device, engine.model)}loaded in {load_s:.1f} s{metrics})")
+            f"{threads_note(animator_device, engine.encoders)}loaded in {load_s:.1f} s{metrics})")
 
 
-def threads_note(device, model=None) -> str:
-    """The threads that compute a hop, in words ("" on a GPU)."""
+def threads_note(device, encoders) -> str:
+    """The threads that compute a hop (torch's, and the encoder backend's), in words ("" on a GPU)."""
     import torch
 
     from ..runtime.threads import branches_run_at_once
@@ -120,9 +119,9 @@ def threads_note(device, model=None) -> str:
     if device.type != "cpu":
         return ""
     n = torch.get_num_threads()
-    onnx = getattr(model, "onnx_encoders", None)
-    if onnx is not None:
-        return f"{n} torch thread{'s' if n != 1 else ''}, the encoders in ONNX Runtime on {onnx.threads}; "
+    own = encoders.threads_note()
+    if own:
+        return f"{n} torch thread{'s' if n != 1 else ''}, {own}; "
     at_once = ", each encoder on its own, both at once" if branches_run_at_once(device) else ""
     return f"{n} torch thread{'s' if n != 1 else ''}{at_once}; "
 
@@ -139,9 +138,10 @@ def measure_budget(animator, args, settings):
               file=sys.stderr, flush=True)
 
     if settings.is_auto:
-        budget = choose_hop(animator.model, animator.device, animator.dtype, settings, streams, report)
+        budget = choose_hop(animator.model, animator.device, animator.dtype, settings, streams, report,
+                            animator.encoder_backend)
     else:
-        budget = measure(animator.model, animator.device, animator.dtype, settings, streams)
+        budget = measure(animator.model, animator.device, animator.dtype, settings, streams, animator.encoder_backend)
         report(budget)
     held = budget.holds()
     if held < streams:

@@ -37,7 +37,7 @@ def stream(args) -> None:
     auto = " (auto)" if args.hop_ms in (None, "auto") and stream_settings(args).is_auto else ""
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops{auto}"
           f"{' in real time' if args.realtime else ''}, {stream.settings.encoding} encoding; algorithmic latency "
-          f"{stream.latency_ms:.0f} ms; {threads_note(animator.device, animator.model).rstrip('; ')}")
+          f"{stream.latency_ms:.0f} ms; {threads_note(animator.device, animator.encoder_backend).rstrip('; ')}")
     hop_s, algo_s, computes, done = hop_ms / 1000, stream.latency_ms / 1000, [], [0]
 
     def on_hop(i, frames, compute_s, wall_s):
@@ -84,7 +84,7 @@ def stream_eval(args) -> None:
     def report(done, total, setting):
         print(f"[stream-eval] [{done + 1}/{total}] {setting}", file=sys.stderr, flush=True)
 
-    encodings = ("windowed",) if args.encoders == "openvino" else ENCODINGS  # compiled whole: windows only
+    encodings = tuple(e for e in ENCODINGS if e in animator.encoder_backend.capabilities.encodings)
     rows = evaluate(animator, speech, contexts, lookaheads, resolve_stream_settings(animator, args), progress=report,
                     encodings=encodings)
     print(markdown_table(rows))

@@ -1,2 +1,2 @@
-"""Bytes in and out: audio decoding and resampling, curve files, corpora of many inputs, atomic
-file writes."""
+"""Bytes in and out: audio decoding and resampling, curve files (the Live Link Face CSV too),
+previews, corpora of many inputs."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInput
-from .files import atomic_write
+from ..files import atomic_write
 
 FORMATS = (".csv", ".npy", ".json")
 
@@ -63,7 +63,7 @@ def _named_writer(format: str, path: Path):
         raise InvalidInput(f"unknown format {format!r}: use one of {', '.join(NAMED_FORMATS)} or None")
     if path.suffix.lower() != ".csv":
         raise InvalidInput(f"format {format!r} writes a .csv file, got {path.name}")
-    from ..bridges.livelink import write_livelink_csv
+    from .livelink_format import write_livelink_csv
 
     return write_livelink_csv
 
@@ -115,7 +115,7 @@ def load_blendshapes(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ..
             with open(path, newline="") as f:
                 rows = list(csv.reader(f))
             if rows and rows[0][:1] == ["Timecode"]:
-                from ..bridges.livelink import read_livelink_csv
+                from .livelink_format import read_livelink_csv
 
                 take = read_livelink_csv(path)
                 return take.blendshapes, BLENDSHAPE_NAMES, float(FPS), None

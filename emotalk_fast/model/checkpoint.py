@@ -13,7 +13,7 @@ import torch
 
 from .config import DEFAULT_EMOTION_LABELS, PRESETS, DecoderConfig, EmoTalkConfig, EncoderConfig
 from ..errors import InvalidInput
-from ..io.files import atomic_write
+from ..files import atomic_write
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"

@@ -12,10 +12,6 @@ FPS = 30  # output frame rate of the blendshape curves
 ENCODER_FPS = 50  # wav2vec2's CNN front end emits one frame per 20 ms
 # Decoder implementations a user may ask for: "auto" is Triton on CUDA, PyTorch elsewhere.
 BACKENDS = ("auto", "torch", "triton")
-# How the two wav2vec2 encoders run (Animator's `encoders`): PyTorch; their transformer layers
-# as int8 GEMMs (CPU, changes the output; int8.py); compiled by OpenVINO (CPU, the same
-# float32 arithmetic; openvino_encoders.py).
-ENCODERS = ("torch", "int8", "openvino", "onnx")
 
 # ARKit blendshape names in the order of the model's 52 output channels.
 BLENDSHAPE_NAMES: tuple[str, ...] = (

@@ -7,7 +7,7 @@ is no length cap (the release precomputes a 5000 x 5000 table). The cross-attent
 mask lets frame i see only memory frame i, so its softmax is exactly 1 and the block reduces
 to one linear map, `cross` = out_proj(V(.)), folded at load time.
 
-The layer is written once over four fusable steps (decoder_ops.TorchOps, or
+The layer is written once over four fusable steps (ops.TorchOps, or
 triton_ops.TritonOps on emotalk_fast.kernels); `set_backend` picks the set once.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The decoder's fusable steps on the Triton kernels: the same signatures and the same function
-as `decoder_ops.TorchOps`, rounding aside (its PyTorch steps where a kernel has a limit).
+as `ops.TorchOps`, rounding aside (its PyTorch steps where a kernel has a limit).
 Importing this module imports triton, so the decoder imports it only when its backend is "triton".
 """
 from __future__ import annotations

@@ -1,2 +1,1 @@
-"""How and where the model runs: device, dtype, threads and decoder backend; int8 and OpenVINO
-encoders; ONNX export."""
+"""How and where the model runs: device, dtype, threads and decoder backend; the int8 linear layer."""

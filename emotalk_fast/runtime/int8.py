@@ -1,5 +1,5 @@
 """int8 encoder layers for the CPU (opt-in, `encoders="int8"`, `--encoders int8`): the wav2vec2
-transformers' linear layers (about 80 % of a release-size hop on a CPU) as int8 GEMMs.
+transformers' linear layers (most of a release-size hop on a CPU: docs/performance.md) as int8 GEMMs.
 
 Weights are rounded to int8 once, one scale per output channel; activations are rounded at run
 time, one scale per row (symmetric, dynamic); `torch._int_mm` multiplies them with int32

@@ -22,7 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from ..streaming.engine import StreamEngine
 from ..errors import InvalidInput
-from ..io.files import read_pem
+from ..files import read_pem
 from . import protocol as pb
 from .metrics import ServeMetrics
 from .session import Session, SessionLimits

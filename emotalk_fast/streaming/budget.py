@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidInput
+from .backend import DEFAULT, EncoderBackend
 from .grid import StreamGrid
 from .settings import GRID_MS, StreamSettings
 
@@ -66,7 +67,7 @@ class Budget:
         return line
 
 
-def measure(model, device, dtype, settings: StreamSettings, streams: int) -> Budget:
+def measure(model, device, dtype, settings: StreamSettings, streams: int, encoders: EncoderBackend = DEFAULT) -> Budget:
     """Time a steady batched hop at 1 and min(streams, MEASURED_MAX) streams on this machine
     (with an emotion branch of its own: the mean over its cadence)."""
     from .executor import time_steady_hop
@@ -74,18 +75,22 @@ def measure(model, device, dtype, settings: StreamSettings, streams: int) -> Bud
     if streams < 1:
         raise InvalidInput(f"streams must be >= 1, got {streams}")
     grid = StreamGrid.for_model(settings, model.cfg)
-    costs = {n: time_steady_hop(model, device, dtype, grid, n, repeats=1)
+    costs = {n: time_steady_hop(model, device, dtype, grid, n, repeats=1, encoders=encoders)
              for n in sorted({1, min(streams, MEASURED_MAX)})}
     return Budget(settings, {n: c[0] for n, c in costs.items()}, {n: c[1] for n, c in costs.items()})
 
 
-def resolve_hop(model, device, dtype, settings: StreamSettings, streams: int, report=None) -> StreamSettings:
+def resolve_hop(model, device, dtype, settings: StreamSettings, streams: int, report=None,
+                encoders: EncoderBackend = DEFAULT) -> StreamSettings:
     """The settings with a concrete hop: as given, or for "auto" the smallest hop this machine
     holds `streams` streams at in real time (`choose_hop`, measured now)."""
-    return choose_hop(model, device, dtype, settings, streams, report).settings if settings.is_auto else settings
+    if not settings.is_auto:
+        return settings
+    return choose_hop(model, device, dtype, settings, streams, report, encoders).settings
 
 
-def choose_hop(model, device, dtype, settings: StreamSettings, streams: int, report=None) -> Budget:
+def choose_hop(model, device, dtype, settings: StreamSettings, streams: int, report=None,
+               encoders: EncoderBackend = DEFAULT) -> Budget:
     """The smallest hop (a multiple of 100 ms up to AUTO_MAX_HOP_MS) whose budget holds `streams`
     streams at these settings (their hop aside); the longest when none does (its `holds()` says
     how short it falls). report(budget) after each one measured.
@@ -106,7 +111,7 @@ def choose_hop(model, device, dtype, settings: StreamSettings, streams: int, rep
 
     def holds(i: int) -> bool:
         if i not in measured:
-            measured[i] = measure(model, device, dtype, settings.with_hop(hops[i]), streams)
+            measured[i] = measure(model, device, dtype, settings.with_hop(hops[i]), streams, encoders)
             if report is not None:
                 report(measured[i])
         return measured[i].holds() >= streams

@@ -22,6 +22,7 @@ from ..io.audio import StreamingResampler, check_rate
 from ..model.config import FPS, SAMPLE_RATE
 from ..model.emotalk import EmoTalk, num_frames
 from ..model.style import check_style
+from .backend import DEFAULT, EncoderBackend
 from .executor import Executor, HopResult
 from .grid import StreamGrid
 from .scheduler import EmotionPolicy, GroupPlan, Scheduler
@@ -56,11 +57,12 @@ class StreamEngine:
 
     settings: a concrete hop (resolve "auto" first: `Animator.engine` does). cuda_graphs: static
     shapes for every full hop, on CUDA each batch bucket's hop a captured graph (executor.py);
-    `prepare_static_hops()` builds them all up front.
+    `prepare_static_hops()` builds them all up front. encoders: the encoder backend (the
+    Animator's; default the model's encoders as they are).
     """
 
     def __init__(self, model: EmoTalk, device, dtype, settings: StreamSettings | None = None, *,
-                 max_streams: int = 16, cuda_graphs: bool = False):
+                 max_streams: int = 16, cuda_graphs: bool = False, encoders: EncoderBackend = DEFAULT):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise InvalidInput(f"max_streams must be a positive integer, got {max_streams!r}")
         settings = StreamSettings() if settings is None else settings
@@ -72,8 +74,9 @@ class StreamEngine:
         self.policy = EmotionPolicy(self.grid, model.cfg, settings.whole_utterance_ms)
         self.scheduler = Scheduler(self.grid, self.policy, bool(cuda_graphs))
         self.max_cache_frames = max(int(settings.max_cache_s * FPS), self.grid.hop)
+        self.encoders = encoders
         self.executor = Executor(model, self.device, dtype, self.grid, max_streams, self.max_cache_frames,
-                                 cuda_graphs)
+                                 cuda_graphs, encoders)
         self._streams: dict[int, StreamState] = {}
         self._free_slots = list(range(max_streams))
         self._next_id = 0

@@ -27,7 +27,8 @@ from ..model.config import FPS
 from ..model.emotalk import EmoTalk
 from .encoders import WindowedEncoder
 from .grid import StreamGrid, Window
-from .incremental import EncodedRows, IncrementalEncoder, incremental_encoder
+from .backend import DEFAULT, EncoderBackend
+from .incremental import EncodedRows, IncrementalEncoder
 from .scheduler import EmotionSource, GroupPlan
 from .streams import StreamState
 
@@ -91,7 +92,8 @@ class Executor:
     for static shapes); `run(plan, streams)` -> HopResult."""
 
     def __init__(self, model: EmoTalk, device, dtype, grid: StreamGrid, slots: int, cache_frames: int,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, encoders: EncoderBackend = DEFAULT):
+        encoders.verify(device, dtype, encoding=grid.settings.encoding, cuda_graphs=cuda_graphs)
         self.model, self.device, self.dtype, self.grid = model, torch.device(device), dtype, grid
         self.encoder = WindowedEncoder(model, grid)
         self.cuda_graphs = bool(cuda_graphs)
@@ -101,12 +103,8 @@ class Executor:
         self.cache = model.decoder.new_cache(slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
         self.incremental = None  # incremental encoding: its rings (and the scratch slot's)
-        onnx = getattr(model, "onnx_encoders", None) is not None
-        if onnx and (self.cuda_graphs or not grid.settings.incremental):
-            raise InvalidInput("the ONNX encoders run incremental encoding, eagerly: drop encoding windowed and "
-                               "cuda_graphs, or the ONNX encoders")
         if grid.settings.incremental:
-            self.incremental = incremental_encoder(model, grid, slots + self.cuda_graphs, self.device, dtype)
+            self.incremental = encoders.incremental_encoder(model, grid, slots + self.cuda_graphs, self.device, dtype)
         # one memory pool for every bucket's graph (they replay one at a time on one stream)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs and self.device.type == "cuda" else None
 
@@ -280,7 +278,7 @@ class Executor:
 
 
 def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: int,
-                    repeats: int = 3) -> tuple[float, float]:
+                    repeats: int = 3, encoders: EncoderBackend = DEFAULT) -> tuple[float, float]:
     """Seconds one batched hop of `streams` streams takes at a grid's settings, in the steady
     state (every window full length; noise audio), the fastest of `repeats` -> (mean, peak): with
     an emotion branch of its own, the mean over its cadence (a hop without the emotion run plus
@@ -290,7 +288,7 @@ def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: in
         raise InvalidInput(f"streams and repeats must be >= 1, got {streams}, {repeats}")
     device = torch.device(device)
     if grid.settings.incremental:
-        return _time_steady_incremental_hop(model, device, dtype, grid, streams, repeats)
+        return _time_steady_incremental_hop(model, device, dtype, grid, streams, repeats, encoders)
     encoder = WindowedEncoder(model, grid)
     k = grid.steady()  # steady windows (t0 > 0) of both branches
     w, ew = grid.window(k), grid.emotion_window(k)
@@ -325,11 +323,11 @@ def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: in
 
 
 def _time_steady_incremental_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: int,
-                                 repeats: int) -> tuple[float, float]:
+                                 repeats: int, encoders: EncoderBackend) -> tuple[float, float]:
     """`time_steady_hop` for incremental encoding: the new rows of a steady hop through both
     encoders over full rings, then the decoder's step; every hop costs the same (mean = peak)."""
     w = grid.window(grid.steady())
-    incremental = incremental_encoder(model, grid, streams, device, dtype)
+    incremental = encoders.incremental_encoder(model, grid, streams, device, dtype)
     cache = model.decoder.new_cache(streams, w.h1 + 1, device, dtype)
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal(w.s1 - w.s0).astype(np.float32) * 0.1)
     dec = model.cfg.decoder

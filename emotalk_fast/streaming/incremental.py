@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidInput
 from ..model.emotalk import EmoTalk
 from ..model.encoder import Wav2Vec2Encoder
 from ..runtime.threads import run_pair
@@ -77,10 +76,6 @@ class IncrementalEncoder:
     """Both encoders of a model, incrementally, over the rings of `slots` streams."""
 
     def __init__(self, model: EmoTalk, grid: StreamGrid, slots: int, device, dtype):
-        if not all(isinstance(e, Wav2Vec2Encoder) for e in (model.content_encoder, model.emotion_encoder)):
-            raise InvalidInput("encoding incremental runs each encoder layer by layer over kept keys and values: "
-                               "it needs the PyTorch encoders (torch or int8), not ones compiled whole "
-                               "(OpenVINO); use encoding windowed (--encoding windowed)")
         self.model, self.grid = model, grid
         self.rings = {
             "content": EncoderRings(model.content_encoder, slots, grid.context, device, dtype),
@@ -147,16 +142,6 @@ class IncrementalEncoder:
         """(window samples, new rows' samples) of a full hop: every hop of the grid fits in them."""
         w = self.grid.window(self.grid.steady())
         return w.s1 - w.s0, self.grid.stride * (w.c_hi - cnn_frame(w.h0)) + self.grid.field
-
-
-def incremental_encoder(model: EmoTalk, grid: StreamGrid, slots: int, device, dtype):
-    """The model's incremental encoder: ONNX Runtime's where the model has them (encoders="onnx",
-    runtime/onnx_encoders.py), else PyTorch's."""
-    if getattr(model, "onnx_encoders", None) is not None:
-        from ..runtime.onnx_encoders import OnnxIncrementalEncoder
-
-        return OnnxIncrementalEncoder(model, grid, slots, device, dtype)
-    return IncrementalEncoder(model, grid, slots, device, dtype)
 
 
 def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, slot: torch.Tensor,

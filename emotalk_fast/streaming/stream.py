@@ -36,6 +36,7 @@ import numpy as np
 from ..io.audio import check_rate
 from ..model.config import FPS, SAMPLE_RATE
 from ..model.emotalk import EmoTalk
+from .backend import DEFAULT, EncoderBackend
 from .engine import StepFailed, StreamEngine
 from .settings import StreamSettings
 
@@ -56,9 +57,10 @@ class AnimationStream:
 
     def __init__(self, model: EmoTalk, device, dtype, level: int, person: int,
                  settings: StreamSettings | None = None, *, sample_rate: int = SAMPLE_RATE,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, encoders: EncoderBackend = DEFAULT):
         self.sample_rate = check_rate(sample_rate)
-        self.engine = StreamEngine(model, device, dtype, settings, max_streams=1, cuda_graphs=cuda_graphs)
+        self.engine = StreamEngine(model, device, dtype, settings, max_streams=1, cuda_graphs=cuda_graphs,
+                                   encoders=encoders)
         self.settings = self.engine.settings
         self._id = self.engine.open(level, person, self.sample_rate)
         self._flushed = False

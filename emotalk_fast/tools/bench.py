@@ -23,9 +23,10 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
               threads: int | None = None, skip_startup: bool = False, encoders: str = "torch",
               progress: Callable[[str], None] | None = None) -> dict:
     """Time `repeats` animations of `seconds` of generated speech; returns the figures as a dict.
-    encoders: how the encoders run (Animator's `encoders`: torch, int8 or openvino).
+    encoders: how the encoders run (Animator's `encoders`: a backend that animates whole clips).
     progress(message) is called at each step and after each timed run."""
     from ..animator import Animator
+    from ..backends.registry import resolve as resolve_encoders
     from ..runtime.device import resolve_device, resolve_dtype
 
     if not seconds > 0 or repeats < 1:
@@ -37,6 +38,7 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
     report = progress or (lambda message: None)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    resolve_encoders(encoders).verify(device, dtype, offline=True)  # before minutes of building
     cfg = EmoTalkConfig.from_name(preset)
 
     report(f"building the '{preset}' architecture with random weights on {device}")
@@ -63,8 +65,7 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
                    f"{seconds:g} s")
             user_peak_mb = _fresh_process_peak_mb(tmp, seconds, device, dtype, threads, encoders)
 
-    if encoders != "torch":
-        animator = Animator(animator.model, device=device, dtype=dtype, encoders=encoders)
+    animator = Animator(animator.model, device=device, dtype=dtype, encoders=encoders)  # the same weights
     report(f"generating {seconds:g} s of speech and warming up")
     speech = generated_speech(seconds)
     animator.animate(speech)
@@ -126,10 +127,6 @@ def _fresh_process_peak_mb(checkpoint: str, seconds: float, device, dtype, threa
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def _encoders_note(encoders: str) -> str:
-    return "" if encoders == "torch" else f" with {encoders} encoders"
-
-
 def format_bench(result: dict) -> str:
     """The figures of `run_bench` as the lines `emotalk-fast bench` prints."""
     r = result
@@ -139,7 +136,7 @@ def format_bench(result: dict) -> str:
     threads = f"{r['torch_threads']} torch thread{'s' if r['torch_threads'] != 1 else ''}"
     also = "built random weights" + ("" if r["startup_seconds"] is None else " and ran the start-up test")
     return "\n".join([
-        f"device {r['device']}, {r['dtype']}{_encoders_note(r.get('encoders', 'torch'))}, "
+        f"device {r['device']}, {r['dtype']}, {r['encoders']} encoders, "
         f"backend {r['backend']}, {r['parameters'] / 1e6:.1f} M parameters, "
         f"torch {r['torch']}; CPU {r['cpu']}, {threads}",
         f"{r['audio_seconds']:g} s of speech -> {r['frames']} frames in {r['median_seconds']:.3f} s "
@@ -158,6 +155,6 @@ def format_bench(result: dict) -> str:
 def _verdict(real_time_factor: float) -> str:
     """What a real-time factor (compute / audio) means for a user, in words."""
     if real_time_factor < 1:
-        return (f"{1 / real_time_factor:.1f}x faster than real time offline (live streams re-encode their "
-                "windows and cost more: `emotalk-fast stream --realtime` says whether one keeps up)")
+        return (f"{1 / real_time_factor:.1f}x faster than real time offline (`emotalk-fast stream --realtime` "
+                "says whether a live stream keeps up, and at what hop)")
     return f"{real_time_factor:.1f}x slower than real time: offline animation takes longer than the audio"

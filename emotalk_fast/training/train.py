@@ -32,7 +32,7 @@ import torch.nn as nn
 from emotalk_fast.model import checkpoint as ckpt
 from emotalk_fast.model.config import EmoTalkConfig
 from emotalk_fast.errors import InvalidInput
-from emotalk_fast.io.files import atomic_write
+from emotalk_fast.files import atomic_write
 
 from .config import TrainConfig
 from .data import PairDataset, scan_clips

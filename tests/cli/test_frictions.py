@@ -71,7 +71,7 @@ def test_a_short_stream_is_refused_in_plain_words():
 
 
 def test_preview_draws_the_emotion_of_a_json_and_warns_on_another_length(files, monkeypatch, capsys):
-    import emotalk_fast.tools.preview as preview
+    import emotalk_fast.io.preview as preview
     from emotalk_fast.cli import main
 
     anim = files / "anim.json"

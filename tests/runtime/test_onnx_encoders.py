@@ -46,7 +46,8 @@ def test_an_engine_of_several_streams_equals_pytorch(animators, speech):
     """Streams that share a step run one by one through the session, over their own rings."""
     outputs = []
     for animator in animators:
-        engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=3)
+        engine = StreamEngine(animator.model, "cpu", torch.float32, StreamSettings(**SETTINGS), max_streams=3,
+                              encoders=animator.encoder_backend)
         ids = [engine.open(level=i % 2, person=5 * i) for i in range(3)]
         frames = {sid: [] for sid in ids}
         for k in range(0, len(speech), 1600):
@@ -64,22 +65,28 @@ def test_an_engine_of_several_streams_equals_pytorch(animators, speech):
 def test_the_budget_times_them(animators):
     from emotalk_fast.streaming import budget
 
-    b = budget.measure(animators[1].model, "cpu", torch.float32, StreamSettings(**SETTINGS), streams=2)
+    onnx = animators[1].encoder_backend
+    exported = len(onnx.sessions._sessions)
+    b = budget.measure(animators[1].model, "cpu", torch.float32, StreamSettings(**dict(SETTINGS, context_ms=1000)), streams=2,
+                       encoders=onnx)
     assert set(b.hop_s) == {1, 2} and all(0 < t < 10 for t in b.hop_s.values())
+    assert len(onnx.sessions._sessions) == exported + 1  # its own context: timed through a graph of its own
 
 
 def test_what_they_cannot_run_is_refused(animators):
     onnx_animator = animators[1]
-    with pytest.raises(ValueError, match="the ONNX encoders run incremental encoding, eagerly"):
+    with pytest.raises(ValueError, match="the ONNX encoders run incremental encoding: not encoding windowed"):
         onnx_animator.stream(**SETTINGS, encoding="windowed")
-    with pytest.raises(ValueError, match="the ONNX encoders run incremental encoding, eagerly"):
+    with pytest.raises(ValueError, match="the ONNX encoders run eagerly, without static shapes: not cuda_graphs"):
         onnx_animator.stream(**SETTINGS, cuda_graphs=True)
+    with pytest.raises(ValueError, match="the ONNX encoders run a live stream's hops only"):
+        onnx_animator.animate(np.zeros(16000, np.float32))
     with pytest.raises(ValueError, match="run on the CPU in float32"):
         Animator.from_config("mini", device="cpu", dtype="bfloat16", encoders="onnx", warn_random=False)
 
 
 @pytest.mark.parametrize("args, message", [
-    (("animate", "x.wav", "-o", "x.csv"), "--encoders onnx runs a live stream's incremental encoders: stream and serve only"),
+    (("animate", "x.wav", "-o", "x.csv"), "--encoders onnx runs a live stream's hops only: use stream or serve"),
     (("stream", "x.wav", "--encoding", "windowed"), "--encoders onnx runs incremental encoding: drop --encoding"),
 ])
 def test_the_cli_refuses_them_where_they_do_not_run(tmp_path, args, message):

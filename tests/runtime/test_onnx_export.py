@@ -23,7 +23,7 @@ def animator():
 
 @pytest.fixture(scope="module")
 def exported(animator, tmp_path_factory):
-    from emotalk_fast.runtime.onnx_export import export_onnx
+    from emotalk_fast.export.onnx_export import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     meta = export_onnx(animator.model, path, seconds=1.5)

@@ -49,7 +49,7 @@ def speech():
 
 @pytest.fixture(scope="module", params=["mini", "tiny"])
 def exported(request, tmp_path_factory):
-    from emotalk_fast.runtime.onnx_stream import export_stream_onnx
+    from emotalk_fast.export.onnx_stream import export_stream_onnx
     from emotalk_fast.streaming.settings import StreamSettings
 
     animator = Animator.from_config(request.param, seed=3, device="cpu", warn_random=False)

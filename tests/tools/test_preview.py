@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 
 from emotalk_fast import BLENDSHAPE_NAMES, Animator  # noqa: E402
-from emotalk_fast.tools.preview import FACE_SIZE, face, video_frames  # noqa: E402
+from emotalk_fast.io.preview import FACE_SIZE, face, video_frames  # noqa: E402
 from helpers import espeak_speech  # noqa: E402
 
 MOUTH = (slice(200, 330), slice(100, 260))  # rows, columns of the 360-pixel face

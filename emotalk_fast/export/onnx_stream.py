@@ -26,6 +26,7 @@ the metadata names the settings it needs.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +39,7 @@ from ..model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
 from ..model.decoder import RingKVCache
 from ..model.emotalk import NORM_EPS, EmoTalk
 from ..streaming.encoders import on_grid
-from ..streaming.grid import StreamGrid, grid_indices
+from ..streaming.grid import StreamGrid, cnn_frame, grid_indices
 from ..streaming.incremental import encode_rows
 from ..streaming.settings import StreamSettings
 from .onnx_export import quiet_export
@@ -55,9 +56,9 @@ def stream_settings_for_export(settings: StreamSettings) -> StreamSettings:
     dimension is dynamic up to the hop); the host schedules them."""
     if settings.is_auto:
         raise InvalidInput("a streaming export needs a concrete hop_ms, not auto")
-    return StreamSettings(hop_ms=settings.hop_ms, lookahead_ms=settings.lookahead_ms, context_ms=settings.context_ms,
-                          emotion_context_ms=settings.emotion_context_ms, whole_utterance_ms=0, ramp=settings.ramp,
-                          max_cache_s=settings.max_cache_s, encoding="incremental")
+    # the stream's settings whole (a new field reaches the export), with what a graph cannot hold
+    # replaced: incremental runs the emotion branch every hop, so no cadence of its own
+    return replace(settings, whole_utterance_ms=0, encoding="incremental", emotion_hop_ms=None)
 
 
 class IncrementalHopGraph(nn.Module):
@@ -145,7 +146,7 @@ def example_inputs(graph: IncrementalHopGraph) -> dict[str, torch.Tensor]:
     """Inputs of a steady hop (full window and new rows) in noise, with zero states."""
     grid = graph.grid
     w = grid.window(grid.steady())
-    first = w.h0 * 5 // 3
+    first = cnn_frame(w.h0)
     window = torch.from_numpy(np.random.default_rng(0).standard_normal((1, w.s1 - w.s0)).astype(np.float32) * 0.1)
     dec = graph.model.cfg.decoder
     level, person = torch.zeros(1, dec.num_levels), torch.zeros(1, dec.num_persons)

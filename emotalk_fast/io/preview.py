@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.audio import load_waveform
+from .audio import load_waveform
 from ..model.config import FPS
 from ..errors import InvalidInput
 

@@ -1,12 +1,13 @@
 """The encoders compiled by OpenVINO for the CPU (opt-in, `encoders="openvino"`, `--encoders
-openvino`): the same float32 arithmetic as PyTorch (tested within 1e-5), run by OpenVINO's CPU
+openvino`; OpenVINOBackend): the same float32 arithmetic as PyTorch (tested within 1e-5), run by OpenVINO's CPU
 runtime, which fuses the wav2vec2 layers and is faster on short windows, the stream's case
 (docs/performance.md has the figures).
 
 Each encoder becomes two graphs with dynamic shapes, traced once at start-up: its CNN front end
 (wave [B, N] -> features [B, L, C]) and its transformer (features [B, T, C], valid frames [B] ->
 hidden [B, T, hidden]). The resampling between them, the decoder and the emotion head stay in
-PyTorch, so the stream, the engine and the offline path call the encoders as before.
+PyTorch, so the stream, the engine and the offline path call the encoders as before. Compiled
+whole, an encoder has no layer to run over kept keys and values: streams encode windowed.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch.nn as nn
 
 from ..model.encoder import ConvFrontEnd, Wav2Vec2Encoder
 from ..errors import InvalidInput
-from .device import require_cpu_float32
+from ..runtime.device import require_cpu_float32
+from ..streaming.backend import Capabilities, EncoderBackend
 
 
 def require_openvino():
@@ -119,3 +121,16 @@ def compile_encoders(model, threads: int | None = None) -> None:
     model.content_encoder = OpenVINOEncoder(model.content_encoder, threads)
     model.emotion_encoder = OpenVINOEncoder(model.emotion_encoder, threads,
                                             model.content_encoder.front_end if shared else None)
+
+
+class OpenVINOBackend(EncoderBackend):
+    name, title = "openvino", "OpenVINO"
+    capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("windowed",),
+                                static_shapes=False)
+
+    def prepare(self, model) -> None:
+        self.threads = torch.get_num_threads()  # the one thread policy: torch's count, set by --threads
+        compile_encoders(model, self.threads)
+
+    def threads_note(self) -> str:
+        return f"the encoders in OpenVINO on {self.threads}"

@@ -1,13 +1,13 @@
-"""The incremental encoders in ONNX Runtime (`encoders="onnx"`, `--encoders onnx`; CPU, float32;
-streaming with incremental encoding only): each hop's new rows through both wav2vec2 encoders,
+"""The incremental encoders in ONNX Runtime (`encoders="onnx"`, `--encoders onnx`,
+OnnxRuntimeBackend; CPU, float32; streaming with incremental encoding only, eagerly): each hop's new rows through both wav2vec2 encoders,
 over a stream's kept keys and values, as one exported graph per stream and hop; the decoder,
 the emotion policy and the engine stay in PyTorch. On a 2-core CPU ONNX Runtime runs a live hop's
 encoders faster than PyTorch (docs/performance.md).
 
 The graph is `onnx_stream.encode_new_rows`, exported once per pair of ring sizes (the contexts)
-when an engine first needs it (about 90 s at release size), with the same arithmetic as the
+when an engine first needs it (a minute or more at release size), with the same arithmetic as the
 PyTorch incremental encoder (tested within 1e-4). Streams run one by one through it; their rings
-stay the engine's (`EncoderRings`).
+stay the engine's (`EncoderRings`). ONNX Runtime runs on torch's thread count (--threads).
 """
 from __future__ import annotations
 
@@ -21,19 +21,21 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidInput
+from ..model.config import ENCODER_FPS, FPS, SAMPLE_RATE
 from ..model.emotalk import EmoTalk
 from ..streaming.grid import StreamGrid, Window, cnn_frame
 from ..streaming.incremental import EncodedRows, EncoderRings
-from .device import require_cpu_float32
-from .onnx_export import quiet_export
-from .onnx_stream import encode_new_rows
-from .threads import cores
+from ..runtime.device import require_cpu_float32
+from ..export.onnx_export import quiet_export
+from ..export.onnx_stream import encode_new_rows
+from ..streaming.backend import Capabilities, EncoderBackend
 
 BRANCHES = ("content", "emotion")
 RING_INPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("keys", "values", "proj"))
 INPUTS = ("window", "segment", "first_cnn_frame", "new_frames", "hop_frames", "kept") + RING_INPUTS
 OUTPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("hidden", "new_keys", "new_values", "new_proj"))
-MAX_NEW_FRAMES = 30 * 8  # the longest hop + lookahead a graph takes: 8 s (auto tries up to 3.2 s hops)
+STRIDE = SAMPLE_RATE // ENCODER_FPS  # samples per CNN frame
+MAX_NEW_FRAMES = FPS * 8  # the longest hop + lookahead a graph takes: 8 s (auto tries up to 3.2 s hops)
 
 
 class _EncodersGraph(nn.Module):
@@ -52,14 +54,14 @@ class _EncodersGraph(nn.Module):
 
 class OnnxEncoders:
     """A model's incremental encoders exported to ONNX Runtime, one session per pair of ring
-    sizes, exported on first use. Attached to the model as `model.onnx_encoders`."""
+    sizes, exported on first use."""
 
     def __init__(self, model: EmoTalk, threads: int | None = None):
         require_cpu_float32(model, "ONNX encoders")
         missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
             raise InvalidInput(f"the ONNX encoders need {', '.join(missing)}: pip install 'emotalk-fast[onnx]'")
-        self.model, self.threads = model, threads or cores()
+        self.model, self.threads = model, threads or torch.get_num_threads()
         self._sessions: dict[tuple[int, int], object] = {}
         self._dir = tempfile.TemporaryDirectory(prefix="emotalk_onnx_encoders_")
 
@@ -94,12 +96,14 @@ class OnnxEncoders:
 
 def _example(cfg, rows: dict[str, int]) -> dict[str, torch.Tensor]:
     """Inputs of a hop of 9 new rows (3 of them the hop's) in noise, over empty rings."""
-    n, hop = 9, 3
-    first = cnn_frame(90)
-    segment_len = 320 * (cnn_frame(90 + n - 1) + 1 - first) + cfg.content.receptive_field
-    window = torch.from_numpy(np.random.default_rng(0).standard_normal((1, segment_len + 3200)).astype(np.float32))
-    inputs = dict(window=window * 0.1, segment=window[:, 3200:] * 0.1, first_cnn_frame=torch.tensor(first),
-                  new_frames=torch.arange(90, 90 + n), hop_frames=torch.arange(90, 90 + hop), kept=torch.tensor(90))
+    n, hop, kept = 9, 3, 90
+    first, before = cnn_frame(kept), SAMPLE_RATE // 5  # the window starts 200 ms before the segment
+    segment_len = STRIDE * (cnn_frame(kept + n - 1) + 1 - first) + cfg.content.receptive_field
+    noise = np.random.default_rng(0).standard_normal((1, before + segment_len)).astype(np.float32)
+    window = torch.from_numpy(noise)
+    inputs = dict(window=window * 0.1, segment=window[:, before:] * 0.1, first_cnn_frame=torch.tensor(first),
+                  new_frames=torch.arange(kept, kept + n), hop_frames=torch.arange(kept, kept + hop),
+                  kept=torch.tensor(kept))
     for b, enc in (("content", cfg.content), ("emotion", cfg.emotion)):
         r = max(rows[b], 1)
         # separate tensors: an input passed twice would be traced as one
@@ -112,15 +116,14 @@ class OnnxIncrementalEncoder:
     """IncrementalEncoder's interface (rings, encode) with the encoders in ONNX Runtime: each
     stream's hop one run of the session, over its own slot of the rings."""
 
-    def __init__(self, model: EmoTalk, grid: StreamGrid, slots: int, device, dtype):
-        if torch.device(device).type != "cpu" or dtype != torch.float32:
-            raise InvalidInput("the ONNX encoders run on the CPU in float32")
+    def __init__(self, sessions: OnnxEncoders, grid: StreamGrid, slots: int, device, dtype):
+        model = sessions.model
         self.model, self.grid = model, grid
         self.rings = {
             "content": EncoderRings(model.content_encoder, slots, grid.context, device, dtype),
             "emotion": EncoderRings(model.emotion_encoder, slots, grid.emotion_context, device, dtype),
         }
-        self.session = model.onnx_encoders.session({"content": grid.context, "emotion": grid.emotion_context})
+        self.session = sessions.session({"content": grid.context, "emotion": grid.emotion_context})
 
     def encode(self, windows: list[Window], samples: list[torch.Tensor], slots: list[int], kept: list[int],
                branches=BRANCHES) -> dict[str, EncodedRows]:
@@ -141,3 +144,18 @@ class OnnxIncrementalEncoder:
         return {b: EncodedRows(*(torch.from_numpy(np.stack([r[f"{b}_{part}"] for r in rows]))
                                  for part in ("hidden", "new_keys", "new_values", "new_proj")))
                 for b in BRANCHES}
+
+
+class OnnxRuntimeBackend(EncoderBackend):
+    name, title = "onnx", "ONNX"
+    capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("incremental",),
+                                offline=False, static_shapes=False)
+
+    def prepare(self, model) -> None:
+        self.sessions = OnnxEncoders(model)
+
+    def incremental_encoder(self, model, grid, slots: int, device, dtype):
+        return OnnxIncrementalEncoder(self.sessions, grid, slots, device, dtype)
+
+    def threads_note(self) -> str:
+        return f"the encoders in ONNX Runtime on {self.sessions.threads}"
