@@ -63,13 +63,9 @@ def load_animator(args, threads: int | None = None, device: str | None = None):
     where it must run, whatever --device says (default --device)."""
     from ..animator import Animator
 
-    threads = args.threads if threads is None else threads
-    if threads is not None:
-        if threads < 1:
-            raise InvalidInput(f"--threads must be >= 1, got {threads}")
-        import torch
+    from ..runtime.threads import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(args.threads if threads is None else threads, "--threads")
     encoders = encoder_backend(args)
     runtime = dict(device=device or args.device, dtype=args.dtype, backend=args.backend, encoders=encoders)
     if args.random_weights is not None:  # asked for by name, and said out loud
@@ -145,10 +141,7 @@ def add_model_options(p: argparse.ArgumentParser, encoders: bool = True) -> None
     model.add_argument("--random-weights", metavar="PRESET", choices=sorted(PRESETS),
                        help=f"random weights of this size instead ({', '.join(sorted(PRESETS))}): the output "
                             "means nothing (tests and benchmarks)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice, one per core; serve and stream on a CPU: one "
-                        "core fewer, left to their network, audio and pacing threads). On a machine shared with other "
-                        "busy processes fewer threads hold steady where one per core can run 2-3x slower")
+    add_threads_option(p)
     if encoders:
         add_encoders_option(p)
     else:
@@ -156,6 +149,14 @@ def add_model_options(p: argparse.ArgumentParser, encoders: bool = True) -> None
 
         p.set_defaults(encoders=DEFAULT)
     add_runtime_options(p)
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads, torch's and the encoder backend's (default: torch's choice, one per core; serve "
+                        "and stream on a CPU: one core fewer, left to their network, audio and pacing threads). On a "
+                        "machine shared with other busy processes fewer threads hold steady where one per core can "
+                        "run 2-3x slower")
 
 
 def add_encoders_option(p: argparse.ArgumentParser) -> None:

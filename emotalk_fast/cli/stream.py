@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..model.config import SAMPLE_RATE
-from .options import add_encoders_option, add_model_options, add_runtime_options, add_stream_options, load_animator, \
+from .options import add_encoders_option, add_model_options, add_threads_option, add_runtime_options, add_stream_options, load_animator, \
     model_config, ms_list, parse_level, parse_person, resolve_stream_settings, stream_settings
 
 
@@ -145,7 +145,7 @@ def register(sub) -> None:
     add_runtime_options(b)
     b.add_argument("--preset", default="emotalk", help="model size: emotalk (release), mini, tiny")
     b.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(b)
     b.add_argument("--skip-startup", action="store_true", help="do not time start-up (it writes a checkpoint "
                                                               "of the model's size to a temporary directory)")
     add_encoders_option(b)

@@ -10,6 +10,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from ..errors import InvalidInput
+
 CONCURRENT_BRANCHES = True  # False: the two branches one after the other (tests compare both ways)
 T = TypeVar("T")
 
@@ -22,6 +24,16 @@ def cores() -> int:
 def branches_run_at_once(device: torch.device) -> bool:
     """Whether two encoder branches run concurrently here."""
     return CONCURRENT_BRANCHES and device.type == "cpu" and 2 * torch.get_num_threads() <= cores()
+
+
+def set_threads(threads: int | None, name: str = "threads") -> None:
+    """Torch's CPU threads (None: torch's choice); every encoder backend runs on as many. `name`:
+    the option's name in the refusal (a keyword, or a flag)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidInput(f"{name} must be >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
 
 
 def serve_threads() -> int:

@@ -28,13 +28,11 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
     from ..animator import Animator
     from ..backends.registry import resolve as resolve_encoders
     from ..runtime.device import resolve_device, resolve_dtype
+    from ..runtime.threads import set_threads
 
     if not seconds > 0 or repeats < 1:
         raise InvalidInput(f"seconds must be > 0 and repeats >= 1, got {seconds!r}, {repeats!r}")
-    if threads is not None:
-        if threads < 1:
-            raise InvalidInput(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     report = progress or (lambda message: None)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)

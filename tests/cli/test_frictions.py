@@ -112,7 +112,7 @@ def test_a_bfloat16_directory_says_why_it_runs_in_float32(files):
 
 
 def test_bench_wording():
-    result = {"device": "cpu", "dtype": "float32", "backend": "torch", "parameters": 1e6, "torch": "2.x",
+    result = {"device": "cpu", "dtype": "float32", "encoders": "int8", "backend": "torch", "parameters": 1e6, "torch": "2.x",
               "cpu": "AVX2, bfloat16 emulated", "torch_threads": 1, "audio_seconds": 1.0, "frames": 30,
               "median_seconds": 0.5, "seconds": [0.5], "real_time_factor": 0.5, "ms_per_audio_second": 500.0,
               "startup_seconds": None, "user_process_peak_mb": None, "peak_memory_mb": 100.0,
@@ -120,7 +120,7 @@ def test_bench_wording():
     text = format_bench(result)
     assert "1 torch thread" in text and "1 torch threads" not in text and "CPU AVX2, bfloat16 emulated" in text
     assert "start-up test" not in text and "(it also built random weights)" in text
-    assert "2.0x faster than real time offline" in text
+    assert "2.0x faster than real time offline" in text and "float32, int8 encoders, backend torch" in text
     assert "1.3x slower than real time" in format_bench(dict(result, real_time_factor=1.34))
     assert "ran the start-up test" in format_bench(dict(result, startup_seconds=1.0, user_process_peak_mb=1.0,
                                                         torch_threads=2))

@@ -66,7 +66,7 @@ def test_serve_and_stream_realtime_choose_a_hop_that_keeps_up(monkeypatch, capsy
     from emotalk_fast.streaming import budget as budget_module
     from emotalk_fast.streaming.budget import Budget
 
-    def measure(model, device, dtype, settings, streams):
+    def measure(model, device, dtype, settings, streams, encoders=None):
         return Budget(settings, {n: per_hop(settings.hop_ms, n) for n in sorted({1, streams})})
 
     monkeypatch.setattr(budget_module, "measure", measure)

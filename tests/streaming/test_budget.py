@@ -52,7 +52,7 @@ def test_an_emotion_cadence_is_budgeted_by_its_mean_and_its_peak(animator):
 def test_auto_tries_only_hops_the_emotion_cadence_fits(monkeypatch, animator):
     tried = []
 
-    def fake(model, device, dtype, settings, streams):
+    def fake(model, device, dtype, settings, streams, encoders=None):
         tried.append((settings.hop_ms, settings.emotion_hop_ms))
         return Budget(settings, {1: 1.0})  # holds nothing: the longest fitting hop
 
@@ -70,7 +70,7 @@ def _costing(seconds_of_hop):
     through 1 and 4), and the hops it was asked for."""
     tried = []
 
-    def fake(model, device, dtype, settings, streams):
+    def fake(model, device, dtype, settings, streams, encoders=None):
         tried.append(settings.hop_ms)
         return Budget(settings, {n: seconds_of_hop(settings.hop_ms, n) for n in (1, 4)})
     return fake, tried
