@@ -200,7 +200,7 @@ def test_animate_batch_takes_a_rate_per_clip(animator, speech):
 def test_short_reprs_and_clamped_saves(animator, speech, tmp_path):
     anim = animator.animate(speech)
     assert repr(anim).startswith(f"Animation({anim.num_frames} frames, {anim.duration:.2f} s at 30 fps, emotion ")
-    assert repr(animator) == "Animator(0.3 M parameters, device cpu, float32, decoder backend torch)"
+    assert repr(animator) == "Animator(0.3 M parameters, device cpu, float32, torch encoders, decoder backend torch)"
     stream = animator.stream(sample_rate=48000)
     assert repr(stream).startswith("AnimationStream(48000 Hz, hop 100 ms, lookahead 200 ms, context 2000 ms, "
                                    "latency ") and repr(stream).endswith("0 frames out)")
