@@ -21,7 +21,7 @@ from .io.curves import save_blendshapes
 from .model.emotalk import EmoTalk, num_emotion_frames, resample_frames
 from .model.emotalk import num_frames as model_num_frames
 from .model.postprocess import postprocess as postprocess_curves
-from .runtime.device import resolve_backend, resolve_device, resolve_dtype
+from .runtime.device import resolve_backend, resolve_dtype
 from .streaming.backend import EncoderBackend
 from .streaming.settings import StreamSettings
 
@@ -151,9 +151,7 @@ class Animator:
         the same arithmetic; streams windowed) or "onnx" (a stream's incremental encoders in ONNX
         Runtime; CPU, float32; streams only). Resolved once, here, and handed to every stream."""
         self.encoder_backend = resolve_encoders(encoders)
-        caps = self.encoder_backend.capabilities
-        # "auto" where the encoders cannot run on a GPU: the CPU they run on
-        self.device = resolve_device("cpu" if device == "auto" and "cuda" not in caps.devices else device)
+        self.device = self.encoder_backend.resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.encoder_backend.verify(self.device, self.dtype)
         self.backend = resolve_backend(backend, self.device, self.dtype)

@@ -100,11 +100,8 @@ def run_device(args, backend=None):
     """The device the model will run on: --device, where "auto" is the CPU for encoders that run
     on the CPU only."""
     from ..backends.registry import resolve
-    from ..runtime.device import resolve_device
 
-    backend = backend or resolve(args.encoders)
-    auto_cpu = args.device == "auto" and "cuda" not in backend.capabilities.devices
-    return resolve_device("cpu" if auto_cpu else args.device)
+    return (backend or resolve(args.encoders)).resolve_device(args.device)
 
 
 def warn(message: str) -> None:

@@ -65,6 +65,12 @@ class EncoderBackend:
             raise InvalidInput(f"{who} eagerly, without static shapes: " +
                                ("drop --cuda-graphs" if flags else "not cuda_graphs"))
 
+    def resolve_device(self, device) -> torch.device:
+        """`device` resolved for these encoders: "auto" is the CPU where they cannot run on a GPU."""
+        from ..runtime.device import resolve_device
+
+        return resolve_device("cpu" if device == "auto" and "cuda" not in self.capabilities.devices else device)
+
     def default_encoding(self, encoding: str) -> str:
         """The encoding a stream gets when none is asked for (`encoding`: the library's default)."""
         return encoding if encoding in self.capabilities.encodings else self.capabilities.encodings[0]
