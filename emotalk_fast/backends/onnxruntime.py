@@ -21,33 +21,32 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidInput
-from ..model.config import ENCODER_FPS, FPS, SAMPLE_RATE
+from ..model.config import FPS
 from ..model.emotalk import EmoTalk
-from ..streaming.grid import StreamGrid, Window, cnn_frame
-from ..streaming.incremental import EncodedRows, EncoderRings
+from ..streaming.encoders import BRANCHES, HopStates
+from ..streaming.grid import StreamGrid, Window
+from ..streaming.incremental import EncodedRows, IncrementalEncoder, hop_states
 from ..runtime.device import require_cpu_float32
 from ..export.onnx_export import quiet_export
-from ..export.onnx_stream import encode_new_rows
+from ..export.onnx_stream import encode_new_rows, hop_inputs
 from ..streaming.backend import Capabilities, EncoderBackend
 
-BRANCHES = ("content", "emotion")
 RING_INPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("keys", "values", "proj"))
 INPUTS = ("window", "segment", "first_cnn_frame", "new_frames", "hop_frames", "kept") + RING_INPUTS
 OUTPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("hidden", "new_keys", "new_values", "new_proj"))
-STRIDE = SAMPLE_RATE // ENCODER_FPS  # samples per CNN frame
 MAX_NEW_FRAMES = FPS * 8  # the longest hop + lookahead a graph takes: 8 s (auto tries up to 3.2 s hops)
 
 
 class _EncodersGraph(nn.Module):
-    def __init__(self, model: EmoTalk, rows: dict[str, int]):
+    def __init__(self, model: EmoTalk, grid: StreamGrid):
         super().__init__()
-        self.model, self.rows = model, rows
+        self.model, self.grid = model, grid
 
     def forward(self, window, segment, first_cnn_frame, new_frames, hop_frames, kept, content_keys, content_values,
                 content_proj, emotion_keys, emotion_values, emotion_proj):
-        rings = {"content": (content_keys, content_values, content_proj, self.rows["content"]),
-                 "emotion": (emotion_keys, emotion_values, emotion_proj, self.rows["emotion"])}
-        out = encode_new_rows(self.model, rings, window, segment, first_cnn_frame, new_frames, kept,
+        rings = {"content": (content_keys, content_values, content_proj, self.grid.context),
+                 "emotion": (emotion_keys, emotion_values, emotion_proj, self.grid.emotion_context)}
+        out = encode_new_rows(self.model, self.grid, rings, window, segment, first_cnn_frame, new_frames, kept,
                               hop_frames.shape[0])
         return tuple(x for b in BRANCHES for x in (out[b].hidden[0], out[b].k[0], out[b].v[0], out[b].proj[0]))
 
@@ -65,20 +64,21 @@ class OnnxEncoders:
         self._sessions: dict[tuple[int, int], object] = {}
         self._dir = tempfile.TemporaryDirectory(prefix="emotalk_onnx_encoders_")
 
-    def session(self, rows: dict[str, int]):
-        key = (rows["content"], rows["emotion"])
+    def session(self, grid: StreamGrid):
+        """The session of a grid's ring sizes (its contexts): any hop of them runs through it."""
+        key = (grid.context, grid.emotion_context)
         if key not in self._sessions:
-            self._sessions[key] = self._export(rows)
+            self._sessions[key] = self._export(grid)
         return self._sessions[key]
 
-    def _export(self, rows: dict[str, int]):
+    def _export(self, grid: StreamGrid):
         import onnxruntime as ort
 
         cfg = self.model.cfg
         print("emotalk-fast: exporting the incremental encoders to ONNX Runtime (once per context; "
               "about 90 s at release size)", file=sys.stderr, flush=True)
-        graph = _EncodersGraph(self.model, rows).eval()
-        inputs = _example(cfg, rows)
+        graph = _EncodersGraph(self.model, grid).eval()
+        inputs = _example(cfg, grid)
         dim = torch.export.Dim
         new, hop = dim("new_frames", min=1, max=MAX_NEW_FRAMES), dim("hop_frames", min=1, max=MAX_NEW_FRAMES)
         field = cfg.content.receptive_field
@@ -86,7 +86,7 @@ class OnnxEncoders:
         dynamic.update(window={1: dim("window", min=field, max=1 << 22)},
                        segment={1: dim("segment", min=field, max=1 << 22)}, new_frames={0: new},
                        hop_frames={0: hop})
-        path = Path(self._dir.name) / f"encoders_{rows['content']}_{rows['emotion']}.onnx"
+        path = Path(self._dir.name) / f"encoders_{grid.context}_{grid.emotion_context}.onnx"
         program = quiet_export(graph, (), inputs, INPUTS, OUTPUTS, dynamic)
         program.save(str(path))
         options = ort.SessionOptions()
@@ -94,56 +94,46 @@ class OnnxEncoders:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _example(cfg, rows: dict[str, int]) -> dict[str, torch.Tensor]:
-    """Inputs of a hop of 9 new rows (3 of them the hop's) in noise, over empty rings."""
-    n, hop, kept = 9, 3, 90
-    first, before = cnn_frame(kept), SAMPLE_RATE // 5  # the window starts 200 ms before the segment
-    segment_len = STRIDE * (cnn_frame(kept + n - 1) + 1 - first) + cfg.content.receptive_field
-    noise = np.random.default_rng(0).standard_normal((1, before + segment_len)).astype(np.float32)
-    window = torch.from_numpy(noise)
-    inputs = dict(window=window * 0.1, segment=window[:, before:] * 0.1, first_cnn_frame=torch.tensor(first),
-                  new_frames=torch.arange(kept, kept + n), hop_frames=torch.arange(kept, kept + hop),
-                  kept=torch.tensor(kept))
-    for b, enc in (("content", cfg.content), ("emotion", cfg.emotion)):
-        r = max(rows[b], 1)
+def _example(cfg, grid: StreamGrid) -> dict[str, torch.Tensor]:
+    """Inputs of a steady hop of the grid in noise, over empty rings."""
+    w = grid.window(grid.steady())
+    noise = np.random.default_rng(0).standard_normal((1, w.s1 - w.s0)).astype(np.float32) * 0.1
+    inputs = hop_inputs(grid, w, torch.from_numpy(noise), w.h0)
+    for b, enc, rows in (("content", cfg.content, grid.context), ("emotion", cfg.emotion, grid.emotion_context)):
+        r = max(rows, 1)
         # separate tensors: an input passed twice would be traced as one
         inputs[f"{b}_keys"], inputs[f"{b}_values"] = (torch.zeros(enc.num_layers, r, enc.hidden_size) for _ in "kv")
         inputs[f"{b}_proj"] = torch.zeros(r, enc.hidden_size)
     return inputs
 
 
-class OnnxIncrementalEncoder:
-    """IncrementalEncoder's interface (rings, encode) with the encoders in ONNX Runtime: each
-    stream's hop one run of the session, over its own slot of the rings."""
+class OnnxIncrementalEncoder(IncrementalEncoder):
+    """IncrementalEncoder (its rings, commit and hop contract) with the encoders in ONNX Runtime:
+    each stream's hop one run of the session, over its own slot of the rings."""
 
     def __init__(self, sessions: OnnxEncoders, grid: StreamGrid, slots: int, device, dtype):
-        model = sessions.model
-        self.model, self.grid = model, grid
-        self.rings = {
-            "content": EncoderRings(model.content_encoder, slots, grid.context, device, dtype),
-            "emotion": EncoderRings(model.emotion_encoder, slots, grid.emotion_context, device, dtype),
-        }
-        self.session = sessions.session({"content": grid.context, "emotion": grid.emotion_context})
+        super().__init__(sessions.model, grid, slots, device, dtype)
+        self.session = sessions.session(grid)
 
-    def encode(self, windows: list[Window], samples: list[torch.Tensor], slots: list[int], kept: list[int],
-               branches=BRANCHES) -> dict[str, EncodedRows]:
-        """As IncrementalEncoder.encode (both branches always run)."""
-        stride = self.grid.stride
+    def batch_inputs(self, windows: list[Window], samples: list[torch.Tensor], kept: list[int] | None = None,
+                     pad_to: tuple | None = None) -> dict:
+        """Each stream's graph inputs (numpy), run one by one (no static shapes)."""
+        return dict(feeds=[{k: v.numpy() for k, v in hop_inputs(self.grid, w, x.cpu()[None].float(), k).items()}
+                           for w, x, k in zip(windows, samples, kept or [0] * len(windows))])
+
+    def encode_inputs(self, feeds: list[dict], slots, hop: int, branches=BRANCHES) -> HopStates:
+        """As IncrementalEncoder.encode_inputs (both branches always run)."""
         rows = []
-        for w, x, slot, k in zip(windows, samples, slots, kept):
-            window = x.numpy().astype(np.float32, copy=False)[None]
-            first = min(cnn_frame(w.h0), w.c_hi)
-            feeds = dict(window=window, segment=window[:, stride * (first - w.c_lo):],
-                         first_cnn_frame=np.array(first, np.int64), new_frames=np.arange(w.h0, w.t1, dtype=np.int64),
-                         hop_frames=np.arange(w.h0, w.h1, dtype=np.int64), kept=np.array(k, np.int64))
+        for f, slot in zip(feeds, torch.as_tensor(slots).tolist()):
             for b in BRANCHES:
                 ring = self.rings[b]
-                feeds.update({f"{b}_keys": ring.k[slot].numpy(), f"{b}_values": ring.v[slot].numpy(),
-                              f"{b}_proj": ring.proj[slot].numpy()})
-            rows.append(dict(zip(OUTPUTS, self.session.run(None, feeds))))
-        return {b: EncodedRows(*(torch.from_numpy(np.stack([r[f"{b}_{part}"] for r in rows]))
-                                 for part in ("hidden", "new_keys", "new_values", "new_proj")))
-                for b in BRANCHES}
+                f = dict(f, **{f"{b}_keys": ring.k[slot].numpy(), f"{b}_values": ring.v[slot].numpy(),
+                               f"{b}_proj": ring.proj[slot].numpy()})
+            rows.append(dict(zip(OUTPUTS, self.session.run(None, f))))
+        encoded = {b: EncodedRows(*(torch.from_numpy(np.stack([r[f"{b}_{part}"] for r in rows]))
+                                    for part in ("hidden", "new_keys", "new_values", "new_proj")))
+                   for b in BRANCHES}
+        return hop_states(encoded, hop)
 
 
 class OnnxRuntimeBackend(EncoderBackend):

@@ -37,10 +37,9 @@ import torch.nn as nn
 from ..errors import InvalidInput
 from ..model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
 from ..model.decoder import RingKVCache
-from ..model.emotalk import NORM_EPS, EmoTalk
-from ..streaming.encoders import on_grid
-from ..streaming.grid import StreamGrid, cnn_frame, grid_indices
-from ..streaming.incremental import encode_rows
+from ..model.emotalk import EmoTalk
+from ..streaming.grid import StreamGrid, Window, grid_indices
+from ..streaming.incremental import encode_rows, new_row_features, write_rows
 from ..streaming.settings import StreamSettings
 from .onnx_export import quiet_export
 
@@ -92,13 +91,14 @@ class IncrementalHopGraph(nn.Module):
         hop, slot = hop_frames.shape[0], torch.zeros(1, dtype=torch.long)
         rings = {"content": (content_keys, content_values, content_proj, self.grid.context),
                  "emotion": (emotion_keys, emotion_values, emotion_proj, self.grid.emotion_context)}
-        encoded = encode_new_rows(model, rings, window, segment, first_cnn_frame, new_frames, kept, hop)
+        encoded = encode_new_rows(model, self.grid, rings, window, segment, first_cnn_frame, new_frames, kept, hop)
         hidden, states = {}, []
         for name, out in encoded.items():
             k, v, proj, rows = rings[name]
             hidden[name] = out.hidden[:, :hop]
-            states += [_commit(k, out.k[0], kept, rows, 1), _commit(v, out.v[0], kept, rows, 1),
-                       _commit(proj, out.proj[0], kept, rows, 0)]
+            states += [k, v, proj] if rows == 0 else [write_rows(k, out.k[0], kept, rows, 1),
+                                                      write_rows(v, out.v[0], kept, rows, 1),
+                                                      write_rows(proj, out.proj[0], kept, rows, 0)]
         x, memory = model.decoder_inputs(hidden["content"], hidden["emotion"], level, person)
         cache = RingKVCache.__new__(RingKVCache)  # the ring's buffers are this graph's inputs
         cache.k, cache.v, cache.capacity = decoder_keys.clone(), decoder_values.clone(), self.cache_frames
@@ -109,51 +109,46 @@ class IncrementalHopGraph(nn.Module):
         return (model.blendshape_head(out)[0].float(), logits[0].float(), *states, cache.k, cache.v, emotion_sum)
 
 
-def encode_new_rows(model: EmoTalk, rings: dict, window, segment, first_cnn_frame, new_frames, kept,
-                    hop: int) -> dict:
-    """One stream's hop through both encoders, incrementally, on explicit tensors: the window's
-    raw samples [1, W] (for the normalisation statistics), the segment the new rows' CNN frames
-    read [1, S], its first CNN frame [], the new rows' frame indices [n], the frames kept so far
-    [], and per encoder its ring (keys, values [layers, rows, hidden], projected features [rows,
-    hidden], rows) -> {branch: EncodedRows} as incremental.encode_rows gives them."""
-    dtype = model.content_map.weight.dtype
-    # normalised by the window's statistics (normalize_waveform over the whole window)
-    mean = window.mean(1, keepdim=True)
-    var = ((window - mean) ** 2).mean(1, keepdim=True)
-    wave = ((segment - mean) / torch.sqrt(var + NORM_EPS)).to(dtype)
-    feats = dict(zip(("content", "emotion"), model.front_ends(wave)))
+def encode_new_rows(model: EmoTalk, grid: StreamGrid, rings: dict, window, segment, first_cnn_frame, new_frames,
+                    kept, hop: int) -> dict:
+    """One stream's hop through both encoders, incrementally (incremental.py's functions), on a
+    graph's inputs: the window's raw samples [1, W], the segment the new rows' CNN frames read
+    (its tail) [1, S], its first CNN frame [], the new rows' frame indices [n], the frames kept so
+    far [], and per encoder its ring (keys, values [layers, rows, hidden], projected features
+    [rows, hidden], rows) -> {branch: EncodedRows}."""
+    n_window, n_segment = window.shape[1], segment.shape[1]
+    # normalised over the window, as the stream does; the segment is the window's tail
+    wave = model.prepare_wave(window, torch.full((1,), n_window, dtype=torch.long))
+    wave = wave.narrow(1, n_window - n_segment, n_segment)
     lo = first_cnn_frame.reshape(1, 1)
-    i0, i1, frac = grid_indices(new_frames[None], lo, lo + feats["content"].shape[1] - 1)
+    i0, i1, frac = grid_indices(new_frames[None], lo, lo + (n_segment - grid.field) // grid.stride)
+    feats = new_row_features(model, wave, i0, i1, frac)
     slot, kept = torch.zeros(1, dtype=torch.long), kept.reshape(1)
     out = {}
     for name, enc in (("content", model.content_encoder), ("emotion", model.emotion_encoder)):
         k, v, proj, rows = rings[name]
         ring = SimpleNamespace(k=k[None], v=v[None], proj=proj[None], rows=rows)
-        out[name] = encode_rows(enc, ring, on_grid(feats[name], i0, i1, frac.to(dtype)), slot, kept, hop)
+        out[name] = encode_rows(enc, ring, feats[name], slot, kept, hop)
     return out
 
 
-def _commit(ring: torch.Tensor, new: torch.Tensor, kept: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
-    """The ring with the hop's rows `new` written at frames kept, kept + 1, ... mod rows (the
-    last `rows` of them when the hop is longer), as EncoderRings.commit."""
-    if rows == 0:
-        return ring
-    j = torch.arange(new.shape[dim])[-rows:]
-    return ring.index_copy(dim, (kept + j) % rows, new.index_select(dim, j))
+def hop_inputs(grid: StreamGrid, w: Window, window: torch.Tensor, kept: int) -> dict[str, torch.Tensor]:
+    """A hop's encoder inputs of the graph from its window's raw samples [1, W] (what a host
+    computes: examples/onnx_stream.py does it in numpy)."""
+    new = grid.new_rows(w)
+    return dict(window=window, segment=window[:, new.offset :], first_cnn_frame=torch.tensor(new.first),
+                new_frames=torch.arange(w.h0, w.t1), hop_frames=torch.arange(w.h0, w.h1), kept=torch.tensor(kept))
 
 
 def example_inputs(graph: IncrementalHopGraph) -> dict[str, torch.Tensor]:
     """Inputs of a steady hop (full window and new rows) in noise, with zero states."""
     grid = graph.grid
     w = grid.window(grid.steady())
-    first = cnn_frame(w.h0)
     window = torch.from_numpy(np.random.default_rng(0).standard_normal((1, w.s1 - w.s0)).astype(np.float32) * 0.1)
     dec = graph.model.cfg.decoder
     level, person = torch.zeros(1, dec.num_levels), torch.zeros(1, dec.num_persons)
     level[0, min(1, dec.num_levels - 1)], person[0, 0] = 1.0, 1.0
-    inputs = dict(window=window, segment=window[:, grid.stride * (first - w.c_lo):],
-                  first_cnn_frame=torch.tensor(first), new_frames=torch.arange(w.h0, w.t1),
-                  hop_frames=torch.arange(w.h0, w.h1), kept=torch.tensor(w.h0), level=level, person=person)
+    inputs = dict(hop_inputs(grid, w, window, w.h0), level=level, person=person)
     inputs.update({name: torch.zeros(shape) for name, shape in graph.state_shapes().items()})
     return inputs
 

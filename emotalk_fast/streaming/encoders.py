@@ -1,10 +1,14 @@
-"""How a hop's encoder states are made: both wav2vec2 encoders over the hop's window (context +
-hop + lookahead), normalised over the window, read off the fixed 30 fps grid.
+"""How a hop's encoder states are made, behind one contract (`HopEncoder`) with two
+implementations: windowed encoding here (both wav2vec2 encoders over the hop's window: context +
+hop + lookahead, normalised over the window, read off the fixed 30 fps grid) and incremental
+encoding (incremental.py: only the new rows, over rows kept from earlier hops).
 
 Offline animation of long clips runs the same windows (`encode_windowed`), so a stream and the
 long-audio path agree frame for frame at the same settings.
 """
 from __future__ import annotations
+
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -12,6 +16,41 @@ from ..model.emotalk import EmoTalk, num_frames
 from ..runtime.threads import run_pair
 from .grid import StreamGrid, Window, grid_indices
 from .settings import StreamSettings
+
+BRANCHES = ("content", "emotion")
+
+
+class HopStates(NamedTuple):
+    """A batch of hops through the encoders: each branch's hidden states of the hop's frames
+    [B, hop, hidden] (None for a branch not asked for), and what the hop leaves to keep
+    ({branch: EncodedRows}; None where the encoder keeps nothing)."""
+
+    content: torch.Tensor | None
+    emotion: torch.Tensor | None
+    rows: dict | None = None
+
+
+class HopEncoder(Protocol):
+    """What the executor runs a hop's encoders through; the budget times the same calls."""
+
+    keeps_rows: bool  # it keeps every hop's rows of both branches, so its hops run both
+
+    @property
+    def longest(self) -> tuple[int, ...]:
+        """The padded shape of a full hop's inputs past the batch (static shapes)."""
+
+    def batch_inputs(self, windows: list[Window], samples: list[torch.Tensor], kept: list[int] | None = None,
+                     pad_to: tuple | None = None) -> dict:
+        """The tensors `encode_inputs` takes for these hops (`samples`: each window's raw 16 kHz
+        samples; `kept`: frames each stream kept so far); pad_to (rows, *longest): exactly that
+        shape (padding rows are silence)."""
+
+    def encode_inputs(self, *, slots: torch.Tensor, hop: int, branches=BRANCHES, **inputs) -> HopStates:
+        """`batch_inputs`' tensors and the streams' slots -> HopStates. Changes no state and reads
+        no value back to the host (a CUDA graph can capture it)."""
+
+    def commit(self, slot: int, written: int, rows: dict | None, b: int) -> None:
+        """Keep row b of a hop's `rows` for the stream in `slot`, which kept `written` frames before."""
 
 
 def on_grid(feats: torch.Tensor, i0, i1, frac) -> torch.Tensor:
@@ -21,10 +60,18 @@ def on_grid(feats: torch.Tensor, i0, i1, frac) -> torch.Tensor:
 
 
 class WindowedEncoder:
-    """Both encoders over windows of one `StreamGrid`, many windows in one padded batch."""
+    """Both encoders over windows of one `StreamGrid`, many windows in one padded batch (a
+    HopEncoder that keeps nothing between hops)."""
+
+    keeps_rows = False
 
     def __init__(self, model: EmoTalk, grid: StreamGrid):
         self.model, self.grid = model, grid
+
+    @property
+    def longest(self) -> tuple[int, int]:
+        """(frames, samples) of the longest window."""
+        return self.grid.longest
 
     def encode(self, samples: torch.Tensor, w: Window):
         """Window samples [s1 - s0] (raw 16 kHz) -> content, emotion hidden [1, h1 - h0, hidden]."""
@@ -36,10 +83,13 @@ class WindowedEncoder:
 
         Shorter windows are zero-padded and masked, so each row equals its own `encode` (the
         padded batch of the offline model, tested within 1e-5)."""
-        return self.encode_inputs(**self.batch_inputs(samples, windows))
+        states = self.encode_inputs(**self.batch_inputs(windows, samples))
+        return states.content, states.emotion
 
-    def batch_inputs(self, samples: list[torch.Tensor], windows: list[Window], pad_to: tuple | None = None):
-        """The tensors `encode_inputs` takes for these windows. The hidden states come out for
+    def batch_inputs(self, windows: list[Window], samples: list[torch.Tensor], kept: list[int] | None = None,
+                     pad_to: tuple | None = None) -> dict:
+        """The tensors `encode_inputs` takes for these windows (`kept`: unused, windowed encoding
+        keeps nothing). The hidden states come out for
         the longest hop; a row with a shorter hop repeats its last frame. pad_to (rows, frames,
         samples): pad to exactly that shape, whatever the windows (static shapes for a CUDA
         graph); padding rows are silent windows that read nothing of the others."""
@@ -63,9 +113,11 @@ class WindowedEncoder:
         return dict(wave=wave, lengths=lengths, i0=i0, i1=i1, frac=frac,
                     frames=None if pad_to is None and len(set(frames)) == 1 else valid, hop_rows=hop_rows)
 
-    def encode_inputs(self, wave, lengths, i0, i1, frac, frames, hop_rows, branches=("content", "emotion")):
-        """`batch_inputs`' tensors -> hidden [B, hop, hidden] of each branch asked for, in that
-        order. Reads no value back to the host (a CUDA graph can capture it)."""
+    def encode_inputs(self, wave, lengths, i0, i1, frac, frames, hop_rows, slots=None, hop=None,
+                      branches=BRANCHES) -> HopStates:
+        """`batch_inputs`' tensors -> HopStates: hidden [B, hop, hidden] of each branch asked for
+        (`slots`, `hop`: unused, the windows say it). Reads no value back to the host (a CUDA
+        graph can capture it)."""
         model = self.model
         device = model.content_map.weight.device
         wave, lengths, i0, i1, frac, hop_rows = (x.to(device) for x in (wave, lengths, i0, i1, frac, hop_rows))
@@ -83,8 +135,13 @@ class WindowedEncoder:
             return enc.transformer(on_grid(f, i0, i1, frac), frames)[rows, hop_rows]
 
         if len(branches) == 2:
-            return run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]), device)
-        return tuple(branch(name) for name in branches)
+            hidden = dict(zip(branches, run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]), device)))
+        else:
+            hidden = {name: branch(name) for name in branches}
+        return HopStates(hidden.get("content"), hidden.get("emotion"))
+
+    def commit(self, slot: int, written: int, rows: dict | None, b: int) -> None:
+        """Nothing to keep: every hop encodes its whole window."""
 
     @staticmethod
     def kept_for(states: torch.Tensor, first: int, w: Window) -> torch.Tensor:
@@ -112,11 +169,11 @@ def encode_windowed(model: EmoTalk, wave: torch.Tensor, settings: StreamSettings
         if not grid.separate_emotion:
             c, e = encoder.encode(wave[w.s0 : w.s1], w)
         else:
-            (c,) = encoder.encode_inputs(**encoder.batch_inputs([wave[w.s0 : w.s1]], [w]), branches=("content",))
+            c = encoder.encode_inputs(**encoder.batch_inputs([w], [wave[w.s0 : w.s1]]), branches=("content",)).content
             if kept is None or not grid.holds_emotion(first, kept.shape[1], w):
                 ew = grid.emotion_window(k, total, n)
-                (kept,) = encoder.encode_inputs(**encoder.batch_inputs([wave[ew.s0 : ew.s1]], [ew]),
-                                                branches=("emotion",))
+                kept = encoder.encode_inputs(**encoder.batch_inputs([ew], [wave[ew.s0 : ew.s1]]),
+                                             branches=("emotion",)).emotion
                 first = ew.h0
             e = encoder.kept_for(kept, first, w)
         content.append(c)

@@ -1,9 +1,9 @@
 """Runs a planned group of hops through the model and returns what it computed, changing no
 stream state (gpt-fast's `decode_one_token`: the step as a function of model, cache and inputs).
 
-`run_hop` (windowed encoding) and `run_incremental_hop` (incremental) are the hop functions:
-both encoders over the hops' windows or new rows, one decoder step over the streams' KV rings.
-The engine runs them, a CUDA graph captures them, and `time_steady_hop` (the budget) times them.
+`run_hop` is the hop function: the hop encoder (windowed or incremental, encoders.HopEncoder)
+over the hops' windows or new rows, one decoder step over the streams' KV rings. The engine runs
+it, a CUDA graph captures it, and `time_steady_hop` (the budget) times it.
 
 With `cuda_graphs`, every full hop has static shapes: each window (or a full hop's new rows)
 padded to the grid's longest, the batch padded to a bucket (1, 2, 4, ... max_streams) whose
@@ -25,10 +25,9 @@ import torch
 from ..errors import InvalidInput
 from ..model.config import FPS
 from ..model.emotalk import EmoTalk
-from .encoders import WindowedEncoder
-from .grid import StreamGrid, Window
 from .backend import DEFAULT, EncoderBackend
-from .incremental import EncodedRows, IncrementalEncoder
+from .encoders import BRANCHES, HopEncoder, WindowedEncoder
+from .grid import StreamGrid, Window
 from .scheduler import EmotionSource, GroupPlan
 from .streams import StreamState
 
@@ -49,62 +48,54 @@ class HopResult:
     frames: np.ndarray  # [B, hop, 52] float32
     emotion_sums: torch.Tensor  # [B, 1, hidden]: each row's emotion states summed over its hop
     emotion_runs: dict[int, EmotionRun]  # row -> the emotion run it made, if any
-    encoded: dict[str, EncodedRows] | None = None  # incremental encoding: what the hop rows leave to keep
+    encoded: dict | None = None  # what the hop rows leave to keep ({branch: EncodedRows}; incremental)
 
 
-def run_hop(model: EmoTalk, encoder: WindowedEncoder, cache, *, level, person, slots, starts, span: int,
-            emotion=None, **windows):
-    """One batched hop: both encoders over the windows (only the content's when the hop's
-    `emotion` states [B, hop, hidden] are given), one decoder step over the slots' rings ->
-    blendshapes [B, hop, 52], the emotion states summed over the hop [B, 1, hidden]. Tensors in,
-    tensors out, nothing read back to the host: the function a CUDA graph captures."""
+def run_hop(model: EmoTalk, encoder: HopEncoder, cache, *, level, person, slots, starts, span: int, hop: int,
+            emotion=None, own=None, **inputs):
+    """One batched hop: the encoder over its inputs, one decoder step over the slots' rings ->
+    blendshapes [B, hop, 52], the emotion states summed over the hop [B, 1, hidden], what the
+    hop leaves to keep. `emotion` [B, hop, hidden]: the hop's emotion states where they come from
+    elsewhere (a separate emotion branch, kept states, the whole utterance), so the encoder runs
+    the content branch only, unless it keeps both branches' rows; then `own` [B, 1, 1] (bool)
+    marks the rows that take the hop's own states. Tensors in, tensors out, nothing read back to
+    the host: the function a CUDA graph captures."""
+    branches = ("content",) if emotion is not None and not encoder.keeps_rows else BRANCHES
+    states = encoder.encode_inputs(**inputs, slots=slots, hop=hop, branches=branches)
     if emotion is None:
-        content, emotion = encoder.encode_inputs(**windows)
-    else:
-        (content,) = encoder.encode_inputs(**windows, branches=("content",))
-    return decode_hop(model, cache, content, emotion, level=level, person=person, slots=slots, starts=starts,
-                      span=span)
-
-
-def run_incremental_hop(model: EmoTalk, encoder: IncrementalEncoder, cache, *, level, person, slots, starts, kept,
-                        span: int, hop: int, **inputs):
-    """One batched hop of incremental encoding: both encoders over the new rows (`hop` rows and
-    the lookahead), over the kept rows of the slots' rings, one decoder step -> blendshapes [B,
-    hop, 52], the emotion states summed over the hop [B, 1, hidden], {branch: EncodedRows}.
-    Tensors in, tensors out: the function a CUDA graph captures."""
-    encoded = encoder.encode_inputs(**inputs, slots=slots, kept=kept, hop=hop)
-    blendshapes, sums = decode_hop(model, cache, encoded["content"].hidden[:, :hop], encoded["emotion"].hidden[:, :hop],
-                                   level=level, person=person, slots=slots, starts=starts, span=span)
-    return blendshapes, sums, encoded
-
-
-def decode_hop(model: EmoTalk, cache, content, emotion, *, level, person, slots, starts, span: int):
-    """The decoder's step over a hop's hidden states [B, hop, hidden] x 2 -> blendshapes [B, hop,
-    52], the emotion states summed over the hop [B, 1, hidden]."""
+        emotion = states.emotion
+    elif own is not None:
+        emotion = torch.where(own, states.emotion, emotion)
     device = model.content_map.weight.device
-    x, memory = model.decoder_inputs(content, emotion, level.to(device), person.to(device))
+    x, memory = model.decoder_inputs(states.content, emotion, level.to(device), person.to(device))
     out = model.decoder.step_at(x, memory, cache, slots, starts.to(device), span)
-    return model.blendshape_head(out), emotion.sum(1, keepdim=True)
+    return model.blendshape_head(out), emotion.sum(1, keepdim=True), states.rows
+
+
+def hop_encoder(encoders: EncoderBackend, model: EmoTalk, grid: StreamGrid, slots: int, device, dtype) -> HopEncoder:
+    """The hop encoder of a grid's encoding, from a backend: windowed, or its incremental encoder
+    over the rings of `slots` streams."""
+    if grid.settings.incremental:
+        return encoders.incremental_encoder(model, grid, slots, device, dtype)
+    return WindowedEncoder(model, grid)
 
 
 class Executor:
-    """The model, its windowed encoders and the KV cache of `slots` streams (plus a scratch slot
-    for static shapes); `run(plan, streams)` -> HopResult."""
+    """The model, its hop encoder and the KV cache of `slots` streams (plus a scratch slot for
+    static shapes); `run(plan, streams)` -> HopResult."""
 
     def __init__(self, model: EmoTalk, device, dtype, grid: StreamGrid, slots: int, cache_frames: int,
                  cuda_graphs: bool = False, encoders: EncoderBackend = DEFAULT):
         encoders.verify(device, dtype, encoding=grid.settings.encoding, cuda_graphs=cuda_graphs)
         self.model, self.device, self.dtype, self.grid = model, torch.device(device), dtype, grid
-        self.encoder = WindowedEncoder(model, grid)
         self.cuda_graphs = bool(cuda_graphs)
+        self.encoder = hop_encoder(encoders, model, grid, slots + self.cuda_graphs, self.device, dtype)
+        self.windowed = WindowedEncoder(model, grid)  # emotion windows of their own, and kept states
         self.buckets = batch_buckets(slots)
         self.scratch_slot = slots  # padding rows of a static batch decode here
         check_cache_fits(model, slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.cache = model.decoder.new_cache(slots + self.cuda_graphs, cache_frames, self.device, dtype)
         self.static_hops: dict[int, StaticHop] = {}  # bucket -> its captured hop
-        self.incremental = None  # incremental encoding: its rings (and the scratch slot's)
-        if grid.settings.incremental:
-            self.incremental = encoders.incremental_encoder(model, grid, slots + self.cuda_graphs, self.device, dtype)
         # one memory pool for every bucket's graph (they replay one at a time on one stream)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs and self.device.type == "cuda" else None
 
@@ -112,71 +103,50 @@ class Executor:
         """One group's forward. Reads the streams' state and changes none of it (it writes their
         KV rows at positions the streams have not reached yet, which a retry would write again)."""
         windows = [r.window for r in plan.rows]
-        samples = [torch.from_numpy(s.samples(w)) for s, w in zip(streams, windows)]
+        samples = [torch.from_numpy(s.samples(w)).to(self.device) for s, w in zip(streams, windows)]
+        kept = [s.encoded_rows for s in streams]
         slots = [s.slot for s in streams]
         starts = [self.grid.start(s.next_hop) for s in streams]  # where each stream's frames go in its slot
         level, person = self._style_rows(streams, windows, per_frame=plan.static)
-        if self.incremental is not None:
-            return self._run_incremental(plan, streams, samples, level, person, slots, starts)
-        runs, emotion = {}, None
+        runs, emotion, own = {}, None, None
         with torch.inference_mode():
             if not plan.joint:
                 runs = self._run_emotion(plan, streams)
-                emotion = self._emotion_rows(plan, streams, runs)
+                emotion, own = self._emotion_rows(plan, streams, runs)
             if plan.static:
-                blendshapes, sums = self._run_static(samples, windows, level, person, slots, starts, emotion=emotion)
+                out = self._run_static(windows, samples, kept, level, person, slots, starts, emotion=emotion)
             else:
-                inputs = self.encoder.batch_inputs([x.to(self.device) for x in samples], windows)
-                blendshapes, sums = run_hop(self.model, self.encoder, self.cache, **inputs, level=level,
-                                            person=person, slots=slots, starts=torch.tensor(starts),
-                                            span=self._span(starts, plan.hop), emotion=emotion)
+                inputs = self.encoder.batch_inputs(windows, samples, kept)
+                out = run_hop(self.model, self.encoder, self.cache, **inputs, level=level, person=person,
+                              slots=torch.tensor(slots), starts=torch.tensor(starts),
+                              span=self._span(starts, plan.hop), hop=plan.hop, emotion=emotion, own=own)
             # copies: a graph's outputs are overwritten by its next replay
+            blendshapes, sums, encoded = out
             rows = len(plan.rows)
-            return HopResult(blendshapes[:rows].float().cpu().numpy(), sums[:rows].clone(), runs)
-
-    def _run_incremental(self, plan: GroupPlan, streams: list[StreamState], samples, level, person, slots, starts):
-        """Both encoders over the new rows only (incremental.py); the emotion states of a row whose
-        source is not JOINT come from the whole utterance or from kept states, as windowed."""
-        windows = [r.window for r in plan.rows]
-        kept = [s.encoded_rows for s in streams]
-        with torch.inference_mode():
-            if plan.static:
-                blendshapes, sums, encoded = self._run_static(samples, windows, level, person, slots, starts,
-                                                              kept=kept)
-                rows = len(plan.rows)  # copies: a graph's outputs are overwritten by its next replay
-                encoded = {name: EncodedRows(*(x[:rows].clone() for x in (e.hidden, e.k, e.v, e.proj)))
-                           for name, e in encoded.items()}
-                return HopResult(blendshapes[:rows].float().cpu().numpy(), sums[:rows].clone(), {}, encoded)
-            encoded = self.incremental.encode(windows, samples, slots, kept)
-            content = encoded["content"].hidden[:, : plan.hop]
-            emotion = encoded["emotion"].hidden[:, : plan.hop]
-            runs = {}
-            if not plan.joint:
-                runs = self._run_emotion(plan, streams)
-                emotion = self._emotion_rows(plan, streams, runs, own=emotion)
-            blendshapes, sums = decode_hop(self.model, self.cache, content, emotion, level=level, person=person,
-                                           slots=torch.tensor(slots), starts=torch.tensor(starts),
-                                           span=self._span(starts, plan.hop))
-            return HopResult(blendshapes.float().cpu().numpy(), sums.clone(), runs, encoded)
+            if encoded is not None:
+                encoded = {name: e.head(rows) for name, e in encoded.items()}
+            return HopResult(blendshapes[:rows].float().cpu().numpy(), sums[:rows].clone(), runs, encoded)
 
     def _span(self, starts: list[int], hop: int) -> int:
         """Ring frames an eager decoder step reads: up to the furthest stream's new frames."""
         return min(self.cache.capacity, max(starts) + hop)
 
-    def _emotion_rows(self, plan: GroupPlan, streams: list[StreamState], runs: dict[int, EmotionRun],
-                      own: torch.Tensor | None = None) -> torch.Tensor:
-        """Each row's emotion states for its hop [B, hop, hidden]: a JOINT row's `own` (the
-        incremental encoder's, this hop), else a run made this hop or the states kept before."""
-        return torch.stack([own[b] if own is not None and r.emotion is EmotionSource.JOINT else
-                            self.encoder.kept_for(*self._kept(runs.get(b), s), r.window)
-                            for b, (r, s) in enumerate(zip(plan.rows, streams))])
+    def _emotion_rows(self, plan: GroupPlan, streams: list[StreamState], runs: dict[int, EmotionRun]):
+        """Each row's emotion states for its hop [B, hop, hidden], from a run made this hop or the
+        states kept before -> (states, own): where the encoder keeps both branches' rows, a JOINT
+        row takes the hop's own states (`own` [B, 1, 1] marks them; their rows here are zeros)."""
+        own = [r.emotion is EmotionSource.JOINT and self.encoder.keeps_rows for r in plan.rows]
+        rows = [None if own[b] else self.windowed.kept_for(*self._kept(runs.get(b), s), r.window)
+                for b, (r, s) in enumerate(zip(plan.rows, streams))]
+        like = next(x for x in rows if x is not None)  # a plan that is not all JOINT has one
+        states = torch.stack([like.new_zeros(like.shape) if x is None else x for x in rows])
+        return states, (torch.tensor(own, device=states.device)[:, None, None] if any(own) else None)
 
     def keep_encoded(self, slot: int, kept: int, result: HopResult, b: int) -> None:
         """Commit: row b's hop rows into its slot's rings (incremental encoding), after `kept` frames."""
         if result.encoded is not None:
             with torch.inference_mode():
-                for name, rows in result.encoded.items():
-                    self.incremental.rings[name].commit(slot, kept, rows, b)
+                self.encoder.commit(slot, kept, result.encoded, b)
 
     @staticmethod
     def _kept(run: EmotionRun | None, s: StreamState) -> tuple:
@@ -187,14 +157,13 @@ class Executor:
         emotion windows, and the whole-utterance rows one by one (rare: once per short utterance)."""
         runs = {}
         # a joint row in a group that is not all joint (beside a whole-utterance row) runs its window
-        # here, unless the incremental encoder ran its emotion branch already
-        fresh = (EmotionSource.WINDOW,) if self.incremental is not None else (EmotionSource.WINDOW,
-                                                                               EmotionSource.JOINT)
+        # here, unless the hop encoder runs its emotion branch anyway
+        fresh = (EmotionSource.WINDOW,) if self.encoder.keeps_rows else (EmotionSource.WINDOW, EmotionSource.JOINT)
         rows = [b for b, r in enumerate(plan.rows) if r.emotion in fresh]
         if rows:
             ws = [self.grid.emotion_window(streams[b].next_hop, *streams[b].totals) for b in rows]
             xs = [torch.from_numpy(streams[b].samples(w)).to(self.device) for b, w in zip(rows, ws)]
-            (states,) = self.encoder.encode_inputs(**self.encoder.batch_inputs(xs, ws), branches=("emotion",))
+            states = self.windowed.encode_inputs(**self.windowed.batch_inputs(ws, xs), branches=("emotion",)).emotion
             runs.update((b, EmotionRun(states[i, : w.h1 - w.h0], w.h0, None)) for i, (b, w) in enumerate(zip(rows, ws)))
         for b in (b for b, r in enumerate(plan.rows) if r.emotion is EmotionSource.WHOLE):
             s = streams[b]
@@ -232,25 +201,20 @@ class Executor:
                                   device=self.device)
         with torch.inference_mode():
             for bucket in self.buckets:
-                self._static_hop(bucket, self._static_inputs(bucket, [torch.zeros(w.s1 - w.s0)], [w], level, person,
-                                                             [self.scratch_slot], [0], emotion=emotion, kept=[0]))
+                self._static_hop(bucket, self._static_inputs(bucket, [w], [torch.zeros(w.s1 - w.s0)], [0], level,
+                                                             person, [self.scratch_slot], [0], emotion=emotion))
 
-    def _run_static(self, samples, windows, level, person, slots: list[int], starts: list[int], **extra):
-        """The hop padded to its bucket's static shapes, through that bucket's StaticHop. extra:
-        a separate emotion branch's `emotion` states (windowed), or the frames `kept` per stream
-        (incremental)."""
+    def _run_static(self, windows, samples, kept, level, person, slots: list[int], starts: list[int], emotion=None):
+        """The hop padded to its bucket's static shapes, through that bucket's StaticHop (`emotion`:
+        a separate emotion branch's states)."""
         bucket = next(b for b in self.buckets if b >= len(windows))
-        inputs = self._static_inputs(bucket, samples, windows, level, person, slots, starts, **extra)
+        inputs = self._static_inputs(bucket, windows, samples, kept, level, person, slots, starts, emotion=emotion)
         return self._static_hop(bucket, inputs)(inputs)
 
-    def _static_inputs(self, bucket: int, samples, windows, level, person, slots: list[int], starts: list[int],
-                       emotion=None, kept: list[int] | None = None):
+    def _static_inputs(self, bucket: int, windows, samples, kept, level, person, slots: list[int],
+                       starts: list[int], emotion=None):
         pad = bucket - len(windows)
-        if self.incremental is None:
-            inputs = self.encoder.batch_inputs(samples, windows, pad_to=(bucket, *self.grid.longest))
-        else:
-            inputs = self.incremental.batch_inputs(windows, samples, pad_to=(bucket, *self.incremental.longest))
-            inputs["kept"] = torch.tensor(kept + [0] * pad)
+        inputs = self.encoder.batch_inputs(windows, samples, kept, pad_to=(bucket, *self.encoder.longest))
         inputs.update(level=_pad_rows(level, bucket), person=_pad_rows(person, bucket),
                       slots=torch.tensor(slots + [self.scratch_slot] * pad), starts=torch.tensor(starts + [0] * pad))
         if emotion is not None:  # the emotion states of a separate emotion branch
@@ -271,25 +235,22 @@ class Executor:
 
     def _static_hop_fn(self, inputs: dict) -> tuple:
         """The hop a StaticHop runs: a full hop, the decoder reading its whole ring."""
-        span = self.cache.capacity
-        if self.incremental is None:
-            return run_hop(self.model, self.encoder, self.cache, **inputs, span=span)
-        return run_incremental_hop(self.model, self.incremental, self.cache, **inputs, span=span, hop=self.grid.hop)
+        return run_hop(self.model, self.encoder, self.cache, **inputs, span=self.cache.capacity, hop=self.grid.hop)
 
 
 def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: int,
                     repeats: int = 3, encoders: EncoderBackend = DEFAULT) -> tuple[float, float]:
     """Seconds one batched hop of `streams` streams takes at a grid's settings, in the steady
-    state (every window full length; noise audio), the fastest of `repeats` -> (mean, peak): with
-    an emotion branch of its own, the mean over its cadence (a hop without the emotion run plus
-    the run's share) and the hop that runs it; else the same number twice. Runs `run_hop` on a KV
-    cache of its own: no live stream is touched."""
+    state (every window full length, every encoder ring full; noise audio), the fastest of
+    `repeats` -> (mean, peak): with an emotion branch of its own, the mean over its cadence (a
+    hop without the emotion run plus the run's share) and the hop that runs it; else the same
+    number twice. Runs `run_hop` on a hop encoder and a KV cache of its own: no live stream is
+    touched."""
     if streams < 1 or repeats < 1:
         raise InvalidInput(f"streams and repeats must be >= 1, got {streams}, {repeats}")
     device = torch.device(device)
-    if grid.settings.incremental:
-        return _time_steady_incremental_hop(model, device, dtype, grid, streams, repeats, encoders)
-    encoder = WindowedEncoder(model, grid)
+    encoder = hop_encoder(encoders, model, grid, streams, device, dtype)
+    windowed = WindowedEncoder(model, grid)
     k = grid.steady()  # steady windows (t0 > 0) of both branches
     w, ew = grid.window(k), grid.emotion_window(k)
     cache = model.decoder.new_cache(streams, w.h1 + 1, device, dtype)
@@ -298,6 +259,7 @@ def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: in
                              .astype(np.float32) * 0.1).to(device)
     dec = model.cfg.decoder
     level, person = (torch.zeros(streams, n, dtype=dtype) for n in (dec.num_levels, dec.num_persons))
+    full = [max(grid.context, grid.emotion_context)] * streams  # every ring row kept
     best = (float("inf"), float("inf"))
     with torch.inference_mode():
         for run in range(repeats + 1):  # the first run warms up
@@ -305,47 +267,21 @@ def time_steady_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: in
             emotion = None
             if grid.separate_emotion:
                 x = noise[ew.s0 - first :]
-                (states,) = encoder.encode_inputs(**encoder.batch_inputs([x] * streams, [ew] * streams),
-                                                  branches=("emotion",))
+                states = windowed.encode_inputs(**windowed.batch_inputs([ew] * streams, [x] * streams),
+                                                branches=("emotion",)).emotion
                 emotion_s = time.perf_counter() - t0
                 emotion = states[:, : grid.hop]
                 t0 = time.perf_counter()
-            inputs = encoder.batch_inputs([noise[w.s0 - first :]] * streams, [w] * streams)
-            blendshapes, _ = run_hop(model, encoder, cache, **inputs, level=level, person=person,
-                                     slots=list(range(streams)), starts=torch.full((streams,), w.h0), span=w.h1,
-                                     emotion=emotion)
+            inputs = encoder.batch_inputs([w] * streams, [noise[w.s0 - first :]] * streams, full)
+            blendshapes, _, _ = run_hop(model, encoder, cache, **inputs, level=level, person=person,
+                                        slots=torch.arange(streams), starts=torch.full((streams,), w.h0), span=w.h1,
+                                        hop=grid.hop, emotion=emotion)
             blendshapes.float().cpu()
             took = time.perf_counter() - t0
             took = (took + emotion_s * grid.hop / grid.emotion_hop, took + emotion_s) if grid.separate_emotion \
                 else (took, took)
             best = min(best, took) if run else best
     return best
-
-
-def _time_steady_incremental_hop(model: EmoTalk, device, dtype, grid: StreamGrid, streams: int,
-                                 repeats: int, encoders: EncoderBackend) -> tuple[float, float]:
-    """`time_steady_hop` for incremental encoding: the new rows of a steady hop through both
-    encoders over full rings, then the decoder's step; every hop costs the same (mean = peak)."""
-    w = grid.window(grid.steady())
-    incremental = encoders.incremental_encoder(model, grid, streams, device, dtype)
-    cache = model.decoder.new_cache(streams, w.h1 + 1, device, dtype)
-    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(w.s1 - w.s0).astype(np.float32) * 0.1)
-    dec = model.cfg.decoder
-    level, person = (torch.zeros(streams, n, dtype=dtype) for n in (dec.num_levels, dec.num_persons))
-    full = [max(grid.context, grid.emotion_context)] * streams  # every ring row kept
-    slots = list(range(streams))
-    best = float("inf")
-    with torch.inference_mode():
-        for run in range(repeats + 1):  # the first run warms up
-            t0 = time.perf_counter()
-            encoded = incremental.encode([w] * streams, [noise] * streams, slots, full)
-            blendshapes, _ = decode_hop(model, cache, encoded["content"].hidden[:, : grid.hop],
-                                        encoded["emotion"].hidden[:, : grid.hop], level=level, person=person,
-                                        slots=torch.tensor(slots), starts=torch.full((streams,), w.h0), span=w.h1)
-            blendshapes.float().cpu()
-            took = time.perf_counter() - t0
-            best = min(best, took) if run else best
-    return best, best
 
 
 def check_cache_fits(model: EmoTalk, slots: int, frames: int, device: torch.device, dtype) -> None:

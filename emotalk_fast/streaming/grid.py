@@ -56,6 +56,17 @@ class Window:
     s1: int
 
 
+@dataclass(frozen=True)
+class NewRows:
+    """Where an incremental hop's new rows (frames [h0, t1)) read their CNN input in its window:
+    from CNN frame `first` (absolute), `offset` samples into the window, to the window's end
+    (`samples` long)."""
+
+    first: int
+    offset: int
+    samples: int
+
+
 class StreamGrid:
     """Where each hop's frames, windows and samples lie for one setting and one CNN front end."""
 
@@ -117,6 +128,11 @@ class StreamGrid:
             c_lo, c_hi = min(c_lo, last), min(c_hi, last)
         s0, s1 = self.stride * c_lo, self.stride * c_hi + self.field
         return Window(t0, h0, h1, t1, c_lo, c_hi, s0, s1)
+
+    def new_rows(self, w: Window) -> NewRows:
+        """The samples window w's new rows read (incremental encoding): their first CNN frame's on."""
+        first = min(cnn_frame(w.h0), w.c_hi)
+        return NewRows(first, self.stride * (first - w.c_lo), self.stride * (w.c_hi - first) + self.field)
 
     def emotion_window(self, k: int, total_frames: int | None = None, total_samples: int | None = None) -> Window:
         """Hop k's emotion window: `emotion_context` before the hop, ending where the hop's window

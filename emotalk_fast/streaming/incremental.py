@@ -19,7 +19,9 @@ lookahead they had then, and are not re-encoded with the audio that came after. 
 context (context_ms=0) keeps nothing and equals the windowed stream (tested).
 
 The executor computes the new rows' keys and values and returns them; the engine writes them
-into the rings only when the hop's group succeeded (`EncoderRings.commit`).
+into the rings only when the hop's group succeeded (`EncoderRings.commit`). The streaming ONNX
+export and the ONNX Runtime backend run the same functions: `new_row_features`, `encode_rows`,
+`write_rows`.
 """
 from __future__ import annotations
 
@@ -31,8 +33,18 @@ import torch.nn.functional as F
 from ..model.emotalk import EmoTalk
 from ..model.encoder import Wav2Vec2Encoder
 from ..runtime.threads import run_pair
-from .encoders import on_grid
-from .grid import StreamGrid, Window, cnn_frame, grid_indices
+from .encoders import BRANCHES, HopStates, on_grid
+from .grid import StreamGrid, Window, grid_indices
+
+
+def write_rows(ring: torch.Tensor, new: torch.Tensor, written, rows: int, dim: int, inplace: bool = False):
+    """`ring` with a hop's rows `new` (along `dim`) written at frames written, written + 1, ...
+    mod `rows` (only the last `rows` of them when the hop is longer than the ring); in place, or
+    a new tensor (an exported graph's next state)."""
+    n = new.shape[dim]
+    j = torch.arange(max(n - rows, 0), n, device=new.device)
+    write = ring.index_copy_ if inplace else ring.index_copy
+    return write(dim, (written + j) % rows, new.index_select(dim, j))
 
 
 class EncoderRings:
@@ -50,14 +62,11 @@ class EncoderRings:
 
     def commit(self, slot: int, written: int, rows: EncodedRows, b: int) -> None:
         """Keep row b's hop rows of `rows` for a stream that had `written` frames kept before."""
-        n = rows.k.shape[2]
-        keep = min(n, self.rows)  # a hop longer than the ring keeps its last rows only
-        if keep == 0:
+        if self.rows == 0:
             return
-        index = (written + n - keep + torch.arange(keep, device=self.k.device)) % self.rows
-        self.k[slot].index_copy_(1, index, rows.k[b, :, n - keep :])
-        self.v[slot].index_copy_(1, index, rows.v[b, :, n - keep :])
-        self.proj[slot].index_copy_(0, index, rows.proj[b, n - keep :])
+        write_rows(self.k[slot], rows.k[b], written, self.rows, 1, inplace=True)
+        write_rows(self.v[slot], rows.v[b], written, self.rows, 1, inplace=True)
+        write_rows(self.proj[slot], rows.proj[b], written, self.rows, 0, inplace=True)
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,16 @@ class EncodedRows:
     v: torch.Tensor
     proj: torch.Tensor
 
+    def head(self, rows: int) -> EncodedRows:
+        """The first `rows` of the batch, copied (a CUDA graph's outputs change at its next replay)."""
+        return EncodedRows(*(x[:rows].clone() for x in (self.hidden, self.k, self.v, self.proj)))
+
 
 class IncrementalEncoder:
-    """Both encoders of a model, incrementally, over the rings of `slots` streams."""
+    """Both encoders of a model, incrementally, over the rings of `slots` streams (a HopEncoder
+    that keeps each hop's rows)."""
+
+    keeps_rows = True
 
     def __init__(self, model: EmoTalk, grid: StreamGrid, slots: int, device, dtype):
         self.model, self.grid = model, grid
@@ -83,65 +99,77 @@ class IncrementalEncoder:
         }
         self.encoders = {"content": model.content_encoder, "emotion": model.emotion_encoder}
 
-    def batch_inputs(self, windows: list[Window], samples: list[torch.Tensor], pad_to: tuple | None = None) -> dict:
-        """The tensors `encode_inputs` takes for these hops (one length of new rows [h0, t1)):
-        each window's raw samples (16 kHz) and length, where its new rows' CNN input lies in it,
-        and the grid indices of the new rows. pad_to (rows, window samples, new rows' samples):
-        exactly that shape, whatever the windows (static shapes); padding rows are silence."""
-        stride, field = self.grid.stride, self.grid.field
-        n = windows[0].t1 - windows[0].h0
-        first = [min(cnn_frame(w.h0), w.c_hi) for w in windows]  # each hop's first new CNN frame
-        reach = [stride * (w.c_hi - c) + field for w, c in zip(windows, first)]  # samples its CNN frames read
-        rows, n_samples, n_segment = pad_to or (len(windows), max(len(x) for x in samples), max(reach))
-        wave = torch.zeros(rows, n_samples)
-        lengths = torch.full((rows,), n_samples)  # padding rows: all samples (silence) valid
-        offset = torch.zeros(rows, 1, dtype=torch.long)
-        t, lo, hi = (torch.zeros(rows, k, dtype=torch.long) for k in (n, 1, 1))
-        for b, (w, x, c) in enumerate(zip(windows, samples, first)):
-            wave[b, : len(x)] = x
-            lengths[b] = len(x)
-            offset[b] = stride * (c - w.c_lo)
-            t[b] = w.h0 + torch.arange(n)
-            lo[b], hi[b] = c, w.c_hi
-        # past a hop's reach the CNN frames are computed but never read: any sample will do there
-        index = (offset + torch.arange(n_segment)).clamp(max=n_samples - 1)
-        i0, i1, frac = grid_indices(t, lo, hi)
-        return dict(wave=wave, lengths=lengths, index=index, i0=i0, i1=i1, frac=frac)
-
-    def encode_inputs(self, wave, lengths, index, i0, i1, frac, slots, kept, hop: int,
-                      branches=("content", "emotion")) -> dict[str, EncodedRows]:
-        """`batch_inputs`' tensors, the streams' slots [B] and frames kept so far [B] -> the hop
-        (its first `hop` rows kept later) through the branches asked for -> {branch: EncodedRows}.
-        Changes no ring and reads no value back to the host (a CUDA graph can capture it)."""
-        model = self.model
-        device = model.content_map.weight.device
-        wave, lengths, index, i0, i1, frac, slots, kept = (x.to(device) for x in (wave, lengths, index, i0, i1, frac,
-                                                                                  slots, kept))
-        # normalised over the window, as the windowed path does: the new rows' CNN features are its own
-        wave = torch.gather(model.prepare_wave(wave, lengths), 1, index)
-        frac = frac.to(wave.dtype)
-        feats = dict(zip(("content", "emotion"), model.front_ends(wave, "content" in branches, "emotion" in branches)))
-
-        def branch(name: str) -> EncodedRows:
-            return encode_rows(self.encoders[name], self.rings[name], on_grid(feats[name], i0, i1, frac), slots,
-                               kept, hop)
-
-        if len(branches) == 2:
-            return dict(zip(branches, run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]), device)))
-        return {name: branch(name) for name in branches}
-
-    def encode(self, windows: list[Window], samples: list[torch.Tensor], slots: list[int], kept: list[int],
-               branches=("content", "emotion")) -> dict[str, EncodedRows]:
-        """The hop of each window (one length of new rows, `kept` frames already in each slot's
-        rings; `samples`: each window's raw samples [s1 - s0]) -> {branch: EncodedRows}."""
-        return self.encode_inputs(**self.batch_inputs(windows, samples), slots=torch.tensor(slots),
-                                  kept=torch.tensor(kept), hop=windows[0].h1 - windows[0].h0, branches=branches)
-
     @property
     def longest(self) -> tuple[int, int]:
         """(window samples, new rows' samples) of a full hop: every hop of the grid fits in them."""
         w = self.grid.window(self.grid.steady())
-        return w.s1 - w.s0, self.grid.stride * (w.c_hi - cnn_frame(w.h0)) + self.grid.field
+        return w.s1 - w.s0, self.grid.new_rows(w).samples
+
+    def batch_inputs(self, windows: list[Window], samples: list[torch.Tensor], kept: list[int] | None = None,
+                     pad_to: tuple | None = None) -> dict:
+        """The tensors `encode_inputs` takes for these hops (one length of new rows [h0, t1)):
+        each window's raw samples (16 kHz) and length, where its new rows' CNN input lies in it,
+        the grid indices of the new rows, the frames each stream kept so far. pad_to (rows, window
+        samples, new rows' samples): exactly that shape, whatever the windows (static shapes);
+        padding rows are silence that kept nothing."""
+        n = windows[0].t1 - windows[0].h0
+        new = [self.grid.new_rows(w) for w in windows]
+        rows, n_samples, n_segment = pad_to or (len(windows), max(len(x) for x in samples),
+                                                max(r.samples for r in new))
+        wave = torch.zeros(rows, n_samples)
+        lengths = torch.full((rows,), n_samples)  # padding rows: all samples (silence) valid
+        offset = torch.zeros(rows, 1, dtype=torch.long)
+        t, lo, hi = (torch.zeros(rows, k, dtype=torch.long) for k in (n, 1, 1))
+        for b, (w, x, r) in enumerate(zip(windows, samples, new)):
+            wave[b, : len(x)] = x
+            lengths[b] = len(x)
+            offset[b] = r.offset
+            t[b] = w.h0 + torch.arange(n)
+            lo[b], hi[b] = r.first, w.c_hi
+        # past a hop's reach the CNN frames are computed but never read: any sample will do there
+        index = (offset + torch.arange(n_segment)).clamp(max=n_samples - 1)
+        i0, i1, frac = grid_indices(t, lo, hi)
+        kept = torch.tensor(list(kept or [0] * len(windows)) + [0] * (rows - len(windows)))
+        return dict(wave=wave, lengths=lengths, index=index, i0=i0, i1=i1, frac=frac, kept=kept)
+
+    def encode_inputs(self, wave, lengths, index, i0, i1, frac, kept, slots, hop: int,
+                      branches=BRANCHES) -> HopStates:
+        """`batch_inputs`' tensors and the streams' slots [B] -> the hop through the branches asked
+        for (its first `hop` rows kept later) -> HopStates. Changes no ring and reads no value
+        back to the host (a CUDA graph can capture it)."""
+        model = self.model
+        device = model.content_map.weight.device
+        wave, lengths, index, i0, i1, frac, slots, kept = (torch.as_tensor(x).to(device) for x in (
+            wave, lengths, index, i0, i1, frac, slots, kept))
+        # normalised over the window, as the windowed path does: the new rows' CNN features are its own
+        segment = torch.gather(model.prepare_wave(wave, lengths), 1, index)
+        feats = new_row_features(model, segment, i0, i1, frac, branches)
+
+        def branch(name: str) -> EncodedRows:
+            return encode_rows(self.encoders[name], self.rings[name], feats[name], slots, kept, hop)
+
+        if len(branches) == 2:
+            rows = dict(zip(branches, run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]), device)))
+        else:
+            rows = {name: branch(name) for name in branches}
+        return hop_states(rows, hop)
+
+    def commit(self, slot: int, written: int, rows: dict | None, b: int) -> None:
+        for name, r in rows.items():
+            self.rings[name].commit(slot, written, r, b)
+
+
+def hop_states(rows: dict[str, EncodedRows], hop: int) -> HopStates:
+    """An incremental hop's {branch: EncodedRows} -> HopStates (the hop's rows of each branch)."""
+    hidden = {name: r.hidden[:, :hop] for name, r in rows.items()}
+    return HopStates(hidden.get("content"), hidden.get("emotion"), rows)
+
+
+def new_row_features(model: EmoTalk, segment: torch.Tensor, i0, i1, frac, branches=BRANCHES) -> dict:
+    """The samples the new rows' CNN frames read [B, S] (normalised over their window) -> each
+    branch's CNN features on the grid [B, n, C] (i0, i1, frac: the new rows' grid indices)."""
+    feats = dict(zip(BRANCHES, model.front_ends(segment, "content" in branches, "emotion" in branches)))
+    return {name: on_grid(feats[name], i0, i1, frac.to(segment.dtype)) for name in branches}
 
 
 def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, slot: torch.Tensor,

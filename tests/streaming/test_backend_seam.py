@@ -25,7 +25,7 @@ class CountingEncoder(IncrementalEncoder):
 
     def encode_inputs(self, *args, **kwargs):
         out = super().encode_inputs(*args, **kwargs)
-        self.rows.append(out["content"].hidden.shape[:2])
+        self.rows.append(out.rows["content"].hidden.shape[:2])
         return out
 
 

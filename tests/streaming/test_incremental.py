@@ -49,7 +49,7 @@ def test_with_nothing_kept_it_is_the_windowed_stream(animator, speech, hop_ms, r
 
 def test_the_rings_are_allocated_once_and_sized_by_the_contexts(animator, speech):
     stream = animator.stream(**INCREMENTAL, emotion_context_ms=1500)
-    rings = stream.engine.executor.incremental.rings
+    rings = stream.engine.executor.encoder.rings
     cfg = animator.config
     assert rings["content"].k.shape == (1, cfg.content.num_layers, 30, cfg.content.hidden_size)  # 1 s at 30 fps
     assert rings["emotion"].k.shape == (1, cfg.emotion.num_layers, 45, cfg.emotion.hidden_size)
