@@ -13,7 +13,7 @@ import torch
 
 from .model import checkpoint as ckpt
 from .io.audio import load_waveform, prepare_audio
-from .backends.registry import resolve as resolve_encoders
+from .backends.registry import DEFAULT as DEFAULT_ENCODERS, resolve as resolve_encoders
 from .model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE, EmoTalkConfig
 from .model.style import Schedule, check_style
 from .errors import InvalidInput, InvalidType
@@ -23,7 +23,7 @@ from .model.emotalk import num_frames as model_num_frames
 from .model.postprocess import postprocess as postprocess_curves
 from .runtime.device import resolve_backend, resolve_dtype
 from .streaming.backend import EncoderBackend
-from .streaming.settings import StreamSettings
+from .streaming.settings import MAX_STREAMS, StreamSettings
 
 # Clips longer than this are encoded through overlapping windows (streaming/encoders.py, encode_windowed), so memory
 # and time grow linearly with length; shorter clips get exactly the offline computation.
@@ -144,7 +144,7 @@ class Animator:
     """
 
     def __init__(self, model: EmoTalk, device="auto", dtype=None, backend="auto",
-                 encoders: str | EncoderBackend = "torch"):
+                 encoders: str | EncoderBackend = DEFAULT_ENCODERS):
         """encoders: how the two wav2vec2 encoders run, a name in backends/registry.py (or a
         backend object): "torch" (PyTorch), "int8" (their transformer layers as int8 GEMMs; CPU,
         float32; opt-in: it changes the output), "openvino" (compiled by OpenVINO; CPU, float32;
@@ -170,7 +170,7 @@ class Animator:
     # --- construction -------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device="auto", dtype=None, backend="auto",
-                        config: EmoTalkConfig | None = None, encoders: str | EncoderBackend = "torch") -> "Animator":
+                        config: EmoTalkConfig | None = None, encoders: str | EncoderBackend = DEFAULT_ENCODERS) -> "Animator":
         """Load a released `EmoTalk.pth` or a `save_pretrained` directory.
 
         `config` is needed only for a release checkpoint whose head counts differ from the
@@ -187,7 +187,7 @@ class Animator:
 
     @classmethod
     def from_config(cls, config: EmoTalkConfig | str = "emotalk", seed: int = 0, device="auto", dtype=None,
-                    backend="auto", rule: str = "fast", encoders: str | EncoderBackend = "torch",
+                    backend="auto", rule: str = "fast", encoders: str | EncoderBackend = DEFAULT_ENCODERS,
                     warn_random: bool = True) -> "Animator":
         """Random weights (for tests and benchmarks: speed does not depend on weights), drawn by
         `rule` (see checkpoint.random_release_state_dict: "fast", or "oracle" as the fixtures).
@@ -203,7 +203,7 @@ class Animator:
 
     @classmethod
     def from_state_dict(cls, config: EmoTalkConfig, state_dict: dict[str, torch.Tensor], device="auto",
-                        dtype=None, backend="auto", encoders: str | EncoderBackend = "torch") -> "Animator":
+                        dtype=None, backend="auto", encoders: str | EncoderBackend = DEFAULT_ENCODERS) -> "Animator":
         """Weights already in memory, in this library's layout (`checkpoint.release_to_fast`
         maps a release state dict onto it). The tensors are used as they are, not copied,
         unless the device or dtype asks for a cast."""
@@ -261,7 +261,7 @@ class Animator:
         return AnimationStream(self.model, self.device, self.dtype, level, person, settings, sample_rate=sample_rate,
                                cuda_graphs=cuda_graphs, encoders=self.encoder_backend)
 
-    def engine(self, max_streams: int = 16, settings: StreamSettings | None = None, *, cuda_graphs: bool = False,
+    def engine(self, max_streams: int = MAX_STREAMS, settings: StreamSettings | None = None, *, cuda_graphs: bool = False,
                **changes):
         """A StreamEngine over this model: up to `max_streams` streams advanced together, each
         giving the frames `stream()` gives with the same settings (streaming/engine.py).

@@ -1,7 +1,6 @@
 """The file commands: animate (one file, many, folders, pipes), preview, info, convert, export-onnx."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -10,8 +9,8 @@ from pathlib import Path
 from ..model.config import FPS
 from ..io.corpus import STDIO, animate_corpus, parse_shard, plan_jobs, shard
 from ..errors import InvalidInput
-from .options import add_model_options, load_animator, model_config, parse_level, parse_person, parse_schedule, \
-    progress_lines, warn
+from .options import add_model_options, add_stream_options, load_animator, model_config, parse_level, parse_person, \
+    parse_schedule, progress_lines, stream_settings, warn
 
 
 def animate(args) -> None:
@@ -252,11 +251,8 @@ def export_stream_onnx(args, out: Path) -> None:
     import importlib.util
 
     from ..export.onnx_stream import export_stream_onnx as export
-    from ..streaming.settings import StreamSettings
 
-    settings = StreamSettings(hop_ms=args.hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
-                              emotion_context_ms=args.emotion_context_ms, ramp=args.ramp,
-                              max_cache_s=args.max_cache_s)
+    settings = stream_settings(args)
     animator = load_animator(args, device="cpu")
     t0 = time.perf_counter()
     print("[export-onnx] tracing one streaming hop (the release size: about a minute)", file=sys.stderr, flush=True)
@@ -364,7 +360,8 @@ def register(sub) -> None:
     x.add_argument("--streaming", action="store_true",
                    help="one hop of a live stream instead, every state an input and an output: any length, pushed "
                         "as it comes (examples/onnx_stream.py runs it with ONNX Runtime alone; docs/game-engines.md)")
-    add_export_stream_options(x)
+    add_stream_options(x, fields=tuple(EXPORT_STREAM_DEFAULTS), defaults=EXPORT_STREAM_DEFAULTS, live=False,
+                       note="--streaming: ")
     add_model_options(x, encoders=False)  # the graph is the float32 model: runtimes compile it their own way
     x.set_defaults(func=export_onnx)
 
@@ -373,6 +370,8 @@ EXPORT_SECONDS = 4.0  # the fixed-length graph's default clip
 
 
 def _export_stream_defaults() -> dict:
+    """The settings a streaming export bakes in, with their defaults: the stream's, but for the
+    decoder's history, which passes in and out of the graph each hop."""
     from ..streaming.settings import EXPORT_MAX_CACHE_S, StreamSettings
 
     d = StreamSettings()
@@ -381,24 +380,3 @@ def _export_stream_defaults() -> dict:
 
 
 EXPORT_STREAM_DEFAULTS = _export_stream_defaults()
-
-
-def add_export_stream_options(p) -> None:
-    """The settings a streaming export bakes in (--streaming only): the stream's, but for the
-    decoder's history, which passes in and out of the graph each hop."""
-    from .options import grid_ms_arg
-
-    d = EXPORT_STREAM_DEFAULTS
-    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False), default=d["hop_ms"],
-                   help=f"--streaming: audio per hop, a multiple of 100 (default {d['hop_ms']})")
-    p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d["lookahead_ms"],
-                   help=f"--streaming: multiple of 100 (default {d['lookahead_ms']})")
-    p.add_argument("--context-ms", type=grid_ms_arg("--context-ms"), default=d["context_ms"],
-                   help=f"--streaming: multiple of 100 (default {d['context_ms']})")
-    p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d["emotion_context_ms"],
-                   help="--streaming: the emotion branch's context (default: --context-ms)")
-    p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=d["ramp"],
-                   help="--streaming: hops of 100, 200, 400, ... ms first, through the same graph (default on)")
-    p.add_argument("--max-cache-s", type=float, default=d["max_cache_s"],
-                   help=f"--streaming: the decoder's history in seconds, a state passed in and out each hop "
-                        f"(default {d['max_cache_s']:g})")

@@ -168,37 +168,62 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
                         "\"emotalk-fast[onnx]\"; see docs/performance.md)")
 
 
-def add_stream_options(p: argparse.ArgumentParser, offer_encoding: bool = True) -> None:
-    """A stream's settings (stream, stream-eval, serve), their defaults StreamSettings' own;
-    `offer_encoding`: add --encoding (stream-eval reports every encoding instead)."""
+# Every StreamSettings field as a flag: how to parse it and what it means; its default comes from
+# StreamSettings (or from the command). tests/cli fails on a field with no entry here.
+STREAM_FLAGS = {
+    "hop_ms": (lambda live: grid_ms_arg("--hop-ms", allow_zero=False, allow_auto=live),
+               "audio per hop, a multiple of 100"),
+    "lookahead_ms": (lambda live: grid_ms_arg("--lookahead-ms"), "audio after a hop that it reads, a multiple of 100"),
+    "context_ms": (lambda live: grid_ms_arg("--context-ms"), "audio before a hop that it reads, a multiple of 100"),
+    "emotion_context_ms": (lambda live: grid_ms_arg("--emotion-context-ms"),
+                           "the emotion branch's context, multiple of 100 (default: --context-ms)"),
+    "emotion_hop_ms": (lambda live: grid_ms_arg("--emotion-hop-ms", allow_zero=False),
+                       "windowed encoding: how often the emotion branch runs, a multiple of the hop up to hop + "
+                       "lookahead (default: the largest, every third 100 ms hop; the hop itself runs it every hop). "
+                       "Incremental encoding runs it every hop"),
+    "whole_utterance_ms": (lambda live: int, "an utterance up to this long gets offline's emotion label, exactly, "
+                                             "when it ends (0: never)"),
+    "ramp": (None, "hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for 100 ms "
+                   "of audio, not a whole hop"),
+    "max_cache_s": (lambda live: float, "the decoder's history in seconds"),
+    "encoding": (None, "windowed: each hop re-encodes its whole window; incremental: only its new rows, over the "
+                       "kept keys and values of the context (windowed with --encoders openvino, which compiles each "
+                       "encoder whole; docs/streaming.md)"),
+}
+LIVE_STREAM_FIELDS = ("hop_ms", "lookahead_ms", "context_ms", "emotion_context_ms", "emotion_hop_ms",
+                      "whole_utterance_ms", "ramp", "encoding")  # serve's cache is --max-audio-s
+
+
+def add_stream_options(p: argparse.ArgumentParser, fields: tuple[str, ...] = LIVE_STREAM_FIELDS,
+                       defaults: dict | None = None, live: bool = True, note: str = "") -> dict:
+    """One flag per StreamSettings field in `fields` (stream, stream-eval, serve, export-onnx
+    --streaming), generated from STREAM_FLAGS, defaults StreamSettings' own unless `defaults`
+    says otherwise; `live`: --hop-ms takes auto and its default depends on the command; `note`
+    starts each help. -> the defaults used."""
+    from dataclasses import fields as dataclass_fields
+
     from ..streaming.settings import ENCODINGS, LIVE_HOP_MS, StreamSettings
 
-    d = StreamSettings()
-    p.add_argument("--hop-ms", type=grid_ms_arg("--hop-ms", allow_zero=False, allow_auto=True), default=None,
-                   help=f"multiple of 100, or auto: the smallest hop this machine holds in real time (measured at "
-                        f"start-up); default {LIVE_HOP_MS} for serve and stream --realtime, else {d.hop_ms}")
-    p.add_argument("--lookahead-ms", type=grid_ms_arg("--lookahead-ms"), default=d.lookahead_ms,
-                   help=f"multiple of 100 (default {d.lookahead_ms})")
-    p.add_argument("--context-ms", type=grid_ms_arg("--context-ms"), default=d.context_ms,
-                   help=f"multiple of 100 (default {d.context_ms})")
-    p.add_argument("--emotion-context-ms", type=grid_ms_arg("--emotion-context-ms"), default=d.emotion_context_ms,
-                   help="the emotion branch's context, multiple of 100 (default: --context-ms)")
-    p.add_argument("--emotion-hop-ms", type=grid_ms_arg("--emotion-hop-ms", allow_zero=False),
-                   default=d.emotion_hop_ms,
-                   help="windowed encoding: how often the emotion branch runs, a multiple of the hop up to hop + "
-                        "lookahead (default: the largest, every third 100 ms hop; the hop itself runs it every hop). "
-                        "Incremental encoding runs it every hop")
-    p.add_argument("--whole-utterance-ms", type=int, default=d.whole_utterance_ms,
-                   help=f"an utterance up to this long gets offline's emotion label, exactly, when it ends (default "
-                        f"{d.whole_utterance_ms}; 0: never)")
-    p.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=d.ramp,
-                   help="hops of 100, 200, 400, ... ms first, doubling up to --hop-ms: the first frames wait for "
-                        f"100 ms of audio, not a whole hop (default {'on' if d.ramp else 'off'})")
-    if offer_encoding:
-        p.add_argument("--encoding", choices=ENCODINGS, default=None,
-                       help="windowed: each hop re-encodes its whole window; incremental: only its new rows, over "
-                            f"the kept keys and values of the context (default {d.encoding}; windowed with "
-                            "--encoders openvino, which compiles each encoder whole; docs/streaming.md)")
+    base = StreamSettings()
+    used = {}
+    for f in dataclass_fields(StreamSettings):
+        if f.name not in fields:
+            continue
+        flag, (parse, text) = "--" + f.name.replace("_", "-"), STREAM_FLAGS[f.name]
+        default = used[f.name] = (defaults or {}).get(f.name, getattr(base, f.name))
+        if f.name == "hop_ms" and live:  # not given: live commands keep up, others take the library's
+            text += (f", or auto: the smallest hop this machine holds in real time (measured at start-up); "
+                     f"default {LIVE_HOP_MS} for serve and stream --realtime, else {default}")
+            default = used[f.name] = None
+        if f.name == "encoding":
+            p.add_argument(flag, choices=ENCODINGS, default=None, help=f"{note}{text} (default {default})")
+            used[f.name] = None
+        elif f.name == "ramp":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{note}{text} (default {'on' if default else 'off'})")
+        else:
+            p.add_argument(flag, type=parse(live), default=default, help=note + text)
+    return used
 
 
 def stream_settings(args, **fields):
@@ -208,13 +233,10 @@ def stream_settings(args, **fields):
 
     from ..streaming.settings import LIVE_HOP_MS, StreamSettings
 
-    hop_ms = args.hop_ms
-    if hop_ms is None:  # not given: live commands keep up, others take the library's default
-        hop_ms = LIVE_HOP_MS if is_live(args) else StreamSettings.hop_ms
-    options = dict(hop_ms=hop_ms, lookahead_ms=args.lookahead_ms, context_ms=args.context_ms,
-                   emotion_context_ms=args.emotion_context_ms, emotion_hop_ms=args.emotion_hop_ms,
-                   whole_utterance_ms=args.whole_utterance_ms, ramp=args.ramp)
-    if "encoding" in args:  # every command but stream-eval
+    options = {name: getattr(args, name) for name in STREAM_FLAGS if name in args and name != "encoding"}
+    if options["hop_ms"] is None:  # not given: live commands keep up, others take the library's default
+        options["hop_ms"] = LIVE_HOP_MS if is_live(args) else StreamSettings.hop_ms
+    if "encoding" in args:  # every live command but stream-eval (it reports every encoding)
         from ..backends.registry import resolve
 
         backend = resolve(args.encoders)

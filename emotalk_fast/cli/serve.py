@@ -61,12 +61,8 @@ def check_serve_options(server_module, args):
     settings = server_module.ServeSettings(
         host=args.host, port=args.port, max_audio_s=args.max_audio_s, idle_timeout_s=args.idle_timeout,
         shutdown_grace_s=args.shutdown_grace, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        client_ca=args.client_ca, metrics_port=args.metrics_port)
-    if args.max_streams < 1:
-        raise InvalidInput(f"--max-streams must be >= 1, got {args.max_streams}")
-    if not 1 <= args.live_streams <= args.max_streams:
-        raise InvalidInput(f"--live-streams must be between 1 and --max-streams ({args.max_streams}), "
-                           f"got {args.live_streams}")
+        client_ca=args.client_ca, metrics_port=args.metrics_port, max_streams=args.max_streams,
+        live_streams=args.live_streams)
     for path in (args.tls_cert, args.tls_key, args.client_ca):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"file not found: {path}")
@@ -204,23 +200,29 @@ def health(args) -> None:
 
 def register(sub) -> None:
     """Add serve, send and health to the main CLI's subparsers."""
+    from ..serve.settings import ServeSettings
+
+    d = ServeSettings()
     v = sub.add_parser("serve", help="serve the Audio2Face-3D gRPC API (ProcessAudioStream, health)")
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
-                                                       "machine only; 0.0.0.0 for every interface)")
-    v.add_argument("--port", type=int, default=52000, help="gRPC port (default 52000, as Audio2Face-3D)")
-    v.add_argument("--max-streams", type=int, default=16, help="concurrent streams; more get RESOURCE_EXHAUSTED "
-                                                               "(default 16)")
-    v.add_argument("--live-streams", type=int, default=1,
-                   help="live streams that must keep up in real time (default 1, at most --max-streams): --hop-ms "
-                        "auto, the default, picks the smallest hop that holds them; a hop given that does not hold "
-                        "them gets a warning at start-up")
-    v.add_argument("--max-audio-s", type=float, default=600.0,
-                   help="longest stream in seconds of audio; longer ones get INVALID_ARGUMENT (default 600)")
-    v.add_argument("--idle-timeout", type=float, default=30.0,
-                   help="seconds a stream may send no audio before end_of_audio; then DEADLINE_EXCEEDED (default 30)")
-    v.add_argument("--shutdown-grace", type=float, default=30.0,
+    v.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}: this "
+                                                  "machine only; 0.0.0.0 for every interface)")
+    v.add_argument("--port", type=int, default=d.port, help=f"gRPC port (default {d.port}, as Audio2Face-3D)")
+    v.add_argument("--max-streams", type=int, default=d.max_streams,
+                   help=f"concurrent streams; more get RESOURCE_EXHAUSTED (default {d.max_streams})")
+    v.add_argument("--live-streams", type=int, default=d.live_streams,
+                   help=f"live streams that must keep up in real time (default {d.live_streams}, at most "
+                        "--max-streams): --hop-ms auto, the default, picks the smallest hop that holds them; a hop "
+                        "given that does not hold them gets a warning at start-up")
+    v.add_argument("--max-audio-s", type=float, default=d.max_audio_s,
+                   help=f"longest stream in seconds of audio; longer ones get INVALID_ARGUMENT "
+                        f"(default {d.max_audio_s:g})")
+    v.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                   help="seconds a stream may send no audio before end_of_audio; then DEADLINE_EXCEEDED "
+                        f"(default {d.idle_timeout_s:g})")
+    v.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace_s,
                    help="on SIGTERM or Ctrl-C, seconds live streams get to finish while health says NOT_SERVING "
-                        "and new streams get UNAVAILABLE (default 30); a second signal stops at once (exit 1)")
+                        f"and new streams get UNAVAILABLE (default {d.shutdown_grace_s:g}); a second signal stops "
+                        "at once (exit 1)")
     v.add_argument("--tls-cert", help="server certificate (PEM) for TLS")
     v.add_argument("--tls-key", help="its private key (PEM)")
     v.add_argument("--client-ca", help="CA (PEM) that client certificates must chain to: mutual TLS")
@@ -233,8 +235,8 @@ def register(sub) -> None:
     v.set_defaults(func=serve)
 
     def add_client_options(p_):
-        p_.add_argument("--server", default="127.0.0.1:52000",
-                        help="HOST:PORT, or HOST for port 52000 (default 127.0.0.1:52000)")
+        p_.add_argument("--server", default=f"127.0.0.1:{d.port}",
+                        help=f"HOST:PORT, or HOST for port {d.port} (default 127.0.0.1:{d.port})")
         p_.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
         p_.add_argument("--root-cert", help="CA (PEM) to trust: TLS")
         p_.add_argument("--client-cert", help="client certificate (PEM): mutual TLS")

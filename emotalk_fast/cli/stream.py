@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..model.config import SAMPLE_RATE
-from .options import add_encoders_option, add_model_options, add_threads_option, add_runtime_options, add_stream_options, load_animator, \
+from .options import LIVE_STREAM_FIELDS, add_encoders_option, add_model_options, add_threads_option, add_runtime_options, add_stream_options, load_animator, \
     model_config, ms_list, parse_level, parse_person, resolve_stream_settings, stream_settings
 
 
@@ -137,7 +137,8 @@ def register(sub) -> None:
                         "--lookahead-ms)")
     e.add_argument("--json", help="also write the rows as JSON here")
     add_model_options(e)
-    add_stream_options(e, offer_encoding=False)  # it reports every encoding, side by side
+    # it reports every encoding, side by side
+    add_stream_options(e, fields=tuple(f for f in LIVE_STREAM_FIELDS if f != "encoding"))
     e.set_defaults(func=stream_eval)
 
     b = sub.add_parser("bench", help="time the release-size model on random weights (no download)")

@@ -14,48 +14,20 @@ import asyncio
 import logging
 import signal
 import threading
-from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from ..streaming.engine import StreamEngine
-from ..errors import InvalidInput
 from ..files import read_pem
 from . import protocol as pb
 from .metrics import ServeMetrics
 from .session import Session, SessionLimits
+from .settings import ServeSettings
 from .worker import EngineWorker
 
 log = logging.getLogger("emotalk_fast.serve")
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """The service's own settings (the engine's are the engine's: streams, hops, windows)."""
-
-    host: str = "127.0.0.1"  # loopback unless asked
-    port: int = pb.DEFAULT_PORT  # 0 picks a free port
-    max_audio_s: float = 600.0  # longer streams end with INVALID_ARGUMENT
-    idle_timeout_s: float = 30.0  # a stream sending no audio this long before end_of_audio: DEADLINE_EXCEEDED
-    shutdown_grace_s: float = 30.0  # on SIGTERM, live streams get this long to finish
-    max_buffered_s: float = 10.0  # a stream's audio read ahead of its frames; then reading pauses
-    max_reply_bytes: int = 1 << 20  # replies are split to stay under this (clients accept 4 MiB)
-    max_unread_bytes: int = 128 << 20  # a client leaving more replies unread is cut (10 min of 48 kHz fit)
-    tls_cert: str | None = None  # PEM files; with client_ca, clients must present a certificate
-    tls_key: str | None = None
-    client_ca: str | None = None
-    metrics_port: int | None = None
-
-    def __post_init__(self):
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise InvalidInput("--tls-cert and --tls-key go together")
-        if self.client_ca is not None and self.tls_cert is None:
-            raise InvalidInput("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
-        for name in ("max_audio_s", "idle_timeout_s", "max_buffered_s"):
-            if not getattr(self, name) > 0:
-                raise InvalidInput(f"--{name.replace('_s', '-s').replace('_', '-')} must be > 0")
 
 
 class A2FService:

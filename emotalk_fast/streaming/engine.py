@@ -26,7 +26,7 @@ from .backend import DEFAULT, EncoderBackend
 from .executor import Executor, HopResult
 from .grid import StreamGrid
 from .scheduler import EmotionPolicy, GroupPlan, Scheduler
-from .settings import StreamSettings
+from .settings import MAX_STREAMS, StreamSettings
 from .streams import StreamState, validate_chunk
 
 
@@ -62,7 +62,7 @@ class StreamEngine:
     """
 
     def __init__(self, model: EmoTalk, device, dtype, settings: StreamSettings | None = None, *,
-                 max_streams: int = 16, cuda_graphs: bool = False, encoders: EncoderBackend = DEFAULT):
+                 max_streams: int = MAX_STREAMS, cuda_graphs: bool = False, encoders: EncoderBackend = DEFAULT):
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
             raise InvalidInput(f"max_streams must be a positive integer, got {max_streams!r}")
         settings = StreamSettings() if settings is None else settings

@@ -22,6 +22,7 @@ LIVE_HOP_MS = AUTO
 # graph every hop, and a stream's 600 s would be 147 MB each way at release size
 EXPORT_MAX_CACHE_S = 20.0
 ENCODINGS = ("windowed", "incremental")
+MAX_STREAMS = 16  # an engine's slots (its KV cache and rings) unless asked otherwise; serve's too
 # A 50 Hz CNN frame reads 400 samples (25 ms) from its start, 80 more than its 320-sample stride:
 # the last frame of a window ends 5 ms past the window's grid end.
 CNN_TAIL_MS = 5

@@ -14,13 +14,14 @@ import torch
 
 from ..model import checkpoint as ckpt
 from ..model.config import EmoTalkConfig
+from ..backends.registry import DEFAULT as DEFAULT_ENCODERS
 from ..errors import InvalidInput
 from .measure import PeakMemory, device_name, generated_speech, peak_rss_mb, sync, versions
 from ..runtime.device import cpu_description
 
 
 def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str = "emotalk", repeats: int = 3,
-              threads: int | None = None, skip_startup: bool = False, encoders: str = "torch",
+              threads: int | None = None, skip_startup: bool = False, encoders: str = DEFAULT_ENCODERS,
               progress: Callable[[str], None] | None = None) -> dict:
     """Time `repeats` animations of `seconds` of generated speech; returns the figures as a dict.
     encoders: how the encoders run (Animator's `encoders`: a backend that animates whole clips).

@@ -100,3 +100,29 @@ def test_animate_livelinkface_csv(files):
     want = Animator.from_pretrained(files / "EmoTalk.pth", device="cpu").animate(files / "speech.wav").blendshapes
     got = read_livelink_csv(out).blendshapes
     assert_close(got, np.clip(want, 0.0, 1.0), 1e-6, "livelinkface csv")  # the app's range is [0, 1]
+
+
+def test_every_stream_setting_is_a_flag_of_the_commands_that_take_it():
+    """The stream flags are generated from StreamSettings: a new field needs its entry in
+    STREAM_FLAGS, and each command's parser gives StreamSettings' defaults (export-onnx: its own
+    decoder history), which stream_settings turns back into the same object."""
+    import dataclasses
+
+    from emotalk_fast.cli import build_parser
+    from emotalk_fast.cli.options import STREAM_FLAGS, stream_settings
+    from emotalk_fast.streaming.settings import EXPORT_MAX_CACHE_S, StreamSettings
+
+    assert set(STREAM_FLAGS) == {f.name for f in dataclasses.fields(StreamSettings)}
+    parser = build_parser()
+    for command, extra, want in (
+            (["stream", "x.wav", "-o", "y.csv"], {}, StreamSettings()),
+            (["stream-eval"], {}, StreamSettings()),
+            (["export-onnx", "--streaming", "-o", "x.onnx"], {}, StreamSettings(max_cache_s=EXPORT_MAX_CACHE_S))):
+        args = parser.parse_args([*command, "--random-weights", "tiny"])
+        assert stream_settings(args, **extra) == want, command
+    args = parser.parse_args(["stream", "x.wav", "-o", "y.csv", "--random-weights", "tiny", "--hop-ms", "300",
+                              "--no-ramp", "--encoding", "windowed", "--emotion-hop-ms", "300"])
+    assert stream_settings(args) == StreamSettings(hop_ms=300, ramp=False, encoding="windowed", emotion_hop_ms=300)
+    with pytest.raises(SystemExit):  # argparse's own refusal: the export's hop is concrete
+        parser.parse_args(["export-onnx", "--streaming", "-o", "x.onnx", "--random-weights", "tiny",
+                           "--hop-ms", "auto"])
