@@ -1,10 +1,18 @@
 """Small file helpers: atomic writes (a reader, or a crash, sees the old file or the new one, never
-half of one) and optional PEM files (the TLS credentials the service and its client load)."""
+half of one), optional PEM files (the TLS credentials the service and its client load), and the
+folder where the library keeps what it measured or exported between runs."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """$EMOTALK_FAST_CACHE_DIR, else $XDG_CACHE_HOME/emotalk_fast, else ~/.cache/emotalk_fast."""
+    if os.environ.get("EMOTALK_FAST_CACHE_DIR"):
+        return Path(os.environ["EMOTALK_FAST_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "emotalk_fast"
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:

@@ -4,16 +4,16 @@ over a stream's kept keys and values, as one exported graph per stream and hop; 
 the emotion policy and the engine stay in PyTorch. On a 2-core CPU ONNX Runtime runs a live hop's
 encoders faster than PyTorch (docs/performance.md).
 
-The graph is `onnx_stream.encode_new_rows`, exported once per pair of ring sizes (the contexts)
-when an engine first needs it (a minute or more at release size), with the same arithmetic as the
-PyTorch incremental encoder (tested within 1e-4). Streams run one by one through it; their rings
+The graph is `onnx_stream.encode_new_rows`, exported once per model and pair of ring sizes (the
+contexts) when an engine first needs it (a minute or more at release size) and kept on disk for
+later runs (export_cache.py), with the same arithmetic as the PyTorch incremental encoder
+(tested within 1e-4). Streams run one by one through it; their rings
 stay the engine's (`EncoderRings`). ONNX Runtime runs on torch's thread count (--threads).
 """
 from __future__ import annotations
 
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,12 @@ from ..runtime.device import require_cpu_float32
 from ..export.onnx_export import quiet_export
 from ..export.onnx_stream import encode_new_rows, hop_inputs
 from ..streaming.backend import Capabilities, EncoderBackend
+from .export_cache import ExportCache, weights_digest
 
 RING_INPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("keys", "values", "proj"))
 INPUTS = ("window", "segment", "first_cnn_frame", "new_frames", "hop_frames", "kept") + RING_INPUTS
 OUTPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("hidden", "new_keys", "new_values", "new_proj"))
+GRAPH = "encoders.onnx"  # its weights beside it, in encoders.onnx.data at release size
 MAX_NEW_FRAMES = FPS * 8  # the longest hop + lookahead a graph takes: 8 s (auto tries up to 3.2 s hops)
 
 
@@ -53,30 +55,59 @@ class _EncodersGraph(nn.Module):
 
 class OnnxEncoders:
     """A model's incremental encoders exported to ONNX Runtime, one session per pair of ring
-    sizes, exported on first use."""
+    sizes, exported on first use and kept in the export cache (export_cache.py) for later runs."""
 
-    def __init__(self, model: EmoTalk, threads: int | None = None):
+    def __init__(self, model: EmoTalk, threads: int | None = None, cache_dir=None):
         require_cpu_float32(model, "ONNX encoders")
         missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
             raise InvalidInput(f"the ONNX encoders need {', '.join(missing)}: pip install 'emotalk-fast[onnx]'")
         self.model, self.threads = model, threads or torch.get_num_threads()
+        self.cache = ExportCache(cache_dir)
         self._sessions: dict[tuple[int, int], object] = {}
-        self._dir = tempfile.TemporaryDirectory(prefix="emotalk_onnx_encoders_")
+        self._weights: str | None = None
+        self.loaded_from_cache: bool | None = None  # the last session's export: read from disk, or made now
 
     def session(self, grid: StreamGrid):
         """The session of a grid's ring sizes (its contexts): any hop of them runs through it."""
         key = (grid.context, grid.emotion_context)
         if key not in self._sessions:
-            self._sessions[key] = self._export(grid)
+            self._sessions[key] = self._cached(grid)
         return self._sessions[key]
 
-    def _export(self, grid: StreamGrid):
+    def cache_key(self, grid: StreamGrid) -> dict:
+        """What the graph depends on: the weights, the ring sizes, the versions that write and read it."""
+        import onnx
+        import onnxruntime
+        import onnxscript
+
+        from .. import __version__
+
+        if self._weights is None:  # a few seconds at release size, once
+            self._weights = weights_digest(self.model)
+        return {"weights": self._weights, "config": repr(self.model.cfg), "rings": [grid.context, grid.emotion_context],
+                "max_new_frames": MAX_NEW_FRAMES, "emotalk_fast": __version__, "torch": torch.__version__,
+                "onnx": onnx.__version__, "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__}
+
+    def _cached(self, grid: StreamGrid):
+        def build(folder: Path) -> None:
+            print("emotalk-fast: exporting the incremental encoders to ONNX Runtime (once per model and context, "
+                  f"kept in {self.cache.root}; about 90 s at release size)", file=sys.stderr, flush=True)
+            self._export(grid, folder / GRAPH)
+
+        session, cached = self.cache.get("onnx_encoders", self.cache_key(grid), build, self._open)
+        self.loaded_from_cache = cached
+        return session
+
+    def _open(self, folder: Path):
         import onnxruntime as ort
 
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(str(folder / GRAPH), options, providers=["CPUExecutionProvider"])
+
+    def _export(self, grid: StreamGrid, path: Path) -> None:
         cfg = self.model.cfg
-        print("emotalk-fast: exporting the incremental encoders to ONNX Runtime (once per context; "
-              "about 90 s at release size)", file=sys.stderr, flush=True)
         graph = _EncodersGraph(self.model, grid).eval()
         inputs = _example(cfg, grid)
         dim = torch.export.Dim
@@ -86,12 +117,7 @@ class OnnxEncoders:
         dynamic.update(window={1: dim("window", min=field, max=1 << 22)},
                        segment={1: dim("segment", min=field, max=1 << 22)}, new_frames={0: new},
                        hop_frames={0: hop})
-        path = Path(self._dir.name) / f"encoders_{grid.context}_{grid.emotion_context}.onnx"
-        program = quiet_export(graph, (), inputs, INPUTS, OUTPUTS, dynamic)
-        program.save(str(path))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        quiet_export(graph, (), inputs, INPUTS, OUTPUTS, dynamic).save(str(path))
 
 
 def _example(cfg, grid: StreamGrid) -> dict[str, torch.Tensor]:
@@ -139,10 +165,10 @@ class OnnxIncrementalEncoder(IncrementalEncoder):
 class OnnxRuntimeBackend(EncoderBackend):
     name, title = "onnx", "ONNX"
     capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("incremental",),
-                                offline=False, static_shapes=False)
+                                offline=False, static_shapes=False, exports=True)
 
     def prepare(self, model) -> None:
-        self.sessions = OnnxEncoders(model)
+        self.sessions = OnnxEncoders(model, cache_dir=self.cache_dir)
 
     def incremental_encoder(self, model, grid, slots: int, device, dtype):
         return OnnxIncrementalEncoder(self.sessions, grid, slots, device, dtype)

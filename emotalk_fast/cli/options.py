@@ -75,11 +75,18 @@ def load_animator(args, threads: int | None = None, device: str | None = None):
     else:
         animator = Animator.from_pretrained(args.checkpoint, **runtime)
     if isinstance(args.dtype, str) and args.dtype.lower() == "auto":
-        from ..runtime.device import cpu_description
+        from ..runtime.device import cpu_description, cpu_has_native_bf16
 
-        where = f"CPU {cpu_description()}" if animator.device.type == "cpu" else str(animator.device)
-        print(f"emotalk-fast {args.command}: --dtype auto chose {str(animator.dtype).replace('torch.', '')} "
-              f"({where})", file=sys.stderr, flush=True)
+        chose = str(animator.dtype).replace("torch.", "")
+        if animator.device.type != "cpu":
+            why = f"{chose} ({animator.device})"
+        elif not cpu_has_native_bf16():
+            why = f"{chose} (CPU {cpu_description()})"
+        else:  # measured: say what
+            from ..runtime.dtype_choice import cpu_dtype_choice
+
+            why = f"{cpu_dtype_choice(cpu_description()).describe()} (CPU {cpu_description()})"
+        print(f"emotalk-fast {args.command}: --dtype auto chose {why}", file=sys.stderr, flush=True)
     return animator
 
 
@@ -90,6 +97,10 @@ def encoder_backend(args):
     from ..runtime.device import resolve_dtype
 
     backend = resolve(args.encoders)
+    if getattr(args, "cache_dir", None) is not None:
+        if not backend.capabilities.exports:
+            raise InvalidInput(f"--cache-dir keeps exports, and --encoders {backend.name} makes none: drop it")
+        backend.cache_dir = args.cache_dir
     device = run_device(args, backend)
     backend.verify(device, resolve_dtype(args.dtype, device), flags=True,
                    offline=args.command not in ("stream", "serve"), encoding=getattr(args, "encoding", None))
@@ -122,8 +133,9 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """--device, --dtype, --backend: where and how a model runs (every command that loads one)."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--dtype", default=None, help="float32 (default: the reference's precision), auto (the fastest "
-                                                 "native here: bfloat16 on GPUs and on CPUs with AVX512-BF16 or AMX, "
-                                                 "else float32), bfloat16 or float16 (GPU)")
+                                                 "here: bfloat16 on GPUs; on a CPU with AVX512-BF16 or AMX the faster "
+                                                 "of bfloat16 and float32, measured once, else float32), bfloat16 or "
+                                                 "float16 (GPU)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton (default auto)")
 
@@ -164,8 +176,11 @@ def add_encoders_option(p: argparse.ArgumentParser) -> None:
                         "int8 GEMMs on the CPU, faster there, and the output moves; openvino: compiled "
                         "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
                         "(pip install \"emotalk-fast[openvino]\"); onnx: a live stream's incremental encoders in "
-                        "ONNX Runtime, exported at start-up, faster on a CPU (stream and serve; pip install "
+                        "ONNX Runtime, exported once and cached (--cache-dir), faster on a CPU (stream and serve; pip install "
                         "\"emotalk-fast[onnx]\"; see docs/performance.md)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where exports are kept between runs (--encoders onnx; default $EMOTALK_FAST_CACHE_DIR, else "
+                        "~/.cache/emotalk_fast): a second start reads them instead of exporting again")
 
 
 # Every StreamSettings field as a flag: how to parse it and what it means; its default comes from

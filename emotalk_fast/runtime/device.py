@@ -78,16 +78,21 @@ def cpu_description() -> str:
 
 
 def resolve_dtype(dtype, device: torch.device | str = "cpu") -> torch.dtype:
-    """None -> float32 (the reference's precision); "auto" -> the fastest dtype native on `device`
-    (CUDA: bfloat16 where supported, else float16; CPU: bfloat16 only with AVX512-BF16 or AMX,
-    else float32). bfloat16 asked for on a CPU that emulates it warns once."""
+    """None -> float32 (the reference's precision); "auto" -> the fastest dtype on `device` (CUDA:
+    bfloat16 where supported, else float16; CPU: float32 where bfloat16 is emulated, else the
+    faster of the two, measured once per machine: runtime/dtype_choice.py). bfloat16 asked for
+    on a CPU that emulates it warns once."""
     device = torch.device(device)
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str) and dtype.lower() == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+        if device.type != "cpu" or not cpu_has_native_bf16():
+            return torch.float32
+        from .dtype_choice import cpu_dtype_choice
+
+        return cpu_dtype_choice(cpu_description()).dtype
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise InvalidInput(f"unsupported dtype {dtype}: use float32, bfloat16 or float16")

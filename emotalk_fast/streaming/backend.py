@@ -26,6 +26,7 @@ class Capabilities:
     offline: bool = True  # runs a whole clip (animate), not only a stream's hops
     static_shapes: bool = True  # its hops run with static shapes (cuda_graphs)
     exact: bool = True  # float arithmetic of the model's dtype (int8 changes the output)
+    exports: bool = False  # compiles the model into a file of another runtime, kept in a cache on disk
 
 
 def _words(names) -> str:
@@ -38,6 +39,7 @@ class EncoderBackend:
     name = "torch"  # what the registry (and --encoders) calls it
     title = "PyTorch"  # how messages name it
     capabilities = Capabilities()
+    cache_dir = None  # where a backend that exports keeps its exports (None: the default cache)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

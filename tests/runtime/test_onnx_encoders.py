@@ -98,14 +98,41 @@ def test_the_cli_refuses_them_where_they_do_not_run(tmp_path, args, message):
     assert r.returncode != 0 and message in r.stderr, r.stderr
 
 
-def test_the_stream_command_runs_them(tmp_path, speech):
+def test_the_stream_command_runs_them_and_a_second_start_reads_the_export(tmp_path, speech):
     import soundfile
 
     soundfile.write(tmp_path / "x.wav", speech, 16000)
+    outputs = []
+    for run in range(2):
+        r = subprocess.run([sys.executable, "-m", "emotalk_fast", "stream", "x.wav", "--random-weights", "mini",
+                            "--encoders", "onnx", "--hop-ms", "200", "-o", f"x{run}.npy", "--cache-dir", "cache"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert ("exporting the incremental encoders to ONNX Runtime" in r.stderr) == (run == 0), r.stderr
+        assert "incremental encoding" in r.stdout and "the encoders in ONNX Runtime on " in r.stdout
+        outputs.append(np.load(tmp_path / f"x{run}.npy"))
+    assert outputs[0].shape == (int(np.ceil(len(speech) / 16000 * 30)), 52)
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert len(list((tmp_path / "cache" / "onnx_encoders").glob("*/encoders.onnx"))) == 1
+
+
+def test_another_animator_of_the_same_weights_reads_the_cached_export(animators, speech):
+    """Same weights and contexts: no export (read from the cache), the same frames; other weights:
+    an export of their own."""
+    first = animators[1]
+    again = Animator.from_config("mini", seed=2, device="cpu", warn_random=False, encoders="onnx")
+    want, got = (stream_all(a.stream(**SETTINGS), speech, [1600], 0) for a in (first, again))
+    assert again.encoder_backend.sessions.loaded_from_cache is True
+    np.testing.assert_array_equal(got, want)
+    other = Animator.from_config("mini", seed=5, device="cpu", warn_random=False, encoders="onnx")
+    other.stream(**SETTINGS)
+    assert other.encoder_backend.sessions.loaded_from_cache is False
+
+
+def test_cache_dir_is_refused_where_nothing_is_exported(tmp_path):
+    import soundfile
+
+    soundfile.write(tmp_path / "x.wav", np.zeros(16000, np.float32), 16000)
     r = subprocess.run([sys.executable, "-m", "emotalk_fast", "stream", "x.wav", "--random-weights", "mini",
-                        "--encoders", "onnx", "--hop-ms", "200", "-o", "x.npy"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "exporting the incremental encoders to ONNX Runtime" in r.stderr
-    assert "incremental encoding" in r.stdout and "the encoders in ONNX Runtime on " in r.stdout
-    assert np.load(tmp_path / "x.npy").shape == (int(np.ceil(len(speech) / 16000 * 30)), 52)
+                        "--cache-dir", "cache"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "--cache-dir keeps exports, and --encoders torch makes none: drop it" in r.stderr
