@@ -142,7 +142,8 @@ def main(argv=None) -> None:
     p.add_argument("--hop-ms", default=None, help="the server's --hop-ms (default its own: auto)")
     p.add_argument("--live-streams", default=None, help="the server's --live-streams: the streams its auto hop "
                                                         "must hold (default its own, 1)")
-    p.add_argument("--encoders", default="torch", help="the server's --encoders (torch, int8 or openvino)")
+    p.add_argument("--encoders", default="auto",
+                   help="the server's --encoders (default its own, auto; torch, onnx, int8 or openvino)")
     p.add_argument("--encoding", default=None, help="the server's --encoding (default its own, incremental; or "
                                                     "windowed)")
     p.add_argument("--context-ms", default=None, help="the server's --context-ms (default its own, 2000)")

@@ -277,6 +277,10 @@ class Animator:
             engine.prepare_static_hops()
         return engine
 
+    def with_encoders(self, encoders: str | EncoderBackend) -> "Animator":
+        """This model with other encoders beside it (a backend that leaves the model as it is)."""
+        return Animator(self.model, self.device, self.dtype, self.backend, encoders)
+
     def stream_settings(self, settings: StreamSettings | None = None, streams: int = 1, report=None,
                         **changes) -> StreamSettings:
         """`settings` (default: the defaults) with `changes`, its hop resolved: "auto" becomes the

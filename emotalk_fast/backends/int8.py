@@ -10,7 +10,7 @@ from ..streaming.backend import Capabilities, EncoderBackend
 
 class Int8Backend(EncoderBackend):
     name, title = "int8", "int8"
-    capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), exact=False)
+    capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), exact=False, shares_model=False)
 
     def prepare(self, model) -> None:
         quantize_encoders(model)

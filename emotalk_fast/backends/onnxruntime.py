@@ -165,7 +165,8 @@ class OnnxIncrementalEncoder(IncrementalEncoder):
 class OnnxRuntimeBackend(EncoderBackend):
     name, title = "onnx", "ONNX"
     capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("incremental",),
-                                offline=False, static_shapes=False, exports=True)
+                                offline=False, static_shapes=False, exports=True,
+                                packages=("onnx", "onnxscript", "onnxruntime"))
 
     def prepare(self, model) -> None:
         self.sessions = OnnxEncoders(model, cache_dir=self.cache_dir)

@@ -126,7 +126,7 @@ def compile_encoders(model, threads: int | None = None) -> None:
 class OpenVINOBackend(EncoderBackend):
     name, title = "openvino", "OpenVINO"
     capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("windowed",),
-                                static_shapes=False)
+                                static_shapes=False, shares_model=False, packages=("openvino",))
 
     def prepare(self, model) -> None:
         self.threads = torch.get_num_threads()  # the one thread policy: torch's count, set by --threads

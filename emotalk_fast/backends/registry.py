@@ -8,6 +8,7 @@ from ..errors import InvalidInput
 from ..streaming.backend import EncoderBackend
 
 DEFAULT = "torch"  # the encoders as the model has them
+AUTO = "auto"  # a live command's choice by measurement (auto_candidates; streaming.budget.choose_backend)
 # name -> the backend's class, or "module:Class" in this package (imported on first use)
 _BACKENDS: dict[str, type[EncoderBackend] | str] = {
     "torch": "pytorch:TorchBackend",
@@ -27,6 +28,24 @@ def register(backend: type[EncoderBackend]) -> None:
 def names() -> tuple[str, ...]:
     """The registered backends' names, the built-in ones first."""
     return tuple(_BACKENDS)
+
+
+def auto_candidates(device, dtype, encoding: str) -> list[EncoderBackend]:
+    """The backends "auto" measures for a live stream: installed, able to run it here, with the
+    float arithmetic of the model's dtype, beside the model's own encoders (none changes the
+    model); the default first."""
+    found = []
+    for name in names():
+        backend = resolve(name)
+        caps = backend.capabilities
+        if not (caps.exact and caps.shares_model) or backend.missing():
+            continue
+        try:
+            backend.verify(device, dtype, encoding=encoding)
+        except InvalidInput:
+            continue
+        found.append(backend)
+    return found
 
 
 def resolve(encoders: str | EncoderBackend) -> EncoderBackend:

@@ -93,12 +93,12 @@ def load_animator(args, threads: int | None = None, device: str | None = None):
 def encoder_backend(args):
     """The --encoders backend, refusing in the flags' words what it cannot run here (before any
     model loads): the device and dtype asked for, a command that is not a live stream's."""
-    from ..backends.registry import resolve
+    from ..backends.registry import AUTO
     from ..runtime.device import resolve_dtype
 
-    backend = resolve(args.encoders)
+    backend = named_backend(args)
     if getattr(args, "cache_dir", None) is not None:
-        if not backend.capabilities.exports:
+        if not backend.capabilities.exports and args.encoders != AUTO:
             raise InvalidInput(f"--cache-dir keeps exports, and --encoders {backend.name} makes none: drop it")
         backend.cache_dir = args.cache_dir
     device = run_device(args, backend)
@@ -110,9 +110,15 @@ def encoder_backend(args):
 def run_device(args, backend=None):
     """The device the model will run on: --device, where "auto" is the CPU for encoders that run
     on the CPU only."""
-    from ..backends.registry import resolve
+    return (backend or named_backend(args)).resolve_device(args.device)
 
-    return (backend or resolve(args.encoders)).resolve_device(args.device)
+
+def named_backend(args):
+    """The --encoders backend the model loads with (auto: the default's; a live command measures
+    the others beside it, live_budget)."""
+    from ..backends.registry import AUTO, DEFAULT, resolve
+
+    return resolve(DEFAULT if args.encoders == AUTO else args.encoders)
 
 
 def warn(message: str) -> None:
@@ -140,9 +146,10 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="decoder kernels: auto (Triton on CUDA, PyTorch on CPU), torch or triton (default auto)")
 
 
-def add_model_options(p: argparse.ArgumentParser, encoders: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, encoders: bool = True, live: bool = False) -> None:
     """The model: a checkpoint, or random weights asked for by name (never by accident); and
-    where it runs (`encoders`: offer --encoders; without it, the model's own)."""
+    where it runs (`encoders`: offer --encoders; without it, the model's own; `live`: a live
+    command, whose --encoders default is auto)."""
     from ..model.config import PRESETS
 
     model = p.add_mutually_exclusive_group(required=True)
@@ -152,7 +159,7 @@ def add_model_options(p: argparse.ArgumentParser, encoders: bool = True) -> None
                             "means nothing (tests and benchmarks)")
     add_threads_option(p)
     if encoders:
-        add_encoders_option(p)
+        add_encoders_option(p, live)
     else:
         from ..backends.registry import DEFAULT
 
@@ -168,11 +175,17 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
                         "run 2-3x slower")
 
 
-def add_encoders_option(p: argparse.ArgumentParser) -> None:
-    from ..backends.registry import DEFAULT, names
+def add_encoders_option(p: argparse.ArgumentParser, live: bool = False) -> None:
+    """--encoders; a live command's (`live`) takes auto too, its default."""
+    from ..backends.registry import AUTO, DEFAULT, names
 
-    p.add_argument("--encoders", choices=names(), default=DEFAULT,
-                   help="how the two wav2vec2 encoders run: torch (default); int8: their transformer layers as "
+    default = AUTO if live else DEFAULT
+    auto = (f"{AUTO} (default): serve and stream --realtime time each installed backend with the model's own "
+            "arithmetic (torch; onnx) at start-up and take the fastest, stream without --realtime takes torch; ") \
+        if live else ""
+    p.add_argument("--encoders", choices=(*names(), AUTO) if live else names(), default=default,
+                   help=f"how the two wav2vec2 encoders run: {auto}torch{'' if live else ' (default)'}; int8: their "
+                        "transformer layers as "
                         "int8 GEMMs on the CPU, faster there, and the output moves; openvino: compiled "
                         "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
                         "(pip install \"emotalk-fast[openvino]\"); onnx: a live stream's incremental encoders in "
@@ -252,9 +265,7 @@ def stream_settings(args, **fields):
     if options["hop_ms"] is None:  # not given: live commands keep up, others take the library's default
         options["hop_ms"] = LIVE_HOP_MS if is_live(args) else StreamSettings.hop_ms
     if "encoding" in args:  # every live command but stream-eval (it reports every encoding)
-        from ..backends.registry import resolve
-
-        backend = resolve(args.encoders)
+        backend = named_backend(args)
         encoding = args.encoding or backend.default_encoding(StreamSettings.encoding)
         backend.verify(encoding=encoding, flags=True)
         options["encoding"] = encoding
@@ -268,6 +279,36 @@ def stream_settings(args, **fields):
 def is_live(args) -> bool:
     """The command serves live audio (serve, stream --realtime): its frames must keep up."""
     return args.command == "serve" or bool(getattr(args, "realtime", False))
+
+
+def live_budget(animator, args, settings, streams: int):
+    """What this machine holds at a live command's settings, measured now -> (the animator to
+    run, its Budget): --hop-ms auto picks the hop, --encoders auto the encoders (each installed
+    backend that runs the settings with the model's arithmetic, measured beside the model's own;
+    the best kept). Each measurement is said on stderr, and the choice."""
+    from ..backends.registry import AUTO, auto_candidates
+    from ..streaming.budget import choose_backend
+
+    candidates = [animator]
+    if args.encoders == AUTO and is_live(args):
+        for backend in auto_candidates(animator.device, animator.dtype, settings.encoding):
+            if backend.name != animator.encoder_backend.name:
+                backend.cache_dir = getattr(args, "cache_dir", None)
+                candidates.append(animator.with_encoders(backend))
+    several = len(candidates) > 1
+
+    def report(backend, b):
+        who = f"{backend.name} encoders, " if several else ""
+        hop = "--hop-ms auto: " if settings.is_auto else ""
+        print(f"emotalk-fast {args.command}: {hop}{who}{b.describe(streams)}", file=sys.stderr, flush=True)
+
+    backend, budget = choose_backend(animator.model, animator.device, animator.dtype, settings, streams,
+                                     [a.encoder_backend for a in candidates], report)
+    if several:
+        print(f"emotalk-fast {args.command}: --encoders auto chose {backend.name} (hop {budget.hop_ms} ms, "
+              f"{1000 * budget.seconds(streams):.0f} ms per hop of {streams} stream{'s' if streams != 1 else ''}; "
+              f"measured {', '.join(a.encoder_backend.name for a in candidates)})", file=sys.stderr, flush=True)
+    return next(a for a in candidates if a.encoder_backend is backend), budget
 
 
 def resolve_stream_settings(animator, args, streams: int = 1, **fields):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 from ..io.curves import check_output
-from .options import add_model_options, add_stream_options, load_animator, run_device, stream_settings, warn
+from .options import add_model_options, add_stream_options, live_budget, load_animator, run_device, stream_settings, \
+    warn
 
 
 def _import_serve(module: str):
@@ -42,7 +43,7 @@ def serve(args) -> None:
     server = server_module.A2FServer(None, serve_settings).start()
     try:
         animator = load_animator(args, threads=serve_threads(args))
-        budget = measure_budget(animator, args, settings)
+        animator, budget = measure_budget(animator, args, settings)
         engine = animator.engine(args.max_streams, budget.settings, cuda_graphs=args.cuda_graphs)
         server.attach(engine)
     except BaseException:
@@ -124,27 +125,16 @@ def threads_note(device, encoders) -> str:
 
 def measure_budget(animator, args, settings):
     """What this machine holds at the serve's settings (measured now), said on stderr, with a
-    warning when it cannot keep up with --live-streams; --hop-ms auto picks the hop."""
-    from ..streaming.budget import choose_hop, measure
-
+    warning when it cannot keep up with --live-streams; --hop-ms auto picks the hop, --encoders
+    auto the encoders -> (the animator to serve, its Budget)."""
     streams = args.live_streams
-
-    def report(b):
-        print(f"emotalk-fast serve: {'--hop-ms auto: ' if settings.is_auto else ''}{b.describe(streams)}",
-              file=sys.stderr, flush=True)
-
-    if settings.is_auto:
-        budget = choose_hop(animator.model, animator.device, animator.dtype, settings, streams, report,
-                            animator.encoder_backend)
-    else:
-        budget = measure(animator.model, animator.device, animator.dtype, settings, streams, animator.encoder_backend)
-        report(budget)
+    animator, budget = live_budget(animator, args, settings, streams)
     held = budget.holds()
     if held < streams:
         hint = "--hop-ms auto, a shorter --context-ms, " if not settings.is_auto else "a shorter --context-ms, "
         warn(f"this machine keeps up with {held} of --live-streams {streams} at hop {budget.hop_ms} ms: "
              f"more fall behind real time (try {hint}fewer streams, or a faster device)")
-    return budget
+    return animator, budget
 
 
 def _tls_args(args) -> dict:
@@ -230,7 +220,7 @@ def register(sub) -> None:
     v.add_argument("--cuda-graphs", action="store_true",
                    help="static shapes, each batch bucket's hop replayed as a CUDA graph (for CUDA; experimental: "
                         "not yet measured on a GPU). The decoder then reads the whole --max-audio-s cache each hop")
-    add_model_options(v)
+    add_model_options(v, live=True)
     add_stream_options(v)
     v.set_defaults(func=serve)
 

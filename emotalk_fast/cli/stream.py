@@ -7,13 +7,14 @@ from pathlib import Path
 
 from ..model.config import SAMPLE_RATE
 from .options import LIVE_STREAM_FIELDS, add_encoders_option, add_model_options, add_threads_option, add_runtime_options, add_stream_options, load_animator, \
-    model_config, ms_list, parse_level, parse_person, resolve_stream_settings, stream_settings
+    live_budget, model_config, ms_list, parse_level, parse_person, resolve_stream_settings, stream_settings
 
 
 def stream(args) -> None:
     import numpy as np
 
     from ..animator import min_samples
+    from ..backends.registry import AUTO
     from .serve import serve_threads, threads_note
     from ..io.audio import prepare_audio
     from ..bridges.live import describe, make_targets, stream_live
@@ -32,7 +33,11 @@ def stream(args) -> None:
     stream_settings(args)  # its errors, and the audio's, before the model loads
     samples = prepare_audio(args.input, min_samples=min_samples(config))
     animator = load_animator(args, threads=serve_threads(args))  # a live stream, threaded as serve is
-    stream = animator.stream(args.level, args.person, resolve_stream_settings(animator, args))
+    settings = stream_settings(args)
+    if settings.is_auto or (args.realtime and args.encoders == AUTO):  # measured now: the hop, the encoders
+        animator, budget = live_budget(animator, args, settings, 1)
+        settings = budget.settings
+    stream = animator.stream(args.level, args.person, settings)
     hop_ms = stream.settings.hop_ms
     auto = " (auto)" if args.hop_ms in (None, "auto") and stream_settings(args).is_auto else ""
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops{auto}"
@@ -122,7 +127,7 @@ def register(sub) -> None:
     s_.add_argument("--vmc-names", choices=("perfect_sync", "arkit"), default="perfect_sync",
                     help="VMC blendshape names: PascalCase Perfect Sync (default) or camelCase ARKit")
     # --- end live targets ---
-    add_model_options(s_)
+    add_model_options(s_, live=True)
     add_stream_options(s_)
     s_.set_defaults(func=stream)
 

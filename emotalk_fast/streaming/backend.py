@@ -27,6 +27,8 @@ class Capabilities:
     static_shapes: bool = True  # its hops run with static shapes (cuda_graphs)
     exact: bool = True  # float arithmetic of the model's dtype (int8 changes the output)
     exports: bool = False  # compiles the model into a file of another runtime, kept in a cache on disk
+    shares_model: bool = True  # leaves the model's own encoders as they are (another backend can run beside it)
+    packages: tuple[str, ...] = ()  # what it imports beyond the library's requirements
 
 
 def _words(names) -> str:
@@ -66,6 +68,12 @@ class EncoderBackend:
         if cuda_graphs and not caps.static_shapes:
             raise InvalidInput(f"{who} eagerly, without static shapes: " +
                                ("drop --cuda-graphs" if flags else "not cuda_graphs"))
+
+    def missing(self) -> list[str]:
+        """The packages it needs that are not installed."""
+        import importlib.util
+
+        return [p for p in self.capabilities.packages if importlib.util.find_spec(p) is None]
 
     def resolve_device(self, device) -> torch.device:
         """`device` resolved for these encoders: "auto" is the CPU where they cannot run on a GPU."""

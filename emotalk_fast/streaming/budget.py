@@ -133,6 +133,25 @@ def choose_hop(model, device, dtype, settings: StreamSettings, streams: int, rep
     return measured[hi]
 
 
+def choose_backend(model, device, dtype, settings: StreamSettings, streams: int, backends: list[EncoderBackend],
+                   report=None) -> tuple[EncoderBackend, Budget]:
+    """The backend, of those given (each runs these settings here), whose budget serves `streams`
+    live streams best -> (backend, its Budget): one that holds them before one that does not, then
+    the shorter hop (hop_ms "auto": each backend's own, `choose_hop`), then the less compute.
+    report(backend, budget) after each budget measured."""
+    results = []
+    for backend in backends:
+        tell = None if report is None else (lambda b, backend=backend: report(backend, b))
+        if settings.is_auto:
+            budget = choose_hop(model, device, dtype, settings, streams, tell, backend)
+        else:
+            budget = measure(model, device, dtype, settings, streams, backend)
+            if tell is not None:
+                tell(budget)
+        results.append((backend, budget))
+    return min(results, key=lambda r: (r[1].holds() < streams, r[1].hop_ms, r[1].seconds(streams)))
+
+
 def _first_predicted_to_hold(short: Budget, long: Budget, hops: list[int], streams: int) -> int:
     """The index of the first hop whose cost, on the line through two measured budgets, fits
     HEADROOM of its duration (-1 if none)."""

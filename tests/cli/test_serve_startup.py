@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from emotalk_fast import Animator
+from emotalk_fast.backends.registry import auto_candidates
 from emotalk_fast.cli import build_parser
 from emotalk_fast.cli.options import stream_settings
 from emotalk_fast.cli.serve import check_serve_options, measure_budget, serve_threads, startup_line
@@ -36,7 +37,8 @@ def test_options_are_checked_and_left_as_parsed():
 def test_the_budget_and_the_startup_line(capsys):
     args = _args("--max-streams", "2", "--hop-ms", "400", "--context-ms", "1000", "--encoding", "windowed")
     animator = Animator.from_config("tiny", device="cpu", warn_random=False)
-    budget = measure_budget(animator, args, stream_settings(args))
+    served, budget = measure_budget(animator, args, stream_settings(args))
+    assert served is animator  # windowed encoding: the model's own encoders are the one candidate
     assert budget.settings.hop_ms == 400 and budget.seconds(1) > 0
     assert "a hop of 400 ms takes" in capsys.readouterr().err
     engine = animator.engine(args.max_streams, budget.settings)
@@ -72,13 +74,15 @@ def test_serve_and_stream_realtime_choose_a_hop_that_keeps_up(monkeypatch, capsy
     monkeypatch.setattr(budget_module, "measure", measure)
     animator = Animator.from_config("tiny", device="cpu", warn_random=False)
     args = _args()
+    several = len(auto_candidates("cpu", torch.float32, "incremental")) > 1  # --encoders auto measures them all
     settings = stream_settings(args)
     assert settings.is_auto and settings.incremental and args.live_streams == 1 and args.dtype is None
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        budget = measure_budget(animator, args, settings)
+        animator, budget = measure_budget(animator, args, settings)
     assert budget.hop_ms == hop_ms and budget.settings.incremental
-    assert f"--hop-ms auto: a hop of {hop_ms} ms takes" in capsys.readouterr().err
+    assert f"--hop-ms auto: {animator.encoder_backend.name + ' encoders, ' if several else ''}a hop of {hop_ms} ms " \
+           "takes" in capsys.readouterr().err
     warned = [str(w.message) for w in said if "keeps up with" in str(w.message)]
     assert warned == (["this machine keeps up with 0 of --live-streams 1 at hop 3200 ms: more fall behind real "
                        "time (try a shorter --context-ms, fewer streams, or a faster device)"]
@@ -98,3 +102,30 @@ def test_serve_and_stream_realtime_choose_a_hop_that_keeps_up(monkeypatch, capsy
     assert resolve_stream_settings(animator, parse(["stream", "speech.wav", "--random-weights", "tiny"])).hop_ms == 100
     with pytest.raises(ValueError, match="--live-streams must be between 1 and --max-streams"):
         check_serve_options(server_module, _args("--live-streams", "3", "--max-streams", "2"))
+
+
+def test_encoders_auto_takes_the_backend_that_holds_the_shortest_hop(monkeypatch, capsys):
+    """serve's default --encoders auto measures each installed backend that runs the settings
+    with the model's arithmetic (here ONNX Runtime stood in for as twice as fast) and serves the
+    best; a choice the user made (--encoders torch) is kept as given."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from emotalk_fast.streaming import budget as budget_module
+    from emotalk_fast.streaming.budget import HEADROOM, Budget
+
+    def measure(model, device, dtype, settings, streams, encoders=None):
+        cost = 0.25 if encoders.name == "onnx" else 0.5  # seconds of a hop, any hop
+        return Budget(settings, {n: cost * n for n in sorted({1, streams})})
+
+    monkeypatch.setattr(budget_module, "measure", measure)
+    animator = Animator.from_config("tiny", device="cpu", warn_random=False)
+    args = _args()
+    assert args.encoders == "auto"
+    fast, slow = (next(h for h in range(100, 3300, 100) if cost <= HEADROOM * h / 1000) for cost in (0.25, 0.5))
+    served, budget = measure_budget(animator, args, stream_settings(args))
+    err = capsys.readouterr().err
+    assert served.encoder_backend.name == "onnx" and served.model is animator.model and budget.hop_ms == fast < slow
+    assert f"--encoders auto chose onnx (hop {fast} ms, 250 ms per hop of 1 stream; measured torch, onnx)" in err
+    assert f"onnx encoders, a hop of {fast} ms takes 250 ms" in err and f"torch encoders, a hop of {slow} ms" in err
+    served, budget = measure_budget(animator, _args("--encoders", "torch"), stream_settings(args))
+    assert served is animator and budget.hop_ms == slow and "--encoders auto" not in capsys.readouterr().err
