@@ -1,20 +1,21 @@
 """The incremental encoders in ONNX Runtime (`encoders="onnx"`, `--encoders onnx`,
-OnnxRuntimeBackend; CPU, float32; streaming with incremental encoding only, eagerly): each hop's new rows through both wav2vec2 encoders,
-over a stream's kept keys and values, as one exported graph per stream and hop; the decoder,
-the emotion policy and the engine stay in PyTorch. On a 2-core CPU ONNX Runtime runs a live hop's
-encoders faster than PyTorch (docs/performance.md).
+OnnxRuntimeBackend; CPU, float32; streaming with incremental encoding only, eagerly): a batch of
+hops' new rows through both wav2vec2 encoders, over the streams' kept keys and values, as one
+run of an exported graph; the decoder, the emotion policy and the engine stay in PyTorch. On a
+2-core CPU ONNX Runtime runs a live hop's encoders faster than PyTorch (docs/performance.md).
 
-The graph is `onnx_stream.encode_new_rows`, exported once per model and pair of ring sizes (the
-contexts) when an engine first needs it (a minute or more at release size) and kept on disk for
-later runs (export_cache.py), with the same arithmetic as the PyTorch incremental encoder
-(tested within 1e-4). Streams run one by one through it; their rings
-stay the engine's (`EncoderRings`). ONNX Runtime runs on torch's thread count (--threads).
+The graph is `incremental.encode_hop`, the PyTorch encoder's own function, with the streams'
+rings as inputs, exported once per model and pair of ring sizes (the contexts) when an engine
+first needs it (a minute or more at release size) and kept on disk for later runs
+(export_cache.py); tested within 1e-4 of PyTorch. The rings stay the engine's (`EncoderRings`).
+ONNX Runtime runs on torch's thread count (--threads).
 """
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -24,33 +25,37 @@ from ..errors import InvalidInput
 from ..model.config import FPS
 from ..model.emotalk import EmoTalk
 from ..streaming.encoders import BRANCHES, HopStates
-from ..streaming.grid import StreamGrid, Window
-from ..streaming.incremental import EncodedRows, IncrementalEncoder, hop_states
+from ..streaming.grid import StreamGrid
+from ..streaming.incremental import EncodedRows, IncrementalEncoder, encode_hop, hop_states
 from ..runtime.device import require_cpu_float32
 from ..export.onnx_export import quiet_export
-from ..export.onnx_stream import encode_new_rows, hop_inputs
 from ..streaming.backend import Capabilities, EncoderBackend
 from .export_cache import ExportCache, weights_digest
 
+HOP_INPUTS = ("wave", "lengths", "index", "i0", "i1", "frac", "kept")  # IncrementalEncoder.batch_inputs'
 RING_INPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("keys", "values", "proj"))
-INPUTS = ("window", "segment", "first_cnn_frame", "new_frames", "hop_frames", "kept") + RING_INPUTS
+INPUTS = HOP_INPUTS + ("hop_frames",) + RING_INPUTS
 OUTPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("hidden", "new_keys", "new_values", "new_proj"))
 GRAPH = "encoders.onnx"  # its weights beside it, in encoders.onnx.data at release size
+GRAPH_FORMAT = 2  # the graph's inputs and outputs: a cached graph of another format is not read
 MAX_NEW_FRAMES = FPS * 8  # the longest hop + lookahead a graph takes: 8 s (auto tries up to 3.2 s hops)
 
 
 class _EncodersGraph(nn.Module):
+    """encode_hop over a batch whose rings come in as inputs (each row's own: its slot is its row)."""
+
     def __init__(self, model: EmoTalk, grid: StreamGrid):
         super().__init__()
         self.model, self.grid = model, grid
 
-    def forward(self, window, segment, first_cnn_frame, new_frames, hop_frames, kept, content_keys, content_values,
+    def forward(self, wave, lengths, index, i0, i1, frac, kept, hop_frames, content_keys, content_values,
                 content_proj, emotion_keys, emotion_values, emotion_proj):
-        rings = {"content": (content_keys, content_values, content_proj, self.grid.context),
-                 "emotion": (emotion_keys, emotion_values, emotion_proj, self.grid.emotion_context)}
-        out = encode_new_rows(self.model, self.grid, rings, window, segment, first_cnn_frame, new_frames, kept,
-                              hop_frames.shape[0])
-        return tuple(x for b in BRANCHES for x in (out[b].hidden[0], out[b].k[0], out[b].v[0], out[b].proj[0]))
+        rings = {"content": SimpleNamespace(k=content_keys, v=content_values, proj=content_proj, rows=self.grid.context),
+                 "emotion": SimpleNamespace(k=emotion_keys, v=emotion_values, proj=emotion_proj,
+                                            rows=self.grid.emotion_context)}
+        rows = torch.arange(wave.shape[0])
+        out = encode_hop(self.model, rings, wave, lengths, index, i0, i1, frac, rows, kept, hop_frames.shape[0])
+        return tuple(x for b in BRANCHES for x in (out[b].hidden, out[b].k, out[b].v, out[b].proj))
 
 
 class OnnxEncoders:
@@ -85,7 +90,7 @@ class OnnxEncoders:
 
         if self._weights is None:  # a few seconds at release size, once
             self._weights = weights_digest(self.model)
-        return {"weights": self._weights, "config": repr(self.model.cfg), "rings": [grid.context, grid.emotion_context],
+        return {"graph": GRAPH_FORMAT, "weights": self._weights, "config": repr(self.model.cfg), "rings": [grid.context, grid.emotion_context],
                 "max_new_frames": MAX_NEW_FRAMES, "emotalk_fast": __version__, "torch": torch.__version__,
                 "onnx": onnx.__version__, "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__}
 
@@ -107,58 +112,58 @@ class OnnxEncoders:
         return ort.InferenceSession(str(folder / GRAPH), options, providers=["CPUExecutionProvider"])
 
     def _export(self, grid: StreamGrid, path: Path) -> None:
-        cfg = self.model.cfg
         graph = _EncodersGraph(self.model, grid).eval()
-        inputs = _example(cfg, grid)
+        inputs = _example(self.model, grid)
         dim = torch.export.Dim
-        new, hop = dim("new_frames", min=1, max=MAX_NEW_FRAMES), dim("hop_frames", min=1, max=MAX_NEW_FRAMES)
-        field = cfg.content.receptive_field
-        dynamic = {name: None for name in INPUTS}
-        dynamic.update(window={1: dim("window", min=field, max=1 << 22)},
-                       segment={1: dim("segment", min=field, max=1 << 22)}, new_frames={0: new},
-                       hop_frames={0: hop})
+        batch, hop = dim("batch", min=1, max=1024), dim("hop_frames", min=1, max=MAX_NEW_FRAMES)
+        new = dim("new_frames", min=1, max=MAX_NEW_FRAMES)
+        field = self.model.cfg.content.receptive_field
+        window, segment = dim("window", min=field, max=1 << 22), dim("segment", min=field, max=1 << 22)
+        dynamic = {name: {0: batch} for name in INPUTS}
+        dynamic.update(wave={0: batch, 1: window}, index={0: batch, 1: segment}, i0={0: batch, 1: new},
+                       i1={0: batch, 1: new}, frac={0: batch, 1: new}, hop_frames={0: hop})
         quiet_export(graph, (), inputs, INPUTS, OUTPUTS, dynamic).save(str(path))
 
 
-def _example(cfg, grid: StreamGrid) -> dict[str, torch.Tensor]:
-    """Inputs of a steady hop of the grid in noise, over empty rings."""
+def _example(model: EmoTalk, grid: StreamGrid) -> dict[str, torch.Tensor]:
+    """Inputs of two steady hops of the grid in noise, over empty rings (two: a batch of one
+    would be traced as a constant)."""
     w = grid.window(grid.steady())
-    noise = np.random.default_rng(0).standard_normal((1, w.s1 - w.s0)).astype(np.float32) * 0.1
-    inputs = hop_inputs(grid, w, torch.from_numpy(noise), w.h0)
-    for b, enc, rows in (("content", cfg.content, grid.context), ("emotion", cfg.emotion, grid.emotion_context)):
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal((2, w.s1 - w.s0)).astype(np.float32) * 0.1)
+    inputs = IncrementalEncoder(model, grid, 2, "cpu", torch.float32).batch_inputs([w, w], list(noise), [w.h0] * 2)
+    inputs["hop_frames"] = torch.arange(w.h0, w.h1)
+    for b, enc, rows in (("content", model.cfg.content, grid.context), ("emotion", model.cfg.emotion,
+                                                                          grid.emotion_context)):
         r = max(rows, 1)
         # separate tensors: an input passed twice would be traced as one
-        inputs[f"{b}_keys"], inputs[f"{b}_values"] = (torch.zeros(enc.num_layers, r, enc.hidden_size) for _ in "kv")
-        inputs[f"{b}_proj"] = torch.zeros(r, enc.hidden_size)
+        inputs[f"{b}_keys"], inputs[f"{b}_values"] = (torch.zeros(2, enc.num_layers, r, enc.hidden_size) for _ in "kv")
+        inputs[f"{b}_proj"] = torch.zeros(2, r, enc.hidden_size)
     return inputs
 
 
 class OnnxIncrementalEncoder(IncrementalEncoder):
-    """IncrementalEncoder (its rings, commit and hop contract) with the encoders in ONNX Runtime:
-    each stream's hop one run of the session, over its own slot of the rings."""
+    """IncrementalEncoder (its inputs, rings, commit and hop contract) with the encoders in ONNX
+    Runtime: a batch of hops one run of the session, each row reading its slot's rings."""
 
     def __init__(self, sessions: OnnxEncoders, grid: StreamGrid, slots: int, device, dtype):
         super().__init__(sessions.model, grid, slots, device, dtype)
         self.session = sessions.session(grid)
 
-    def batch_inputs(self, windows: list[Window], samples: list[torch.Tensor], kept: list[int] | None = None,
-                     pad_to: tuple | None = None) -> dict:
-        """Each stream's graph inputs (numpy), run one by one (no static shapes)."""
-        return dict(feeds=[{k: v.numpy() for k, v in hop_inputs(self.grid, w, x.cpu()[None].float(), k).items()}
-                           for w, x, k in zip(windows, samples, kept or [0] * len(windows))])
-
-    def encode_inputs(self, feeds: list[dict], slots, hop: int, branches=BRANCHES) -> HopStates:
+    def encode_inputs(self, wave, lengths, index, i0, i1, frac, kept, slots, hop: int,
+                      branches=BRANCHES) -> HopStates:
         """As IncrementalEncoder.encode_inputs (both branches always run)."""
-        rows = []
-        for f, slot in zip(feeds, torch.as_tensor(slots).tolist()):
-            for b in BRANCHES:
-                ring = self.rings[b]
-                f = dict(f, **{f"{b}_keys": ring.k[slot].numpy(), f"{b}_values": ring.v[slot].numpy(),
-                               f"{b}_proj": ring.proj[slot].numpy()})
-            rows.append(dict(zip(OUTPUTS, self.session.run(None, f))))
-        encoded = {b: EncodedRows(*(torch.from_numpy(np.stack([r[f"{b}_{part}"] for r in rows]))
-                                    for part in ("hidden", "new_keys", "new_values", "new_proj")))
-                   for b in BRANCHES}
+        slots = torch.as_tensor(slots)
+        feeds = {name: torch.as_tensor(x).numpy() for name, x in zip(HOP_INPUTS, (wave, lengths, index, i0, i1, frac,
+                                                                                   kept))}
+        feeds["frac"] = feeds["frac"].astype(np.float32)
+        feeds["hop_frames"] = np.arange(hop, dtype=np.int64)
+        for b in BRANCHES:
+            ring = self.rings[b]
+            feeds.update({f"{b}_keys": ring.k[slots].numpy(), f"{b}_values": ring.v[slots].numpy(),
+                          f"{b}_proj": ring.proj[slots].numpy()})
+        out = dict(zip(OUTPUTS, self.session.run(None, feeds)))
+        encoded = {b: EncodedRows(*(torch.from_numpy(out[f"{b}_{part}"])
+                                    for part in ("hidden", "new_keys", "new_values", "new_proj"))) for b in BRANCHES}
         return hop_states(encoded, hop)
 
 

@@ -97,7 +97,6 @@ class IncrementalEncoder:
             "content": EncoderRings(model.content_encoder, slots, grid.context, device, dtype),
             "emotion": EncoderRings(model.emotion_encoder, slots, grid.emotion_context, device, dtype),
         }
-        self.encoders = {"content": model.content_encoder, "emotion": model.emotion_encoder}
 
     @property
     def longest(self) -> tuple[int, int]:
@@ -137,26 +136,37 @@ class IncrementalEncoder:
         """`batch_inputs`' tensors and the streams' slots [B] -> the hop through the branches asked
         for (its first `hop` rows kept later) -> HopStates. Changes no ring and reads no value
         back to the host (a CUDA graph can capture it)."""
-        model = self.model
-        device = model.content_map.weight.device
+        device = self.model.content_map.weight.device
         wave, lengths, index, i0, i1, frac, slots, kept = (torch.as_tensor(x).to(device) for x in (
             wave, lengths, index, i0, i1, frac, slots, kept))
-        # normalised over the window, as the windowed path does: the new rows' CNN features are its own
-        segment = torch.gather(model.prepare_wave(wave, lengths), 1, index)
-        feats = new_row_features(model, segment, i0, i1, frac, branches)
-
-        def branch(name: str) -> EncodedRows:
-            return encode_rows(self.encoders[name], self.rings[name], feats[name], slots, kept, hop)
-
-        if len(branches) == 2:
-            rows = dict(zip(branches, run_pair(lambda: branch(branches[0]), lambda: branch(branches[1]), device)))
-        else:
-            rows = {name: branch(name) for name in branches}
-        return hop_states(rows, hop)
+        pair = lambda a, b: run_pair(a, b, device)  # noqa: E731 - both branches at once where cores allow
+        return hop_states(encode_hop(self.model, self.rings, wave, lengths, index, i0, i1, frac, slots, kept, hop,
+                                     branches, pair), hop)
 
     def commit(self, slot: int, written: int, rows: dict | None, b: int) -> None:
         for name, r in rows.items():
             self.rings[name].commit(slot, written, r, b)
+
+
+def encode_hop(model: EmoTalk, rings: dict, wave, lengths, index, i0, i1, frac, slots, kept, hop: int,
+               branches=BRANCHES, pair=None) -> dict[str, EncodedRows]:
+    """A batch of hops' new rows through the branches asked for -> {branch: EncodedRows}: the
+    windows' raw samples [B, W] (lengths [B]) normalised over each window, as the windowed path
+    does (so the new rows' CNN features are its own), the samples the new rows' CNN frames read
+    (index [B, S] into the window), the CNN, the grid (i0, i1, frac), then each encoder over the
+    kept rows of `rings` ({branch: EncoderRings or alike}) at `slots` [B], `kept` [B] frames kept
+    so far. `pair(f, g)`: how two branches run (default one after the other). The PyTorch
+    encoder runs it, and ONNX Runtime's graph is it, exported."""
+    segment = torch.gather(model.prepare_wave(wave, lengths), 1, index)
+    feats = new_row_features(model, segment, i0, i1, frac, branches)
+    encoders = {"content": model.content_encoder, "emotion": model.emotion_encoder}
+
+    def branch(name: str) -> EncodedRows:
+        return encode_rows(encoders[name], rings[name], feats[name], slots, kept, hop)
+
+    if pair is not None and len(branches) == 2:
+        return dict(zip(branches, pair(lambda: branch(branches[0]), lambda: branch(branches[1]))))
+    return {name: branch(name) for name in branches}
 
 
 def hop_states(rows: dict[str, EncodedRows], hop: int) -> HopStates:
