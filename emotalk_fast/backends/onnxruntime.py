@@ -8,7 +8,7 @@ The graph is `incremental.encode_hop`, the PyTorch encoder's own function, with 
 rings as inputs, exported once per model and pair of ring sizes (the contexts) when an engine
 first needs it (a minute or more at release size) and kept on disk for later runs
 (export_cache.py); tested within 1e-4 of PyTorch. The rings stay the engine's (`EncoderRings`).
-ONNX Runtime runs on torch's thread count (--threads).
+ONNX Runtime runs on the cores PyTorch's encoders would take (runtime.threads.encoder_threads).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from ..streaming.encoders import BRANCHES, HopStates
 from ..streaming.grid import StreamGrid
 from ..streaming.incremental import EncodedRows, IncrementalEncoder, encode_hop, hop_states
 from ..runtime.device import require_cpu_float32
+from ..runtime.threads import encoder_threads
 from ..export.onnx_export import quiet_export
 from ..streaming.backend import Capabilities, EncoderBackend
 from .export_cache import ExportCache, weights_digest
@@ -67,7 +68,7 @@ class OnnxEncoders:
         missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
             raise InvalidInput(f"the ONNX encoders need {', '.join(missing)}: pip install 'emotalk-fast[onnx]'")
-        self.model, self.threads = model, threads or torch.get_num_threads()
+        self.model, self.threads = model, threads or encoder_threads()
         self.cache = ExportCache(cache_dir)
         self._sessions: dict[tuple[int, int], object] = {}
         self._weights: str | None = None

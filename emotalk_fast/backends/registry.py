@@ -52,6 +52,10 @@ def resolve(encoders: str | EncoderBackend) -> EncoderBackend:
     """A new backend of that name (a backend object is returned as it is)."""
     if isinstance(encoders, EncoderBackend):
         return encoders
+    if encoders == AUTO:
+        raise InvalidInput("encoders 'auto' is a choice live commands make by measurement at start-up (serve, "
+                           "stream --realtime); in Python pass a name, or measure auto_candidates(...) with "
+                           "streaming.budget.choose_backend and pass the backend it returns")
     entry = _BACKENDS.get(encoders) if isinstance(encoders, str) else None
     if entry is None:
         raise InvalidInput(f"encoders must be one of {', '.join(names())}, not {encoders!r}")

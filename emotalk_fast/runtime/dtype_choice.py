@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ class DtypeChoice:
 
 def machine_key(cpu_class: str) -> str:
     """The machine a measurement holds for: the CPU (its model and class), torch, the threads."""
-    return f"{_cpu_model()}; {cpu_class}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    caps = [f"{v}={os.environ[v]}" for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+            if os.environ.get(v)]  # a process restricted to fewer instructions is another machine
+    return "; ".join([_cpu_model(), cpu_class, *caps, f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"])
 
 
 def _cpu_model() -> str:

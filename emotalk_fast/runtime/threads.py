@@ -27,13 +27,21 @@ def branches_run_at_once(device: torch.device) -> bool:
 
 
 def set_threads(threads: int | None, name: str = "threads") -> None:
-    """Torch's CPU threads (None: torch's choice); every encoder backend runs on as many. `name`:
+    """Torch's CPU threads (None: torch's choice); every encoder backend follows (encoder_threads). `name`:
     the option's name in the refusal (a keyword, or a flag)."""
     if threads is None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InvalidInput(f"{name} must be >= 1, got {threads!r}")
     torch.set_num_threads(threads)
+
+
+def encoder_threads() -> int:
+    """Threads for a backend that runs both encoders in one call on a pool of its own (ONNX
+    Runtime): the cores PyTorch's encoders take at torch's count, twice it where the two branches
+    run at once (capped at the cores), so that --threads and serve's count mean the same there."""
+    n = torch.get_num_threads()
+    return min(cores(), 2 * n) if branches_run_at_once(torch.device("cpu")) else n
 
 
 def serve_threads() -> int:

@@ -117,3 +117,21 @@ def test_the_cli_accepts_dtype_auto_and_says_what_it_chose(tmp_path):
         assert "the faster here (" in line and "float32" in line and "bfloat16" in line, line
     else:
         assert "chose float32 (CPU " in line, line
+
+
+def test_a_backend_with_its_own_pool_gets_the_cores_torchs_encoders_take(monkeypatch):
+    """ONNX Runtime runs both encoders in one call: it gets the cores PyTorch's two branches would
+    take at torch's thread count (serve's 1 thread on 2 cores: both encoders at once, 2 cores)."""
+    from emotalk_fast.runtime import threads
+
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert threads.encoder_threads() == 2
+        monkeypatch.setattr(threads, "CONCURRENT_BRANCHES", False)
+        assert threads.encoder_threads() == 1
+        torch.set_num_threads(2)
+        assert threads.encoder_threads() == 2
+    finally:
+        torch.set_num_threads(before)
