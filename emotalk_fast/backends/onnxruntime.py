@@ -37,6 +37,7 @@ HOP_INPUTS = ("wave", "lengths", "index", "i0", "i1", "frac", "kept")  # Increme
 RING_INPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("keys", "values", "proj"))
 INPUTS = HOP_INPUTS + ("hop_frames",) + RING_INPUTS
 OUTPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("hidden", "new_keys", "new_values", "new_proj"))
+PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the [onnx] extra: the exporter and the runtime
 GRAPH = "encoders.onnx"  # its weights beside it, in encoders.onnx.data at release size
 GRAPH_FORMAT = 2  # the graph's inputs and outputs: a cached graph of another format is not read
 MAX_NEW_FRAMES = FPS * 8  # the longest hop + lookahead a graph takes: 8 s (auto tries up to 3.2 s hops)
@@ -65,7 +66,7 @@ class OnnxEncoders:
 
     def __init__(self, model: EmoTalk, threads: int | None = None, cache_dir=None):
         require_cpu_float32(model, "ONNX encoders")
-        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        missing = [m for m in PACKAGES if importlib.util.find_spec(m) is None]
         if missing:
             raise InvalidInput(f"the ONNX encoders need {', '.join(missing)}: pip install 'emotalk-fast[onnx]'")
         self.model, self.threads = model, threads or encoder_threads()
@@ -172,7 +173,7 @@ class OnnxRuntimeBackend(EncoderBackend):
     name, title = "onnx", "ONNX"
     capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("incremental",),
                                 offline=False, static_shapes=False, exports=True,
-                                packages=("onnx", "onnxscript", "onnxruntime"))
+                                packages=PACKAGES)
 
     def prepare(self, model) -> None:
         self.sessions = OnnxEncoders(model, cache_dir=self.cache_dir)

@@ -30,16 +30,16 @@ def stream(args) -> None:
     check_style(config, args.level, args.person)
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"audio file not found: {args.input}")
-    stream_settings(args)  # its errors, and the audio's, before the model loads
+    asked = stream_settings(args)  # its errors, and the audio's, before the model loads
     samples = prepare_audio(args.input, min_samples=min_samples(config))
     animator = load_animator(args, threads=serve_threads(args))  # a live stream, threaded as serve is
-    settings = stream_settings(args)
+    settings = asked
     if settings.is_auto or (args.realtime and args.encoders == AUTO):  # measured now: the hop, the encoders
         animator, budget = live_budget(animator, args, settings, 1)
         settings = budget.settings
     stream = animator.stream(args.level, args.person, settings)
     hop_ms = stream.settings.hop_ms
-    auto = " (auto)" if args.hop_ms in (None, "auto") and stream_settings(args).is_auto else ""
+    auto = " (auto)" if asked.is_auto else ""
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops{auto}"
           f"{' in real time' if args.realtime else ''}, {stream.settings.encoding} encoding; algorithmic latency "
           f"{stream.latency_ms:.0f} ms; {threads_note(animator.device, animator.encoder_backend).rstrip('; ')}")
