@@ -1,5 +1,5 @@
 """Exports kept on disk between runs, for backends that compile the model into another runtime's
-file (ONNX Runtime's encoders: about 90 s at release size, once).
+file (ONNX Runtime's encoders: minutes at release size, once).
 
 An entry is a folder named by the hash of its key: what the export is, the weights' own hash,
 the settings that shape the graph, and the versions of the library and of every package that

@@ -99,7 +99,7 @@ class OnnxEncoders:
     def _cached(self, grid: StreamGrid):
         def build(folder: Path) -> None:
             print("emotalk-fast: exporting the incremental encoders to ONNX Runtime (once per model and context, "
-                  f"kept in {self.cache.root}; about 90 s at release size)", file=sys.stderr, flush=True)
+                  f"kept in {self.cache.root}; minutes at release size)", file=sys.stderr, flush=True)
             self._export(grid, folder / GRAPH)
 
         session, cached = self.cache.get("onnx_encoders", self.cache_key(grid), build, self._open)

@@ -189,7 +189,7 @@ def add_encoders_option(p: argparse.ArgumentParser, live: bool = False) -> None:
                         "int8 GEMMs on the CPU, faster there, and the output moves; openvino: compiled "
                         "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
                         "(pip install \"emotalk-fast[openvino]\"); onnx: a live stream's incremental encoders in "
-                        "ONNX Runtime, exported once and cached (--cache-dir), faster on a CPU (stream and serve; pip install "
+                        "ONNX Runtime, exported once and cached (--cache-dir), faster on some CPUs (stream and serve; pip install "
                         "\"emotalk-fast[onnx]\"; see docs/performance.md)")
     p.add_argument("--cache-dir", default=None,
                    help="where exports are kept between runs (--encoders onnx; default $EMOTALK_FAST_CACHE_DIR, else "

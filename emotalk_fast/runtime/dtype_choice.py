@@ -1,7 +1,6 @@
 """`dtype="auto"` on a CPU with native bfloat16 (AVX512-BF16 or AMX): bfloat16 where this machine
 runs the encoders' work faster in it than in float32, by measurement. Native support is not
-enough: on a 2-core Xeon with AVX512-BF16 and no AMX bfloat16 animated clips 1.4-1.7x slower
-than float32 (docs/performance.md).
+enough: without AMX bfloat16 can run slower than float32 (docs/performance.md).
 
 The measurement runs one wav2vec2 CNN front end over 2 s of audio and one release-size encoder
 layer over its 60 frames, in both dtypes, interleaved, the fastest of two (about a second),
