@@ -4,12 +4,14 @@ one markdown and one JSON report to paste into the README.
     python benchmarks/gpu_check.py --out gpu_report            # on a CUDA machine: at most ~8 min
     python benchmarks/gpu_check.py --dry-run --out gpu_dry     # anywhere (CI): the plumbing only
 
-Steps, each a subprocess killed at its time budget (the budgets add up to 8 minutes; they are
+Steps, each a subprocess killed at its time budget (the budgets add up to 9 minutes; they are
 estimates until a first run on an H100/H200 sets them):
   cuda-tests  the test suite's GPU paths: kernels, decoder backends, engine and CUDA graphs,
               streaming, low precision (pytest; failures are listed)
   kernels     Triton kernels against PyTorch (pytest-benchmark; CUDA only)
   engine      the engine eager against CUDA graphs at 1..256 streams, release size, bfloat16
+  floor       a 100 ms hop of 1..256 streams against its memory floor (the encoders' weights over
+              the GPU's read bandwidth): up to how many streams a batch is bound by the weights
   serve       `serve` under load at 64, 128 and 256 concurrent clients, release size, bfloat16
   clip        a 10 s clip end to end (`emotalk-fast bench`)
 
@@ -59,6 +61,11 @@ def steps(out: Path) -> list[Step]:
              [PY, "benchmarks/engine_load.py", "--preset", "mini", "--dtype", "float32", "--device", "cpu",
               "--batches", "1,2", "--hops", "100", "--seconds", "1", "--most", "2", "--cuda-graphs", "both",
               "--encodings", "windowed,incremental"]),
+        Step("floor", "A hop against its memory floor", 60,
+             [PY, "benchmarks/hop_floor.py", "--preset", "emotalk", "--device", "cuda", "--dtype", "bfloat16",
+              "--backends", "torch", "--streams", "1,8,32,64,128,256", "--rounds", "2"],
+             [PY, "benchmarks/hop_floor.py", "--preset", "mini", "--device", "cpu", "--backends", "torch",
+              "--streams", "1,2", "--rounds", "1", "--threads", "1"]),
         Step("serve", "serve under load", 110,
              [PY, "benchmarks/serve_load.py", "--preset", "emotalk", "--dtype", "bfloat16", "--device", "cuda",
               "--clients", "64,128,256", "--seconds", "10", "--hop-ms", "100", "--json", str(out / "serve.json")],

@@ -1,7 +1,8 @@
 """What int8 encoder layers (`encoders="int8"`) change: offline animation of each clip with
 int8 encoders against float32, as the curves' mean abs deviation over the float32 curves' own
-spread around their mean, and whether the emotion label stays; a trained model and random
-weights side by side.
+spread around their mean, and whether the emotion label stays; and live, a stream with int8
+encoders against the float32 stream, beside the float32 stream's own deviation from offline
+(the tolerance: at most 0.25 of it); a trained model and random weights side by side.
 
     python -m emotalk_fast.training.smoke_data smoke
     emotalk-fast train smoke runs/tiny --preset tiny --steps 800 --batch-size 2 --lr 1e-3 --dropout 0
@@ -35,6 +36,7 @@ def main() -> None:
     p.add_argument("--data", required=True, help="a folder of .wav clips (the smoke set)")
     p.add_argument("--clips", type=int, default=None, help="only the first N clips")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--hop-ms", type=int, default=100, help="the streams' hop (the other settings: the defaults)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -48,6 +50,7 @@ def main() -> None:
     if not clips:
         raise SystemExit(f"no .wav clips in {args.data}")
     deviations, agree, seconds = [], 0, {"float32": 0.0, "int8 encoders": 0.0}
+    live, stream_off = [], []  # int8 stream from float32 stream; float32 stream from offline (over the spread)
     for clip in clips:
         x = prepare_audio(clip, min_samples=reference.min_samples)
         t0 = time.perf_counter()
@@ -59,14 +62,25 @@ def main() -> None:
         spread = float(np.abs(want.blendshapes - want.blendshapes.mean(0)).mean())
         deviations.append(float(np.abs(got.blendshapes - want.blendshapes).mean()) / spread)
         agree += int(np.argmax(got.emotion_logits) == np.argmax(want.emotion_logits))
+        s32, s8 = stream(reference, x, args.hop_ms), stream(int8, x, args.hop_ms)
+        n = min(len(s32), len(s8), len(want.blendshapes))
+        live.append(float(np.abs(s8[:n] - s32[:n]).mean()) / spread)
+        stream_off.append(float(np.abs(s32[:n] - want.blendshapes[:n]).mean()) / spread)
     print(f"{args.checkpoint or 'random weights ' + args.random_weights}, {len(clips)} clips; CPU {cpu_description()}, "
           f"{args.threads} threads, torch {versions()['torch']}, int8 weights within +-{weight_levels()}, "
-          f"{time.strftime('%Y-%m-%d')}\n")
-    print("| model | deviation / spread (mean, max over clips) | emotion label kept | offline compute, float32 / int8 |")
-    print("| --- | --- | --- | --- |")
+          f"streams at {args.hop_ms} ms hops, {time.strftime('%Y-%m-%d')}\n")
+    print("| model | deviation / spread (mean, max over clips) | emotion label kept | offline compute, float32 / int8 "
+          "| int8 stream from float32 stream | float32 stream from offline | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {args.checkpoint or args.random_weights} | {np.mean(deviations):.3f}, {np.max(deviations):.3f} | "
-          f"{agree} of {len(clips)} | {seconds['float32']:.2f} s / {seconds['int8 encoders']:.2f} s |")
+          f"{agree} of {len(clips)} | {seconds['float32']:.2f} s / {seconds['int8 encoders']:.2f} s | "
+          f"{np.mean(live):.3f} | {np.mean(stream_off):.3f} | {np.mean(live) / np.mean(stream_off):.3f} |")
 
+
+def stream(animator: Animator, x: np.ndarray, hop_ms: int) -> np.ndarray:
+    """The clip through a stream at the default settings but the hop, pushed 100 ms at a time."""
+    s = animator.stream(hop_ms=hop_ms)
+    return np.concatenate([s.push(x[i : i + 1600]) for i in range(0, len(x), 1600)] + [s.flush()])
 
 if __name__ == "__main__":
     main()

@@ -155,9 +155,9 @@ class Animator:
         self.dtype = resolve_dtype(dtype, self.device)
         self.encoder_backend.verify(self.device, self.dtype)
         self.backend = resolve_backend(backend, self.device, self.dtype)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.model.decoder.set_backend(self.backend)  # the encoders are PyTorch (SDPA) either way
-        self.encoder_backend.prepare(self.model)
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        model.decoder.set_backend(self.backend)  # the encoders are PyTorch (SDPA) either way
+        self.model = self.encoder_backend.prepare(model)  # the model with the encoders it runs
         self.encoders = self.encoder_backend.name
         self.config: EmoTalkConfig = model.cfg
 

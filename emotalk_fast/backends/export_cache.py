@@ -18,35 +18,75 @@ import os
 import shutil
 import sys
 import tempfile
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInput
 from ..files import default_cache_dir
+from ..runtime.threads import cores
 
 T = TypeVar("T")
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 24
+# module -> (its tensors' addresses and in-place write counts, their digest); gone with the module
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """A hash of a module's parameters and buffers (names, dtypes, shapes and bytes)."""
+    """A hash of a module's parameters and buffers (names, dtypes, shapes and bytes), hashed on
+    every core in chunks; remembered for the module until a tensor of it is replaced or written
+    in place by torch (two backends of one model hash it once; a write through `.data`, which
+    torch does not count, is not seen)."""
+    state = module.state_dict()
+    seen = tuple((name, t.data_ptr(), _version(t)) for name, t in state.items())
+    remembered = _DIGESTS.get(module)
+    if remembered is not None and remembered[0] == seen:
+        return remembered[1]
+    # each tensor's bytes in memory order: a column-major weight (runtime/layout.py) as its
+    # transpose, without a copy, marked "T"
     h = hashlib.blake2b(digest_size=20)
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    flat, heads = [], []
+    for name, t in state.items():
+        t = t.detach().cpu()
+        transposed = t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous()
+        flat.append((t.t() if transposed else t.contiguous()).reshape(-1).view(torch.uint8).numpy())
+        heads.append(f"{name} {t.dtype} {tuple(t.shape)}{' T' if transposed else ''};".encode())
+    for head, digests in zip(heads, _hash_chunks(flat)):
+        h.update(head)
+        h.update(digests)
+    _DIGESTS[module] = (seen, h.hexdigest())
     return h.hexdigest()
+
+
+def _hash_chunks(buffers) -> list[bytes]:
+    """Each buffer's chunks hashed on every core (hashlib releases the GIL on large buffers) ->
+    per buffer, its chunks' digests in order."""
+    chunks = [(b, buf[i : i + _CHUNK]) for b, buf in enumerate(buffers) for i in range(0, max(len(buf), 1), _CHUNK)]
+    with ThreadPoolExecutor(cores()) as pool:
+        digests = list(pool.map(lambda c: hashlib.blake2b(c[1], digest_size=20).digest(), chunks))
+    out = [b""] * len(buffers)
+    for (b, _), d in zip(chunks, digests):
+        out[b] += d
+    return out
+
+
+def _version(t: torch.Tensor) -> int:
+    """How often `t` was written in place (-1 where torch keeps no count: an inference tensor)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """A hash of a file's chunks, hashed on every core."""
+    data = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+    return hashlib.blake2b(_hash_chunks([data])[0], digest_size=20).hexdigest()
 
 
 @contextlib.contextmanager

@@ -128,9 +128,10 @@ class OpenVINOBackend(EncoderBackend):
     capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("windowed",),
                                 static_shapes=False, shares_model=False, packages=("openvino",))
 
-    def prepare(self, model) -> None:
+    def prepare(self, model):
         self.threads = torch.get_num_threads()  # the one thread policy: torch's count, set by --threads
         compile_encoders(model, self.threads)
+        return model
 
     def threads_note(self) -> str:
         return f"the encoders in OpenVINO on {self.threads}"

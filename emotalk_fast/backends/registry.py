@@ -32,13 +32,13 @@ def names() -> tuple[str, ...]:
 
 def auto_candidates(device, dtype, encoding: str) -> list[EncoderBackend]:
     """The backends "auto" measures for a live stream: installed, able to run it here, with the
-    float arithmetic of the model's dtype, beside the model's own encoders (none changes the
-    model); the default first."""
+    float arithmetic of the model's dtype or within a documented tolerance of it (int8), beside
+    the model's own encoders (none changes the model); the default first."""
     found = []
     for name in names():
         backend = resolve(name)
         caps = backend.capabilities
-        if not (caps.exact and caps.shares_model) or backend.missing():
+        if not ((caps.exact or caps.tolerated) and caps.shares_model) or backend.missing():
             continue
         try:
             backend.verify(device, dtype, encoding=encoding)

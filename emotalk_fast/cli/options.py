@@ -181,19 +181,21 @@ def add_encoders_option(p: argparse.ArgumentParser, live: bool = False) -> None:
 
     default = AUTO if live else DEFAULT
     auto = (f"{AUTO} (default): serve and stream --realtime time each installed backend with the model's own "
-            "arithmetic (torch; onnx) at start-up and take the fastest, stream without --realtime takes torch; ") \
+            "arithmetic or within its measured tolerance (torch, int8, onnx) at start-up and take the fastest, "
+            "stream without --realtime takes torch; ") \
         if live else ""
     p.add_argument("--encoders", choices=(*names(), AUTO) if live else names(), default=default,
                    help=f"how the two wav2vec2 encoders run: {auto}torch{'' if live else ' (default)'}; int8: their "
                         "transformer layers as "
-                        "int8 GEMMs on the CPU, faster there, and the output moves; openvino: compiled "
+                        "int8 GEMMs on the CPU, rounded once and cached (--cache-dir), faster there, and the output moves "
+                        "within a measured tolerance; openvino: compiled "
                         "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
                         "(pip install \"emotalk-fast[openvino]\"); onnx: a live stream's incremental encoders in "
                         "ONNX Runtime, exported once and cached (--cache-dir), faster on some CPUs (stream and serve; pip install "
                         "\"emotalk-fast[onnx]\"; see docs/performance.md)")
     p.add_argument("--cache-dir", default=None,
-                   help="where exports are kept between runs (--encoders onnx; default $EMOTALK_FAST_CACHE_DIR, else "
-                        "~/.cache/emotalk_fast): a second start reads them instead of exporting again")
+                   help="where exports and int8 weights are kept between runs (--encoders onnx, int8; default $EMOTALK_FAST_CACHE_DIR, else "
+                        "~/.cache/emotalk_fast): a second start reads them instead of making them again")
 
 
 # Every StreamSettings field as a flag: how to parse it and what it means; its default comes from
@@ -284,8 +286,8 @@ def is_live(args) -> bool:
 def live_budget(animator, args, settings, streams: int):
     """What this machine holds at a live command's settings, measured now -> (the animator to
     run, its Budget): --hop-ms auto picks the hop, --encoders auto the encoders (each installed
-    backend that runs the settings with the model's arithmetic, measured beside the model's own;
-    the best kept). Each measurement is said on stderr, and the choice."""
+    backend that runs the settings with the model's arithmetic or within its measured tolerance,
+    measured beside the model's own; the best kept). Each measurement is said on stderr, and the choice."""
     from ..backends.registry import AUTO, auto_candidates
     from ..streaming.budget import choose_backend
 
@@ -302,8 +304,8 @@ def live_budget(animator, args, settings, streams: int):
         hop = "--hop-ms auto: " if settings.is_auto else ""
         print(f"emotalk-fast {args.command}: {hop}{who}{b.describe(streams)}", file=sys.stderr, flush=True)
 
-    backend, budget = choose_backend(animator.model, animator.device, animator.dtype, settings, streams,
-                                     [a.encoder_backend for a in candidates], report)
+    backend, budget = choose_backend(animator.device, animator.dtype, settings, streams,
+                                     [(a.encoder_backend, a.model) for a in candidates], report)
     if several:
         print(f"emotalk-fast {args.command}: --encoders auto chose {backend.name} (hop {budget.hop_ms} ms, "
               f"{1000 * budget.seconds(streams):.0f} ms per hop of {streams} stream{'s' if streams != 1 else ''}; "

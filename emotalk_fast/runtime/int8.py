@@ -13,6 +13,7 @@ bits (+-63), which cannot saturate (`weight_levels` finds out by measuring the G
 """
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import torch
@@ -43,39 +44,70 @@ def weight_levels() -> int:
 class Int8Linear(nn.Module):
     """nn.Linear with int8 weights (per output channel) and int8 activations (per row)."""
 
-    def __init__(self, linear: nn.Linear, levels: int = 127):
-        """levels: the largest weight magnitude after rounding (`weight_levels()` for this CPU)."""
+    def __init__(self, weight_t: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
+        """weight_t: int8 [in, out] laid out column-major (the layout torch._int_mm's CPU kernel
+        is fastest with); weight_scale: float32 [out]; bias: float32 [out] (shared, not copied)."""
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(1).clamp(min=1e-12) / levels
-        q = torch.round(w / scale[:, None]).clamp(-levels, levels).to(torch.int8)
-        # [in, out] laid out column-major: the layout torch._int_mm's CPU kernel is fastest with
-        self.register_buffer("weight_t", q.t())
-        self.register_buffer("weight_scale", scale)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_t", weight_t)
+        self.register_buffer("weight_scale", weight_scale)
+        self.bias = bias
+        self.in_features, self.out_features = weight_t.shape
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, levels: int = 127) -> "Int8Linear":
+        """levels: the largest weight magnitude after rounding (`weight_levels()` for this CPU)."""
+        weight_t, scale = quantize_weight(linear.weight, levels)
+        return cls(weight_t, scale, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / _QMAX
-        q = torch.round(rows / scale).clamp(-_QMAX, _QMAX).to(torch.int8)
-        y = torch._int_mm(q, self.weight_t).float() * (scale * self.weight_scale)
+        peak = rows.abs().amax(1, keepdim=True).clamp_(min=1e-12)
+        # |rows| <= peak: the rounded values lie in [-127, 127] without a clamp
+        q = (rows * (_QMAX / peak)).round_().to(torch.int8)
+        y = torch._int_mm(q, self.weight_t).float().mul_(self.weight_scale).mul_(peak / _QMAX)
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def quantize_encoders(model) -> int:
-    """Replace every linear layer of both encoders' transformer layers with an Int8Linear, in
-    place -> how many. CPU and float32 only (it is a CPU speed-up; GPUs have bfloat16)."""
+def quantize_weight(weight: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float weight [out, in] -> (int8 [in, out] column-major, float32 scale [out]): one scale
+    per output channel, the largest magnitude rounded to `levels`."""
+    w = weight.detach().float()
+    scale = w.abs().amax(1).clamp(min=1e-12) / levels
+    q = torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8)
+    return q.contiguous().t(), scale  # [out, in] row-major whatever the float weight's layout
+
+
+def encoder_linears(model) -> dict[str, nn.Linear]:
+    """The linear layers int8 encoders replace, by their name in the model: every linear layer of
+    both encoders' transformer layers (most of a hop's weights)."""
+    return {f"{branch}.layers.{i}.{name}": child
+            for branch, encoder in (("content_encoder", model.content_encoder), ("emotion_encoder", model.emotion_encoder))
+            for i, layer in enumerate(encoder.layers)
+            for name, child in layer.named_children() if isinstance(child, nn.Linear)}
+
+
+def quantize_encoders(model) -> dict[str, torch.Tensor]:
+    """The int8 weights of `encoder_linears(model)` -> {name.weight_t, name.weight_scale}: what
+    `int8_view` reads. CPU and float32 only (it is a CPU speed-up; GPUs have bfloat16)."""
     require_cpu_float32(model, "int8 encoders")
     if not hasattr(torch, "_int_mm"):
         raise InvalidInput(f"int8 encoders need torch._int_mm, which torch {torch.__version__} lacks")
-    count, levels = 0, weight_levels()
-    for encoder in (model.content_encoder, model.emotion_encoder):
-        for layer in encoder.layers:
-            for name, child in list(layer.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(layer, name, Int8Linear(child, levels))
-                    count += 1
-    return count
+    levels, state = weight_levels(), {}
+    for name, linear in encoder_linears(model).items():
+        state[f"{name}.weight_t"], state[f"{name}.weight_scale"] = quantize_weight(linear.weight, levels)
+    return state
+
+
+def int8_view(model, state: dict[str, torch.Tensor]):
+    """A copy of `model` that shares every tensor of it, with `encoder_linears` replaced by
+    Int8Linear layers of `state` (`quantize_encoders`' output): the model itself is unchanged."""
+    linears = encoder_linears(model)
+    missing = [n for n in linears if f"{n}.weight_t" not in state or f"{n}.weight_scale" not in state]
+    if missing:
+        raise ValueError(f"the int8 weights lack {missing[0]} (and {len(missing) - 1} more)")
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    shared.update({id(m): Int8Linear(state[f"{n}.weight_t"], state[f"{n}.weight_scale"], m.bias)
+                   for n, m in linears.items()})
+    return copy.deepcopy(model, shared)  # the memo: these objects are taken as they are, not copied

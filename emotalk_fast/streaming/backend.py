@@ -26,7 +26,8 @@ class Capabilities:
     offline: bool = True  # runs a whole clip (animate), not only a stream's hops
     static_shapes: bool = True  # its hops run with static shapes (cuda_graphs)
     exact: bool = True  # float arithmetic of the model's dtype (int8 changes the output)
-    exports: bool = False  # compiles the model into a file of another runtime, kept in a cache on disk
+    tolerated: bool = False  # not exact, within a tolerance measured and documented: "auto" may choose it
+    exports: bool = False  # keeps what it makes of the model (an export, int8 weights) in a cache on disk
     shares_model: bool = True  # leaves the model's own encoders as they are (another backend can run beside it)
     packages: tuple[str, ...] = ()  # what it imports beyond the library's requirements
 
@@ -85,8 +86,13 @@ class EncoderBackend:
         """The encoding a stream gets when none is asked for (`encoding`: the library's default)."""
         return encoding if encoding in self.capabilities.encodings else self.capabilities.encodings[0]
 
-    def prepare(self, model) -> None:
-        """Make `model`'s encoders this backend's, in place, once (PyTorch's: as they are)."""
+    def prepare(self, model):
+        """Make `model`'s encoders this backend's, once -> the model it runs (PyTorch's: `model`
+        itself, its linear weights laid out for few-row products on a CPU: runtime/layout.py)."""
+        from ..runtime.layout import column_major_linears
+
+        column_major_linears(model)
+        return model
 
     def incremental_encoder(self, model, grid, slots: int, device, dtype):
         """A stream's incremental encoder over the rings of `slots` streams (streaming/incremental.py)."""

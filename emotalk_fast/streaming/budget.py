@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidInput
+from ..runtime.memory_floor import MemoryFloor
 from .backend import DEFAULT, EncoderBackend
 from .grid import StreamGrid
 from .settings import GRID_MS, StreamSettings
@@ -29,6 +30,7 @@ class Budget:
     settings: StreamSettings  # a concrete hop
     hop_s: dict[int, float]  # streams -> seconds of one batched hop (measured; the mean over the emotion cadence)
     peak_s: dict[int, float] | None = None  # the same for the hop that runs the emotion branch (default hop_s)
+    floor: MemoryFloor | None = None  # the least a hop can take: its weights read once
 
     @property
     def hop_ms(self) -> int:
@@ -56,6 +58,8 @@ class Budget:
     def describe(self, streams: int) -> str:
         held = self.holds()
         line = f"a hop of {self.hop_ms} ms takes {1000 * self.seconds(1):.0f} ms for 1 stream"
+        if self.floor is not None:
+            line += f" ({self.floor.describe(self.seconds(1))})"
         if self.peak_s and self.peak_s != self.hop_s:
             line += f" on average ({1000 * self.seconds(1, peak=True):.0f} ms when it runs the emotion branch)"
         if streams > 1:
@@ -77,7 +81,8 @@ def measure(model, device, dtype, settings: StreamSettings, streams: int, encode
     grid = StreamGrid.for_model(settings, model.cfg)
     costs = {n: time_steady_hop(model, device, dtype, grid, n, repeats=1, encoders=encoders)
              for n in sorted({1, min(streams, MEASURED_MAX)})}
-    return Budget(settings, {n: c[0] for n, c in costs.items()}, {n: c[1] for n, c in costs.items()})
+    return Budget(settings, {n: c[0] for n, c in costs.items()}, {n: c[1] for n, c in costs.items()},
+                  MemoryFloor.of(model, device))
 
 
 def resolve_hop(model, device, dtype, settings: StreamSettings, streams: int, report=None,
@@ -133,14 +138,14 @@ def choose_hop(model, device, dtype, settings: StreamSettings, streams: int, rep
     return measured[hi]
 
 
-def choose_backend(model, device, dtype, settings: StreamSettings, streams: int, backends: list[EncoderBackend],
+def choose_backend(device, dtype, settings: StreamSettings, streams: int, candidates: list[tuple[EncoderBackend, object]],
                    report=None) -> tuple[EncoderBackend, Budget]:
-    """The backend, of those given (each runs these settings here), whose budget serves `streams`
-    live streams best -> (backend, its Budget): one that holds them before one that does not, then
-    the shorter hop (hop_ms "auto": each backend's own, `choose_hop`), then the less compute.
-    report(backend, budget) after each budget measured."""
+    """The backend, of the (backend, the model it runs) given (each runs these settings here),
+    whose budget serves `streams` live streams best -> (backend, its Budget): one that holds them
+    before one that does not, then the shorter hop (hop_ms "auto": each backend's own,
+    `choose_hop`), then the less compute. report(backend, budget) after each budget measured."""
     results = []
-    for backend in backends:
+    for backend, model in candidates:
         tell = None if report is None else (lambda b, backend=backend: report(backend, b))
         if settings.is_auto:
             budget = choose_hop(model, device, dtype, settings, streams, tell, backend)

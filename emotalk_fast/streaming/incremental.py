@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model.emotalk import EmoTalk
@@ -200,10 +201,9 @@ def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, 
         x = torch.cat([before, h], 1)
     else:
         x = h
-    pos = enc.pos_conv(x.transpose(1, 2))
-    if enc.cfg.num_pos_conv_taps % 2 == 0:
-        pos = pos[..., :-1]  # an even tap count yields one extra step
-    h = h + F.gelu(pos[..., left:]).transpose(1, 2)
+    # only the new rows' outputs: the window each reads, the zeros past it padded here
+    taps, pad = enc.cfg.num_pos_conv_taps, enc.pos_conv.padding[0]
+    h = h + F.gelu(few_rows_grouped_conv(F.pad(x.transpose(1, 2), (pad - left, taps - 1 - pad)), enc.pos_conv))
     # attention over the kept rows (valid: the first `filled` of the ring) and the new rows
     valid = torch.arange(rings.k.shape[2], device=device)[None, :] < filled[:, None]
     valid = torch.cat([valid, valid.new_ones(B, n)], 1)[:, None, None, :]
@@ -221,3 +221,17 @@ def encode_rows(enc: Wav2Vec2Encoder, rings: EncoderRings, feats: torch.Tensor, 
         h = h + layer.out(a.transpose(1, 2).reshape(B, n, -1))
         h = h + layer.ff2(F.gelu(layer.ff1(layer.norm2(h))))
     return EncodedRows(enc.final_norm(h), torch.stack(ks, 1), torch.stack(vs, 1), proj)
+
+
+def few_rows_grouped_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """A grouped Conv1d without padding over x [B, C, n + taps - 1] -> [B, n, C], as one batched
+    product per group over its windows: for a few outputs oneDNN's convolution costs several
+    times more (it reorders the whole kernel on every call: docs/performance.md)."""
+    B, C, length = x.shape
+    out_channels, per_group, taps = conv.weight.shape
+    groups, n = conv.groups, length - taps + 1
+    windows = x.unfold(2, taps, 1).reshape(B, groups, per_group, n, taps).permute(0, 1, 3, 2, 4)
+    weight = conv.weight.reshape(groups, out_channels // groups, per_group * taps).transpose(1, 2)
+    y = torch.matmul(windows.reshape(B, groups, n, per_group * taps), weight)  # [B, groups, n, out per group]
+    y = y.transpose(1, 2).reshape(B, n, out_channels)
+    return y if conv.bias is None else y + conv.bias

@@ -16,6 +16,7 @@ from ..model import checkpoint as ckpt
 from ..model.config import EmoTalkConfig
 from ..backends.registry import DEFAULT as DEFAULT_ENCODERS
 from ..errors import InvalidInput
+from ..streaming.budget import measure as measure_budget
 from .measure import PeakMemory, device_name, generated_speech, peak_rss_mb, sync, versions
 from ..runtime.device import cpu_description
 
@@ -79,6 +80,10 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
             times.append(time.perf_counter() - t0)
             report(f"run {r + 1}/{repeats}: {times[-1]:.3f} s")
     median = float(np.median(times))
+
+    report("timing a live hop of 100 ms for one stream, beside its memory floor")
+    live = measure_budget(animator.model, device, dtype, animator.stream_settings(hop_ms=100), 1,
+                          animator.encoder_backend)
     return {
         "device": device_name(device), "dtype": str(dtype).replace("torch.", ""), "backend": animator.backend,
         "encoders": encoders, "preset": preset, "parameters": params, "audio_seconds": seconds,
@@ -91,6 +96,9 @@ def run_bench(*, seconds: float = 10.0, device="auto", dtype=None, preset: str =
         # benchmark process (which also built random weights and ran the start-up test)
         "user_process_peak_mb": user_peak_mb,
         "bench_process_peak_mb": peak_rss_mb(),
+        "live_hop_ms": 1000 * live.seconds(1), "live_hop_encoding": live.settings.encoding,
+        "encoder_weight_bytes": live.floor.weight_bytes, "read_bandwidth_gbs": live.floor.bandwidth / 1e9,
+        "hop_floor_ms": 1000 * live.floor.seconds, "hop_over_floor": live.seconds(1) / live.floor.seconds,
         "torch_threads": torch.get_num_threads(), "cpu": cpu_description(), **versions(),
     }
 
@@ -142,6 +150,9 @@ def format_bench(result: dict) -> str:
         f"(median of {len(r['seconds'])})",
         f"real-time factor {r['real_time_factor']:.3f} ({r['ms_per_audio_second']:.1f} ms per second of audio): "
         f"{_verdict(r['real_time_factor'])}",
+        f"a live hop of 100 ms ({r['live_hop_encoding']}) takes {r['live_hop_ms']:.0f} ms for 1 stream: "
+        f"{r['hop_over_floor']:.1f}x its memory floor of {r['hop_floor_ms']:.0f} ms "
+        f"({r['encoder_weight_bytes'] / 1e9:.2f} GB of encoder weights at {r['read_bandwidth_gbs']:.1f} GB/s)",
         f"start-up (checkpoint on disk -> first frame) {startup}",
         f"peak memory of a user's process (load the checkpoint, animate {r['audio_seconds']:g} s; its maximum "
         f"resident set): {user}",

@@ -1,5 +1,6 @@
 """The emotalk-fast command line, run as a user would (a subprocess of the installed script)."""
 import csv
+import re
 import subprocess
 import sys
 
@@ -74,6 +75,8 @@ def test_bench_runs_on_a_small_preset():
     r = run_cli("bench", "--preset", "tiny", "--seconds", 2, "--repeats", 1, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "real-time factor" in r.stdout and "start-up" in r.stdout and "[bench]" in r.stderr
+    assert re.search(r"a live hop of 100 ms \(incremental\) takes \d+ ms for 1 stream: [\d.]+x its memory floor of "
+                     r"\d+ ms \([\d.]+ GB of encoder weights at [\d.]+ GB/s\)", r.stdout), r.stdout
     # the memory a user's own process needs, and this process's whole peak, both named
     assert "peak memory of a user's process" in r.stdout and "this benchmark process's maximum resident set" in r.stdout
 

@@ -116,11 +116,15 @@ def test_bench_wording():
               "cpu": "AVX2, bfloat16 emulated", "torch_threads": 1, "audio_seconds": 1.0, "frames": 30,
               "median_seconds": 0.5, "seconds": [0.5], "real_time_factor": 0.5, "ms_per_audio_second": 500.0,
               "startup_seconds": None, "user_process_peak_mb": None, "peak_memory_mb": 100.0,
-              "memory_kind": "resident set", "run_memory_mb": 10.0, "bench_process_peak_mb": 200.0}
+              "memory_kind": "resident set", "run_memory_mb": 10.0, "bench_process_peak_mb": 200.0,
+              "live_hop_ms": 370.2, "live_hop_encoding": "incremental", "encoder_weight_bytes": 2.43e9,
+              "read_bandwidth_gbs": 17.24, "hop_floor_ms": 141.0, "hop_over_floor": 2.63}
     text = format_bench(result)
     assert "1 torch thread" in text and "1 torch threads" not in text and "CPU AVX2, bfloat16 emulated" in text
     assert "start-up test" not in text and "(it also built random weights)" in text
     assert "2.0x faster than real time offline" in text and "float32, int8 encoders, backend torch" in text
+    assert ("a live hop of 100 ms (incremental) takes 370 ms for 1 stream: 2.6x its memory floor of 141 ms "
+            "(2.43 GB of encoder weights at 17.2 GB/s)") in text
     assert "1.3x slower than real time" in format_bench(dict(result, real_time_factor=1.34))
     assert "ran the start-up test" in format_bench(dict(result, startup_seconds=1.0, user_process_peak_mb=1.0,
                                                         torch_threads=2))

@@ -35,10 +35,11 @@ def test_options_are_checked_and_left_as_parsed():
 
 
 def test_the_budget_and_the_startup_line(capsys):
-    args = _args("--max-streams", "2", "--hop-ms", "400", "--context-ms", "1000", "--encoding", "windowed")
+    args = _args("--max-streams", "2", "--hop-ms", "400", "--context-ms", "1000", "--encoding", "windowed",
+                 "--encoders", "torch")
     animator = Animator.from_config("tiny", device="cpu", warn_random=False)
     served, budget = measure_budget(animator, args, stream_settings(args))
-    assert served is animator  # windowed encoding: the model's own encoders are the one candidate
+    assert served is animator  # the model's own encoders, as asked
     assert budget.settings.hop_ms == 400 and budget.seconds(1) > 0
     assert "a hop of 400 ms takes" in capsys.readouterr().err
     engine = animator.engine(args.max_streams, budget.settings)
@@ -106,15 +107,16 @@ def test_serve_and_stream_realtime_choose_a_hop_that_keeps_up(monkeypatch, capsy
 
 def test_encoders_auto_takes_the_backend_that_holds_the_shortest_hop(monkeypatch, capsys):
     """serve's default --encoders auto measures each installed backend that runs the settings
-    with the model's arithmetic (here ONNX Runtime stood in for as twice as fast) and serves the
-    best; a choice the user made (--encoders torch) is kept as given."""
+    with the model's arithmetic or within its tolerance (here ONNX Runtime stood in for as twice
+    as fast as PyTorch, int8 between) and serves the best; a choice the user made (--encoders
+    torch) is kept as given."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from emotalk_fast.streaming import budget as budget_module
     from emotalk_fast.streaming.budget import HEADROOM, Budget
 
     def measure(model, device, dtype, settings, streams, encoders=None):
-        cost = 0.25 if encoders.name == "onnx" else 0.5  # seconds of a hop, any hop
+        cost = {"onnx": 0.25, "int8": 0.4}.get(encoders.name, 0.5)  # seconds of a hop, any hop
         return Budget(settings, {n: cost * n for n in sorted({1, streams})})
 
     monkeypatch.setattr(budget_module, "measure", measure)
@@ -125,7 +127,33 @@ def test_encoders_auto_takes_the_backend_that_holds_the_shortest_hop(monkeypatch
     served, budget = measure_budget(animator, args, stream_settings(args))
     err = capsys.readouterr().err
     assert served.encoder_backend.name == "onnx" and served.model is animator.model and budget.hop_ms == fast < slow
-    assert f"--encoders auto chose onnx (hop {fast} ms, 250 ms per hop of 1 stream; measured torch, onnx)" in err
+    # (and any backend a test registered beside them)
+    assert f"--encoders auto chose onnx (hop {fast} ms, 250 ms per hop of 1 stream; measured torch, int8, onnx" in err
     assert f"onnx encoders, a hop of {fast} ms takes 250 ms" in err and f"torch encoders, a hop of {slow} ms" in err
     served, budget = measure_budget(animator, _args("--encoders", "torch"), stream_settings(args))
     assert served is animator and budget.hop_ms == slow and "--encoders auto" not in capsys.readouterr().err
+
+
+def test_encoders_auto_takes_int8_where_it_holds_the_shortest_hop(monkeypatch, capsys):
+    """int8 is within its measured tolerance: auto measures it beside the float model and serves
+    it where it holds the shortest hop, in a view of the model; the float model is left as it is."""
+    from emotalk_fast.runtime.int8 import Int8Linear
+    from emotalk_fast.streaming import budget as budget_module
+    from emotalk_fast.streaming.budget import Budget
+
+    measured = []
+
+    def measure(model, device, dtype, settings, streams, encoders=None):
+        measured.append((encoders.name, any(isinstance(m, Int8Linear) for m in model.modules())))
+        cost = 0.1 if encoders.name == "int8" else 0.5
+        return Budget(settings, {n: cost * n for n in sorted({1, streams})})
+
+    monkeypatch.setattr(budget_module, "measure", measure)
+    animator = Animator.from_config("tiny", device="cpu", warn_random=False)
+    args = _args("--hop-ms", "auto")
+    served, budget = measure_budget(animator, args, stream_settings(args))
+    assert served.encoder_backend.name == "int8" and budget.hop_ms == 200
+    assert ("int8", True) in measured and ("torch", False) in measured  # each measured with its own model
+    assert any(isinstance(m, Int8Linear) for m in served.model.modules())
+    assert not any(isinstance(m, Int8Linear) for m in animator.model.modules())
+    assert "--encoders auto chose int8 (hop 200 ms" in capsys.readouterr().err

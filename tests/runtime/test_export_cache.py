@@ -112,3 +112,15 @@ def test_weights_digest_sees_every_byte_and_name():
     b = torch.nn.Sequential(torch.nn.Linear(4, 3))
     b[0].load_state_dict(a.state_dict())
     assert weights_digest(b) != weights_digest(a)  # same bytes, other names
+
+
+def test_weights_digest_is_remembered_until_a_tensor_changes():
+    a = torch.nn.Linear(300, 200)
+    first = weights_digest(a)
+    fresh = torch.nn.Linear(300, 200)
+    fresh.load_state_dict(a.state_dict())
+    assert weights_digest(fresh) == first  # the bytes, not the object
+    a.weight = torch.nn.Parameter(a.weight.detach().clone())  # replaced: the same bytes
+    assert weights_digest(a) == first
+    a.bias = torch.nn.Parameter(torch.zeros(200))  # replaced: other bytes
+    assert weights_digest(a) != first

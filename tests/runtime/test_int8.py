@@ -1,6 +1,7 @@
-"""int8 encoder layers (opt-in): each layer close to its float32 linear, the whole model close to
-float32 with the same labels, streaming on it still equal to its long-audio path, and the
-settings it refuses."""
+"""int8 encoder layers: each layer exactly its rounded operands' float product and close to its
+float32 linear, the whole model close to float32 with the same labels in a view that leaves the
+float model as it is, the int8 weights cached and rebuilt when stale, streaming on it still equal
+to its long-audio path, and the settings it refuses."""
 import os
 import subprocess
 import sys
@@ -21,11 +22,33 @@ def test_an_int8_linear_is_close_to_its_linear(rows, bias):
     torch.manual_seed(rows)
     linear = nn.Linear(96, 160, bias=bias)
     x = torch.randn(2, rows, 96) * 3
-    want, got = linear(x).detach(), Int8Linear(linear, weight_levels())(x)
+    want, got = linear(x).detach(), Int8Linear.from_linear(linear, weight_levels())(x).detach()
     assert got.shape == want.shape and got.dtype == torch.float32
     # rounding both operands to 8 bits: a few tenths of a percent of the output's scale per element
     assert float((got - want).abs().max()) < 0.02 * float(want.abs().max())
     assert float((got - want).abs().mean()) < 0.01 * float(want.abs().mean())
+
+
+@pytest.mark.parametrize("rows", [1, 15, 301])
+def test_an_int8_linear_is_its_rounded_operands_float_product(rows):
+    """What it computes, exactly: activations rounded per row and weights per output channel,
+    dequantised, multiplied in float64: equal within float32 rounding."""
+    torch.manual_seed(rows)
+    linear = nn.Linear(256, 96)
+    layer = Int8Linear.from_linear(linear, weight_levels())
+    x = torch.randn(rows, 256) * 2
+    peak = x.abs().amax(1, keepdim=True)
+    x_rounded = torch.round(x * (127 / peak)) * (peak / 127)
+    w_rounded = layer.weight_t.t().double() * layer.weight_scale.double()[:, None]
+    want = x_rounded.double() @ w_rounded.t() + linear.bias.detach().double()
+    got = layer(x).detach().double()
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    assert layer.bias is linear.bias  # shared, not copied
+    for source in (linear, nn.Linear(256, 96)):  # row-major, or laid out column-major (runtime/layout.py)
+        if source is not linear:
+            source.weight.data = source.weight.data.t().contiguous().t()
+        # [in, out] column-major: the layout torch._int_mm's CPU kernel is fastest with
+        assert Int8Linear.from_linear(source).weight_t.stride() == (1, 256)
 
 
 def test_int8_weights_multiply_exactly_here_and_on_an_avx2_cpu():
@@ -62,6 +85,7 @@ def test_int8_encoders_stay_close_to_float32(animators, speech):
     reference, int8 = animators
     layers = reference.config.content.num_layers + reference.config.emotion.num_layers
     assert sum(isinstance(m, Int8Linear) for m in int8.model.modules()) == 4 * layers
+    assert not any(isinstance(m, Int8Linear) for m in reference.model.modules())
     assert "int8 encoders" in repr(int8)
     want, got = reference.animate(speech), int8.animate(speech)
     spread = np.abs(want.blendshapes - want.blendshapes.mean(0)).mean()
@@ -106,3 +130,51 @@ def test_the_command_line_option(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().endswith("--encoders int8 runs on the CPU in float32: drop --dtype "
                                                             "and --device")
     assert "RANDOM weights" not in r.stderr  # refused before any model was built
+
+
+def test_the_int8_view_leaves_the_float_model_and_shares_its_tensors():
+    from emotalk_fast.backends.registry import resolve
+
+    float32 = Animator.from_config("tiny", seed=4, device="cpu", warn_random=False)
+    before = {k: v.clone() for k, v in float32.model.state_dict().items()}
+    int8 = float32.with_encoders(resolve("int8"))  # beside the float model, as --encoders auto measures it
+    assert int8.model is not float32.model
+    assert all(torch.equal(v, before[k]) for k, v in float32.model.state_dict().items())
+    assert not any(isinstance(m, Int8Linear) for m in float32.model.modules())
+    assert int8.model.decoder.qkv.weight is float32.model.decoder.qkv.weight
+    shared = {id(p) for p in float32.model.parameters()}
+    assert all(id(p) in shared for p in int8.model.parameters())  # the int8 layers hold buffers only
+
+
+def test_int8_weights_are_cached_and_rebuilt_when_stale(tmp_path, speech):
+    from emotalk_fast.backends.int8 import FILE
+    from emotalk_fast.backends.registry import resolve
+
+    def animator(seed):
+        backend = resolve("int8")
+        backend.cache_dir = tmp_path
+        made = Animator.from_config("tiny", seed=seed, device="cpu", warn_random=False, encoders=backend)
+        return made, backend.loaded_from_cache
+
+    first, cached = animator(5)
+    assert cached is False
+    want = first.animate(speech).blendshapes
+    again, cached = animator(5)
+    assert cached is True and np.array_equal(again.animate(speech).blendshapes, want)
+    (entry,) = (tmp_path / "int8_encoders").glob("*/" + FILE)
+    other, cached = animator(6)  # other weights: another entry, rounded now
+    assert cached is False and len(list((tmp_path / "int8_encoders").glob("*/" + FILE))) == 2
+    with open(entry, "r+b") as f:  # damaged on disk: rebuilt, the same weights again
+        f.seek(entry.stat().st_size // 2)
+        f.write(b"\x00" * 64)
+    rebuilt, cached = animator(5)
+    assert cached is False and np.array_equal(rebuilt.animate(speech).blendshapes, want)
+
+
+def test_int8_encoders_refuse_a_gpu_and_other_dtypes():
+    from emotalk_fast.backends.registry import resolve
+
+    backend = resolve("int8")
+    for device, dtype in (("cuda", torch.float32), ("cpu", torch.bfloat16), ("cpu", torch.float16)):
+        with pytest.raises(ValueError, match="on the CPU in float32"):
+            backend.verify(device, dtype)

@@ -36,8 +36,9 @@ class CountingBackend(EncoderBackend):
     capabilities = Capabilities(devices=("cpu",), dtypes=(torch.float32,), encodings=("incremental",),
                                 offline=False)
 
-    def prepare(self, model) -> None:
+    def prepare(self, model):
         self.rows = []  # (streams, new rows) of every hop it encoded
+        return super().prepare(model)  # PyTorch's encoders, laid out as PyTorch's backend lays them
 
     def incremental_encoder(self, model, grid, slots, device, dtype):
         return CountingEncoder(self.rows, model, grid, slots, device, dtype)
