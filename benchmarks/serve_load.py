@@ -73,7 +73,7 @@ def start_server(preset: str, dtype: str | None, device: str, max_streams: int,
 def server_says(proc) -> list[str]:
     """The server's start-up lines about its settings and what they hold."""
     return [line for line in Path(proc.log_path).read_text().splitlines()
-            if line.startswith("serving") or "holds" in line or "keeps up" in line]
+            if line.startswith("serving") or "holds" in line or "keeps up" in line or "auto chose" in line]
 
 
 def one_stream(address: str, pcm: np.ndarray, person: int, realtime: bool, chunk_s: float = 1.0) -> dict:

@@ -104,7 +104,8 @@ def startup_line(args, server, engine, load_s: float, budget=None) -> str:
             f"stream{'s' if args.max_streams != 1 else ''}; {s.encoding} encoding, hop {s.hop_ms} ms{auto}, "
             f"lookahead {s.lookahead_ms} ms, context {s.context_ms} ms; {emotion}{held}"
             f"{'ramp from 100 ms; ' if s.ramp and s.hop_ms > 100 else ''}{graphs}"
-            f"{threads_note(animator_device, engine.encoders)}loaded in {load_s:.1f} s{metrics})")
+            f"{engine.encoders.name} encoders; {threads_note(animator_device, engine.encoders)}"
+            f"loaded in {load_s:.1f} s{metrics})")
 
 
 def threads_note(device, encoders) -> str:

@@ -10,7 +10,7 @@ from emotalk_fast import Animator
 from emotalk_fast.backends.registry import auto_candidates
 from emotalk_fast.cli import build_parser
 from emotalk_fast.cli.options import stream_settings
-from emotalk_fast.cli.serve import check_serve_options, measure_budget, serve_threads, startup_line
+from emotalk_fast.cli.serve import check_serve_options, measure_budget, serve_threads, startup_line, threads_note
 from emotalk_fast.serve import server as server_module
 from emotalk_fast.streaming.settings import StreamSettings
 
@@ -53,7 +53,7 @@ def test_the_budget_and_the_startup_line(capsys):
                            "windowed encoding, hop 400 ms, lookahead 200 ms, context 1000 ms; emotion context 1000 ms "
                            f"every 400 ms; holds {held} live stream{'s' if held != 1 else ''} in real time; "
                            "ramp from 100 ms; ")
-    assert line.endswith("loaded in 1.2 s)")
+    assert line.endswith("torch encoders; " + threads_note(engine.device, engine.encoders) + "loaded in 1.2 s)")
 
 
 @pytest.mark.parametrize("machine, per_hop, hop_ms", [
