@@ -39,7 +39,7 @@ INPUTS = HOP_INPUTS + ("hop_frames",) + RING_INPUTS
 OUTPUTS = tuple(f"{b}_{part}" for b in BRANCHES for part in ("hidden", "new_keys", "new_values", "new_proj"))
 PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the [onnx] extra: the exporter and the runtime
 GRAPH = "encoders.onnx"  # its weights beside it, in encoders.onnx.data at release size
-GRAPH_FORMAT = 3  # the graph's inputs and outputs: a cached graph of another format is not read
+GRAPH_FORMAT = 4  # the graph (its inputs, outputs and how it computes): a cached graph of another format is not read
 MAX_NEW_FRAMES = FPS * 8  # the longest hop + lookahead a graph takes: 8 s (auto tries up to 3.2 s hops)
 
 

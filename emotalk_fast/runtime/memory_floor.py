@@ -11,7 +11,7 @@ import torch
 
 from .threads import cores
 
-_PROBE_BYTES = 512 << 20  # far past every cache: what a hop's weights are to the CPU
+_PROBE_BYTES = 1 << 30  # past the caches (some cloud CPUs share hundreds of MB of L3): what a hop's weights are to the CPU
 
 
 @lru_cache(maxsize=None)
