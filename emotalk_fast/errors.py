@@ -13,3 +13,7 @@ class InvalidInput(UserError, ValueError):
 
 class InvalidType(UserError, TypeError):
     """A value of a type the library does not take."""
+
+
+class MissingProgram(UserError, RuntimeError):
+    """A program the library runs (espeak-ng) is not installed: the message says how to install it."""

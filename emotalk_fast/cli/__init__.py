@@ -14,19 +14,20 @@ file-system errors) print one line and exit 1; anything else is a bug and shows 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import UserError
 from . import animate, serve, stream
-from .options import HelpFormatter, parser_with
+from .options import HelpFormatter, OneLineParser, parser_with
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from ..training.cli import register as register_training  # imports only argparse and its config
 
-    p = argparse.ArgumentParser(prog="emotalk-fast", description="Speech to 52 ARKit blendshapes with EmoTalk.",
-                                formatter_class=HelpFormatter)
+    p = OneLineParser(prog="emotalk-fast", description="Speech to 52 ARKit blendshapes with EmoTalk.",
+                      formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"emotalk-fast {__version__}")
     p.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=parser_with(HelpFormatter))
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = one_line
         try:
             args.func(args)
+        except BrokenPipeError:  # whatever read stdout has gone (`... | head`): stop quietly, as a pipe's writer does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+            return 141  # 128 + SIGPIPE, what a writer killed by the closed pipe returns
         except (UserError, OSError) as e:
             if args.debug:
                 raise

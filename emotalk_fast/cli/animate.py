@@ -42,10 +42,12 @@ def animate(args) -> None:
     if not jobs:
         print(f"nothing to do: {len(skipped)} outputs exist (--overwrite to redo them)", file=sys.stderr)
         return
-    if not many and jobs[0].source != STDIO:  # a file that is not audio: said before the model loads
-        from ..io.audio import read_audio_file
+    if not many:  # audio that is not audio, or too short for the model: said before the model loads
+        from ..animator import min_samples
+        from ..io.audio import prepare_audio
 
-        read_audio_file(jobs[0].source)
+        audio, rate = stdin_audio if jobs[0].source == STDIO else (jobs[0].source, None)
+        prepare_audio(audio, rate, min_samples=min_samples(model_config(args)))
     t0 = time.perf_counter()
     print(f"[animate] loading {args.checkpoint or 'random weights'}", file=sys.stderr, flush=True)
     animator = load_animator(args)

@@ -351,8 +351,15 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line naming --help, not argparse's usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser_with(formatter):
-    class Parser(argparse.ArgumentParser):
+    class Parser(OneLineParser):
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("formatter_class", formatter)
             super().__init__(*args, **kwargs)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.config import SAMPLE_RATE
-from ..errors import InvalidInput, InvalidType
+from ..errors import InvalidInput, InvalidType, MissingProgram
 
 MIN_RATE, MAX_RATE = 4_000, 384_000  # Hz; outside this a rate is almost surely a mistake
 MAX_CHANNELS = 16  # a 2-D array with more "channels" than this is probably [N, channels]
@@ -311,7 +311,8 @@ def espeak_wav(path: str | os.PathLike, text: str, voice: str | None = None, spe
 
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise RuntimeError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
+        raise MissingProgram("espeak-ng is not installed (Debian/Ubuntu: sudo apt-get install espeak-ng; macOS: "
+                             "brew install espeak-ng)")
     options = [flag for flag, value in (("-v", voice), ("-s", speed), ("-p", pitch)) if value is not None
                for flag in (flag, str(value))]
     subprocess.run([exe, *options, "-w", str(path), text], check=True, capture_output=True)

@@ -160,10 +160,14 @@ class A2FServer:
                 self.port = 0
         if not self.port:
             raise OSError(f"cannot listen on {address}: the port is in use or not allowed (--port, --host)")
+        if s.metrics_port is not None:  # before the gRPC server starts: a busy port stops nothing running
+            try:
+                self._metrics_http = self.metrics.expose(s.host, s.metrics_port)
+            except OSError as e:
+                raise OSError(f"cannot serve metrics on {s.host}:{s.metrics_port}: the port is in use or not allowed "
+                              f"(--metrics-port, --host): {e.strerror or e}") from None
         await server.start()
         self._server = server
-        if s.metrics_port is not None:
-            self._metrics_http = self.metrics.expose(s.host, s.metrics_port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until attach()
 
     def stop(self, grace: float | None = None) -> None:

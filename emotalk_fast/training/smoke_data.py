@@ -16,13 +16,15 @@ unlabelled clips `unlabelled_<k>` (HDTF-like names) for self-reconstruction.
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from emotalk_fast.io.audio import espeak_speech
+from emotalk_fast.io.audio import espeak_speech, espeak_wav
 from emotalk_fast.model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
-from emotalk_fast.errors import InvalidInput
+from emotalk_fast.errors import InvalidInput, UserError
 from emotalk_fast.model.emotalk import num_frames
 
 SENTENCES = ("Kids are talking by the door", "Dogs are sitting by the door")
@@ -84,6 +86,8 @@ def generate(out_dir: str | Path, persons: int = 2, emotions: tuple[int, ...] = 
 
     if not 1 <= persons <= len(VOICES) or not 1 <= sentences <= len(SENTENCES):
         raise InvalidInput(f"persons must be 1..{len(VOICES)} and sentences 1..{len(SENTENCES)}")
+    if shutil.which("espeak-ng") is None:  # before any folder is made
+        espeak_wav(Path(out_dir) / "never.wav", "")  # raises MissingProgram, saying how to install it
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
@@ -114,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--persons", type=int, default=2)
     p.add_argument("--unlabelled", type=int, default=0)
     args = p.parse_args(argv)
-    paths = generate(args.output, persons=args.persons, unlabelled=args.unlabelled)
+    try:
+        paths = generate(args.output, persons=args.persons, unlabelled=args.unlabelled)
+    except UserError as e:
+        print(f"smoke_data: error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(paths)} clips to {args.output}")
     return 0
 

@@ -254,8 +254,8 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
 
     state = None
     if not resume and (out / STATE_NAME).is_file():
-        raise InvalidInput(f"{out} already holds a training run ({STATE_NAME}); resume it or choose another "
-                           "output directory")
+        raise InvalidInput(f"{out} already holds a training run ({STATE_NAME}): add --resume to continue it "
+                           "(resume=True in Python), or choose another output directory")
     if not resume and d.main and (out / METRICS_NAME).is_file():
         (out / METRICS_NAME).unlink()  # left by a run that died before its first checkpoint
     if resume:

@@ -31,6 +31,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("frictions")
     soundfile.write(str(d / "speech.wav"), espeak_speech("Small things a new user meets.", speed=180), 16000)
     (d / "empty.wav").write_bytes(b"")
+    soundfile.write(str(d / "short.wav"), np.zeros(400, np.float32), 16000)  # 25 ms: shorter than the CNN reads
     (d / "voice.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A not really")
     return d
 
@@ -38,7 +39,10 @@ def files(tmp_path_factory):
 def test_unreadable_audio_names_what_is_read(files):
     for args, stdin, words in ((["-"], b"hi\n", "cannot read audio from stdin"),
                                ([files / "voice.m4a"], None, f"cannot read audio from {files / 'voice.m4a'}"),
-                               ([files / "empty.wav"], None, "is empty (0 bytes): no audio")):
+                               ([files / "empty.wav"], None, "is empty (0 bytes): no audio"),
+                               ([files / "short.wav"], None, "short.wav is too short: 400 samples at 16 kHz (25.0 ms); "
+                                                             "need at least 720 (45.0 ms)"),
+                               (["-"], (files / "short.wav").read_bytes(), "audio is too short: 400 samples")):
         code, _, err = cli("animate", *args, "-o", files / "out.csv", "--random-weights", "mini", stdin=stdin)
         line = err.strip().splitlines()[-1]
         assert code == 1 and words in line, err
@@ -46,6 +50,47 @@ def test_unreadable_audio_names_what_is_read(files):
         assert "[animate] loading" not in err  # refused before the model loads
         if "cannot read" in words:
             assert "expected WAV, FLAC, OGG/Vorbis, OGG/Opus or MP3" in line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["stream", "speech.wav", "--random-weights", "tiny", "--hop-ms", "150"],
+     "emotalk-fast stream: error: argument --hop-ms: --hop-ms must be a positive multiple of 100 ms"),
+    (["animate", "speech.wav", "--random-weights", "huge"],
+     "emotalk-fast animate: error: argument --random-weights: invalid choice: 'huge'"),
+    (["send", "speech.wav", "--level", "x"], "emotalk-fast send: error: argument --level"),
+    ([], "emotalk-fast: error: the following arguments are required: command"),
+])
+def test_a_bad_option_is_one_line_naming_help(args, words):
+    code, out, err = cli(*args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith(words), err
+    command = " ".join(["emotalk-fast", *args[:1]])
+    assert err.rstrip().endswith(f"(see {command} --help)") and "usage:" not in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(files, monkeypatch, capsys):
+    """`emotalk-fast ... | head`: the reader leaves early; the command stops without an error line."""
+    import os
+
+    from emotalk_fast.cli import main
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone: every write raises BrokenPipeError (Python ignores SIGPIPE)
+    monkeypatch.setattr(sys, "stdout", open(write, "w", buffering=1))
+    code = main(["animate", str(files / "speech.wav"), "-o", "-", "--random-weights", "mini"])
+    err = capsys.readouterr().err
+    assert code == 141  # as a writer stopped by the closed pipe: 128 + SIGPIPE
+    assert "Broken pipe" not in err and "error" not in err, err
+
+
+def test_smoke_data_without_espeak_ng_says_what_to_install(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()  # a PATH without espeak-ng
+    r = subprocess.run([sys.executable, "-m", "emotalk_fast.training.smoke_data", str(tmp_path / "smoke")],
+                       capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PATH": str(empty)})
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "smoke_data: error: espeak-ng is not installed (Debian/Ubuntu: sudo apt-get install espeak-ng; macOS: "
+        "brew install espeak-ng)"), r.stderr
+    assert not (tmp_path / "smoke").exists()  # no empty folder left behind
 
 
 def test_send_checks_its_arguments_before_connecting(files):

@@ -101,6 +101,23 @@ def test_serve_on_a_port_in_use_fails_at_once_in_one_line():
     assert "Traceback" not in r.stderr and elapsed < 15  # before the model was built
 
 
+def test_serve_with_its_metrics_port_in_use_names_the_option():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        t0 = time.monotonic()
+        r = run_cli("serve", "--random-weights", "emotalk", "--port", free_port(), "--metrics-port", busy)
+        elapsed = time.monotonic() - t0
+    assert r.returncode == 1, r
+    line = r.stderr.strip()
+    assert line.startswith(f"emotalk-fast serve: error: cannot serve metrics on 127.0.0.1:{busy}: the port is in use "
+                           "or not allowed (--metrics-port, --host)") and "\n" not in line, r.stderr
+    assert "Traceback" not in r.stderr and elapsed < 15  # before the model was built
+
+
 def test_health_is_not_serving_while_the_model_loads(tmp_path):
     """serve listens before it loads: while the release-size model builds, health answers
     NOT_SERVING (exit 1) and streams get UNAVAILABLE (SERVING once loaded: every other test)."""

@@ -24,7 +24,7 @@ def test_train_resume_eval(subset, tmp_path, one_thread, capsys):
     assert main(["train", *common, "--steps", "2"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(["train", *common, "--steps", "3"]) == 1  # no silent overwrite of a run
-    assert "already holds a training run" in capsys.readouterr().err
+    assert "already holds a training run (train_state.pt): add --resume to continue it" in capsys.readouterr().err
     assert main(["train", *common, "--steps", "3", "--resume"]) == 0
     assert "trained 3 steps" in capsys.readouterr().out
     state = torch.load(out / "train_state.pt", weights_only=True)
