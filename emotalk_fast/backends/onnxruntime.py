@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, install_hint
 from ..model.config import FPS
 from ..model.emotalk import EmoTalk
 from ..streaming.encoders import BRANCHES, HopStates
@@ -68,7 +68,7 @@ class OnnxEncoders:
         require_cpu_float32(model, "ONNX encoders")
         missing = [m for m in PACKAGES if importlib.util.find_spec(m) is None]
         if missing:
-            raise InvalidInput(f"the ONNX encoders need {', '.join(missing)}: pip install 'emotalk-fast[onnx]'")
+            raise InvalidInput(f"the ONNX encoders need {', '.join(missing)}: {install_hint('onnx')}")
         self.model, self.threads = model, threads or encoder_threads()
         self.cache = ExportCache(cache_dir)
         self._sessions: dict[tuple[int, int], object] = {}

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..model.encoder import ConvFrontEnd, Wav2Vec2Encoder
-from ..errors import InvalidInput
+from ..errors import InvalidInput, install_hint
 from ..runtime.device import require_cpu_float32
 from ..streaming.backend import Capabilities, EncoderBackend
 
@@ -28,7 +28,7 @@ def require_openvino():
     try:
         import openvino
     except ImportError:
-        raise InvalidInput('the OpenVINO encoders need openvino: pip install "emotalk-fast[openvino]"') from None
+        raise InvalidInput(f"the OpenVINO encoders need openvino: {install_hint('openvino')}") from None
     return openvino
 
 

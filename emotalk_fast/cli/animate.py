@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..model.config import FPS
 from ..io.corpus import STDIO, animate_corpus, parse_shard, plan_jobs, shard
-from ..errors import InvalidInput
+from ..errors import InvalidInput, install_hint
 from .options import add_model_options, add_stream_options, load_animator, model_config, parse_level, parse_person, \
     parse_schedule, progress_lines, stream_settings, warn
 
@@ -222,7 +222,7 @@ def export_onnx(args) -> None:
         raise InvalidInput("--seconds is the fixed-length graph's: a streaming export takes any length")
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
-        raise InvalidInput(f"export-onnx needs {' and '.join(missing)}: pip install 'emotalk-fast[onnx]'")
+        raise InvalidInput(f"export-onnx needs {' and '.join(missing)}: {install_hint('onnx')}")
     if args.dtype is not None and args.dtype.lower() not in ("float32", "fp32"):
         raise InvalidInput("the ONNX export is float32 (runtimes pick their own precision): drop --dtype")
     if args.device not in ("auto", "cpu"):

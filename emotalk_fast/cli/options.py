@@ -190,9 +190,9 @@ def add_encoders_option(p: argparse.ArgumentParser, live: bool = False) -> None:
                         "int8 GEMMs on the CPU, rounded once and cached (--cache-dir), faster there, and the output moves "
                         "within a measured tolerance; openvino: compiled "
                         "by OpenVINO for the CPU, the same float32 arithmetic, faster on a stream's short windows "
-                        "(pip install \"emotalk-fast[openvino]\"); onnx: a live stream's incremental encoders in "
-                        "ONNX Runtime, exported once and cached (--cache-dir), faster on some CPUs (stream and serve; pip install "
-                        "\"emotalk-fast[onnx]\"; see docs/performance.md)")
+                        "(the [openvino] extra); onnx: a live stream's incremental encoders in "
+                        "ONNX Runtime, exported once and cached (--cache-dir), faster on some CPUs (stream and serve; "
+                        "the [onnx] extra; see docs/performance.md)")
     p.add_argument("--cache-dir", default=None,
                    help="where exports and int8 weights are kept between runs (--encoders onnx, int8; default $EMOTALK_FAST_CACHE_DIR, else "
                         "~/.cache/emotalk_fast): a second start reads them instead of making them again")

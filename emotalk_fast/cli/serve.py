@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, install_hint
 from ..io.curves import check_output
 from .options import add_model_options, add_stream_options, live_budget, load_animator, run_device, stream_settings, \
     warn
@@ -27,7 +27,7 @@ def _import_serve(module: str):
         return importlib.import_module(f"emotalk_fast.{module}")
     except ImportError as e:
         raise InvalidInput(f"the service needs the serve extra ({e.name} is missing): "
-                           "pip install 'emotalk-fast[serve]'") from None
+                           f"{install_hint('serve')}") from None
 
 
 def serve(args) -> None:

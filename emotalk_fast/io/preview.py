@@ -20,7 +20,7 @@ import numpy as np
 
 from .audio import load_waveform
 from ..model.config import FPS
-from ..errors import InvalidInput
+from ..errors import InvalidInput, install_hint
 
 # The curves the plot shows: (label, channels averaged).
 CURVES = (
@@ -45,7 +45,7 @@ def _matplotlib():
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError(f"previews need matplotlib ({e}): pip install 'emotalk-fast[preview]'") from None
+        raise ImportError(f"previews need matplotlib ({e}): {install_hint('preview')}") from None
     return plt
 
 
@@ -232,7 +232,7 @@ def _write_mp4(path: Path, blendshapes, names, fps, wave, rate) -> None:
     try:
         import imageio_ffmpeg
     except ImportError as e:
-        raise ImportError(f"MP4 previews need imageio-ffmpeg ({e}): pip install 'emotalk-fast[preview]'") from None
+        raise ImportError(f"MP4 previews need imageio-ffmpeg ({e}): {install_hint('preview')}") from None
     frames = video_frames(blendshapes, names, fps)
     first = next(frames)
     with tempfile.TemporaryDirectory() as tmp:

@@ -292,7 +292,9 @@ def read_release_state_dict(path: str | os.PathLike, config: EmoTalkConfig | Non
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path} (no weights come with the library: give the release's "
+                              "EmoTalk.pth, or try the model on random weights: --random-weights PRESET, "
+                              "Animator.from_config)")
     with open(path, "rb") as f:
         head = f.read(4)
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # a zip archive (torch.save) or a pickle
@@ -363,7 +365,7 @@ def load_pretrained(directory: str | os.PathLike):
     cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for p in (cfg_path, w_path):
         if not p.is_file():
-            raise CheckpointError(f"{directory} is not an emotalk_fast checkpoint: {p.name} is missing")
+            raise CheckpointError(_not_a_checkpoint_folder(directory, p.name))
     try:
         raw = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -376,12 +378,23 @@ def load_pretrained(directory: str | os.PathLike):
     return cfg, sd
 
 
+def _not_a_checkpoint_folder(folder: Path, missing: str) -> str:
+    """Why a folder is not a checkpoint, and what to pass instead where it holds a .pth."""
+    pth = sorted(folder.glob("*.pth"))
+    fix = f": pass the file itself ({pth[0]})" if pth else ""
+    return f"{folder} is not an emotalk_fast checkpoint: {missing} is missing{fix}"
+
+
 def _parse_config(raw, where: Path) -> EmoTalkConfig:
     """config.json contents -> EmoTalkConfig, or a CheckpointError naming the file."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{where} is not a valid config: expected a JSON object")
     raw = dict(raw)
     version = raw.pop("format_version", None)
+    if version is None:
+        raise CheckpointError(f"{where} is not an emotalk_fast config (it has no format_version; a Hugging Face "
+                              "model's config.json?): give the release's EmoTalk.pth, or a folder `emotalk-fast convert` "
+                              "or `train` wrote")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{where}: format_version {version!r}, this library reads {FORMAT_VERSION}")
     try:
@@ -397,7 +410,7 @@ def read_config(path: str | os.PathLike) -> EmoTalkConfig:
     if path.is_dir():
         cfg_path = path / CONFIG_NAME
         if not cfg_path.is_file():
-            raise CheckpointError(f"{path} is not an emotalk_fast checkpoint: {CONFIG_NAME} is missing")
+            raise CheckpointError(_not_a_checkpoint_folder(path, CONFIG_NAME))
         try:
             return _parse_config(json.loads(cfg_path.read_text()), cfg_path)
         except (OSError, json.JSONDecodeError) as e:

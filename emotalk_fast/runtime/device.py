@@ -9,7 +9,7 @@ from functools import lru_cache
 import torch
 
 from ..model.config import BACKENDS
-from ..errors import InvalidInput
+from ..errors import InvalidInput, install_hint
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -126,7 +126,7 @@ def triton_unavailable(device: torch.device, dtype: torch.dtype | None = None) -
     try:
         import triton  # noqa: F401
     except ImportError as e:
-        return f"triton is not installed or does not import ({e}); pip install 'emotalk-fast[triton]'"
+        return f"triton is not installed or does not import ({e}); {install_hint('triton')}"
     return None
 
 

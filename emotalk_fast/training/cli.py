@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 
-from emotalk_fast.errors import InvalidInput
+from emotalk_fast.errors import InvalidInput, install_hint
 
 from .config import DEFAULT_EMOTION_MAP, LossWeights, TrainConfig
 
@@ -40,6 +40,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--emotion-map", action="append", default=[], metavar="EMOTION=LABEL",
                    help="override one row of the RAVDESS->classifier table, e.g. calm=sad (repeatable)")
     t.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (default: bf16 autocast)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default torch's, one per core; 1 on a small shared machine)")
     t.set_defaults(func=run_train)
     return t
 
@@ -53,6 +55,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--preset", default=None, help="model config for a bare .pth with non-release head counts")
     e.add_argument("--output", default=None, help="write the full report (per channel, per clip) as JSON")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's, one per core)")
     e.set_defaults(func=run_eval)
     return e
 
@@ -101,10 +104,13 @@ def _require_transformers() -> None:
     try:
         import transformers  # noqa: F401
     except ImportError as e:
-        raise InvalidInput(f"training needs transformers ({e}): pip install 'emotalk-fast[training]'") from None
+        raise InvalidInput(f"training needs transformers ({e}): {install_hint('training')}") from None
 
 
 def run_train(args) -> None:
+    from ..runtime.threads import set_threads
+
+    set_threads(args.threads, "--threads")
     _require_transformers()
     from .train import train
 
@@ -115,6 +121,9 @@ def run_train(args) -> None:
 
 
 def run_eval(args) -> None:
+    from ..runtime.threads import set_threads
+
+    set_threads(args.threads, "--threads")
     _require_transformers()
     from .evaluate import evaluate_checkpoint
 

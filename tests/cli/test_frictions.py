@@ -93,6 +93,45 @@ def test_smoke_data_without_espeak_ng_says_what_to_install(tmp_path):
     assert not (tmp_path / "smoke").exists()  # no empty folder left behind
 
 
+def test_install_hints_name_the_packages_and_the_clone_never_an_index():
+    """The project is not on a package index: no message or page says `pip install "emotalk-fast[x]"`;
+    a missing extra's message names its packages, read from pyproject.toml's list."""
+    import re
+    import tomllib
+
+    from emotalk_fast.errors import install_hint
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    onnx = [re.split(r"[<>=!~; ]", r)[0] for r in extras["onnx"]]
+    assert install_hint("onnx") == f'pip install {" ".join(onnx)} (pip install -e ".[onnx]" in the emotalk_fast clone)'
+    pages = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "emotalk_fast").rglob("*.py")]
+    said = [str(p) for p in pages if re.search(r"""pip install ['"]?emotalk-fast\[""", p.read_text())]
+    assert said == []
+
+
+def test_checkpoint_errors_say_what_to_pass_instead(files, tmp_path):
+    only_pth = tmp_path / "release"
+    only_pth.mkdir()
+    torch.save(ckpt.random_release_state_dict(EmoTalkConfig.from_name("mini"), 0), only_pth / "EmoTalk.pth")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "wav2vec2", "hidden_size": 1024}))
+    for checkpoint, words in (
+            (only_pth, f"{only_pth} is not an emotalk_fast checkpoint: config.json is missing: pass the file itself "
+                       f"({only_pth / 'EmoTalk.pth'})"),
+            (hf, f"{hf / 'config.json'} is not an emotalk_fast config (it has no format_version; a Hugging Face "
+                 "model's config.json?)"),
+            (tmp_path / "EmoTalk.pth", "checkpoint not found: " + str(tmp_path / "EmoTalk.pth") + " (no weights come "
+                                       "with the library: give the release's EmoTalk.pth, or try the model on random "
+                                       "weights: --random-weights PRESET")):
+        code, _, err = cli("animate", files / "speech.wav", "-o", tmp_path / "out.csv", "--checkpoint", checkpoint)
+        assert code == 1 and err.count("\n") == 1 and words in err, err
+    code, _, err = cli("animate", files / "speech.wav", "-o", tmp_path / "out.csv", "--checkpoint",
+                       only_pth / "EmoTalk.pth")
+    assert code == 0, err  # what the message said to pass
+
+
 def test_send_checks_its_arguments_before_connecting(files):
     address = f"127.0.0.1:{free_port()}"  # nothing listens: a check that connected first would say so
     for flag, value, words in (("--level", 2, "--level must be in [0, 1], got 2"),

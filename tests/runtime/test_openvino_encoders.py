@@ -103,7 +103,7 @@ def test_openvino_encoders_refuse_what_they_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="encoders must be one of torch, int8, openvino, onnx.*, not .tensorrt."):
         Animator.from_config("tiny", device="cpu", encoders="tensorrt")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
-    with pytest.raises(InvalidInput, match=r'pip install "emotalk-fast\[openvino\]"'):
+    with pytest.raises(InvalidInput, match=r'need openvino: pip install openvino \(pip install -e "\.\[openvino\]" in the emotalk_fast clone\)'):
         Animator.from_config("tiny", device="cpu", encoders="openvino")
 
 

@@ -58,3 +58,15 @@ def test_errors_are_one_line(subset, tmp_path, capsys):
     assert "data directory not found" in capsys.readouterr().err
     assert main(["train", str(subset), str(tmp_path), "--preset", "huge"]) == 1
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_train_takes_threads_as_the_other_commands_do(subset, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", str(subset), str(tmp_path / "t"), "--preset", "tiny", "--steps", "1", "--batch-size", "2",
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["train", str(subset), str(tmp_path / "u"), "--preset", "tiny", "--threads", "0"]) == 1
+    assert capsys.readouterr().err.strip().endswith("--threads must be >= 1, got 0")
