@@ -95,8 +95,11 @@ def test_bad_inputs_are_clear_errors(animator, speech, tmp_path):
     junk.write_bytes(b"this is not audio")
     with pytest.raises(ValueError, match="cannot read audio"):
         animator.animate(junk)
-    with pytest.raises(TypeError, match="audio must be"):
+    with pytest.raises(TypeError, match="audio must be a path, a numpy array, a torch tensor or a list of samples, "
+                                        "got dict"):
         animator.animate({"samples": 1})
+    # docs/python.md: a list of numbers is samples, as an array is
+    assert np.array_equal(animator.animate(speech.tolist()).blendshapes, animator.animate(speech).blendshapes)
     for kwargs, match in (({"level": 2}, "level"), ({"level": -1}, "level"),
                           ({"person": 24}, "person"), ({"person": 1.5}, "person")):
         with pytest.raises(ValueError, match=match):

@@ -117,7 +117,8 @@ def _as_array(audio) -> np.ndarray:
     if isinstance(audio, (list, tuple)):
         audio = np.asarray(audio, dtype=np.float32)
     if not isinstance(audio, np.ndarray):
-        raise InvalidType(f"audio must be a path, numpy array or torch tensor, got {type(audio).__name__}")
+        raise InvalidType(f"audio must be a path, a numpy array, a torch tensor or a list of samples, "
+                          f"got {type(audio).__name__}")
     return audio
 
 

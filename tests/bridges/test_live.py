@@ -190,3 +190,16 @@ def test_cli_rejects_bad_target(tmp_path):
                         "--random-weights", "tiny"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "bad target" in r.stderr
+
+
+def test_the_guide_quotes_the_summary_as_printed():
+    """docs/game-engines.md shows the end-of-stream summary a user reads: it is describe()'s."""
+    from pathlib import Path
+
+    from emotalk_fast.bridges.live import describe
+
+    stats = {"frames": 90, "delay_ms": 35.2, "late": 0, "max_late_ms": 0.0,
+             "targets": [{"target": "livelink 127.0.0.1:11111", "frames": 90, "attempted": 90, "datagrams": 90,
+                          "errors": 0, "last_error": None}]}
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "game-engines.md").read_text()
+    assert f"```text\n{describe(stats)}\n```" in guide

@@ -132,6 +132,19 @@ def test_checkpoint_errors_say_what_to_pass_instead(files, tmp_path):
     assert code == 0, err  # what the message said to pass
 
 
+def test_the_readmes_first_result_writes_only_where_git_ignores():
+    """A fresh clone stays clean: the README's toy recipe writes under smoke/ and runs/, both ignored."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    section = root.joinpath("README.md").read_text().split("## A first result")[1].split("\n## ")[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    written = re.findall(r"(?:-o|train \S+) (\S+)", block) + re.findall(r"smoke_data (\S+)", block)
+    ignored = root.joinpath(".gitignore").read_text().split()
+    assert written and all(any(w.startswith(i.rstrip("/") + "/") or w == i.rstrip("/") for i in ignored)
+                           for w in written), (written, ignored)
+
+
 def test_send_checks_its_arguments_before_connecting(files):
     address = f"127.0.0.1:{free_port()}"  # nothing listens: a check that connected first would say so
     for flag, value, words in (("--level", 2, "--level must be in [0, 1], got 2"),
