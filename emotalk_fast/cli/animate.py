@@ -209,8 +209,8 @@ def export_onnx(args) -> None:
     out = Path(args.output)
     if out.suffix != ".onnx":
         raise InvalidInput(f"the output must be a .onnx file, got {out}")
-    if out.exists() and not args.overwrite:
-        raise InvalidInput(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():  # the one rule of a single output: its folder exists, the file is replaced
+        raise InvalidInput(f"cannot save {out}: directory {out.parent} does not exist")
     if not args.seconds > 0:
         raise InvalidInput(f"--seconds must be > 0, got {args.seconds}")
     if not args.streaming:
@@ -275,7 +275,7 @@ def preview(args) -> None:
     if out.suffix.lower() not in (".png", ".mp4", ".gif"):
         raise InvalidInput(f"output {out.name} must end in .png, .mp4 or .gif")
     if not out.parent.is_dir():
-        raise InvalidInput(f"output directory {out.parent} does not exist")
+        raise InvalidInput(f"cannot save {out}: directory {out.parent} does not exist")
     if args.audio is not None and not Path(args.audio).is_file():
         raise FileNotFoundError(f"audio file not found: {args.audio}")
     curves, names, fps, emotion = load_blendshapes(args.animation)
@@ -358,7 +358,6 @@ def register(sub) -> None:
     x.add_argument("--seconds", type=float, default=EXPORT_SECONDS,
                    help="the clip length the graph animates (another length needs another export: the frame grid "
                         "depends on it)")
-    x.add_argument("--overwrite", action="store_true", help="replace an existing file")
     x.add_argument("--streaming", action="store_true",
                    help="one hop of a live stream instead, every state an input and an output: any length, pushed "
                         "as it comes (examples/onnx_stream.py runs it with ONNX Runtime alone; docs/game-engines.md)")

@@ -145,6 +145,26 @@ def test_the_readmes_first_result_writes_only_where_git_ignores():
                            for w in written), (written, ignored)
 
 
+def test_one_rule_for_every_output_file(files, tmp_path):
+    """README: one output file is replaced; its folder must exist, refused in the same words by
+    every command before any work."""
+    anim = tmp_path / "a.csv"
+    for args, out in ((["animate", files / "speech.wav", "--random-weights", "mini", "-o"], "x.csv"),
+                      (["preview", anim, "-o"], "x.png"),
+                      (["export-onnx", "--random-weights", "mini", "-o"], "x.onnx")):
+        missing = tmp_path / "missing" / out
+        anim.write_text("")  # preview's input: any file will do until the folder is checked
+        code, _, err = cli(*args, missing)
+        assert code == 1 and err.strip() == f"emotalk-fast {args[0]}: error: cannot save {missing}: directory " \
+                                             f"{missing.parent} does not exist", err
+    for _ in range(2):  # the second run replaces the first's file
+        code, _, err = cli("animate", files / "speech.wav", "--random-weights", "mini", "-o", anim)
+        assert code == 0 and anim.read_text().startswith("frame,"), err
+    code, _, err = cli("preview", anim, "-o", tmp_path / "a.png")
+    code, _, err = cli("preview", anim, "-o", tmp_path / "a.png")
+    assert code == 0 and (tmp_path / "a.png").stat().st_size > 0, err
+
+
 def test_send_checks_its_arguments_before_connecting(files):
     address = f"127.0.0.1:{free_port()}"  # nothing listens: a check that connected first would say so
     for flag, value, words in (("--level", 2, "--level must be in [0, 1], got 2"),

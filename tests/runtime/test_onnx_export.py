@@ -64,6 +64,7 @@ def _cli(*args):
 
 def test_the_command_exports_and_checks_the_graph(tmp_path):
     out = tmp_path / "tiny.onnx"
+    out.write_bytes(b"an older export")  # one output file: replaced, as every command replaces its own
     r = _cli("--random-weights", "tiny", "-o", out, "--seconds", "1")
     assert r.returncode == 0, r.stderr
     assert "wave [1, 16000] at 16 kHz" in r.stdout and "blendshapes [1, 30, 52]" in r.stdout
@@ -74,11 +75,11 @@ def test_the_command_exports_and_checks_the_graph(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("-o", "{d}/x.onnx", "--seconds", "0"), "--seconds must be > 0"),
     (("-o", "{d}/x.pt"), "must be a .onnx file"),
-    (("-o", "{d}/exists.onnx"), "exists; pass --overwrite"),
+    (("-o", "{d}/missing/x.onnx"), "cannot save {d}/missing/x.onnx: directory {d}/missing does not exist"),
     (("-o", "{d}/x.onnx", "--dtype", "bf16"), "the ONNX export is float32"),
 ])
 def test_the_command_refuses_bad_arguments_in_one_line(tmp_path, args, message):
     (tmp_path / "exists.onnx").write_bytes(b"")
     r = _cli("--random-weights", "tiny", *(a.format(d=tmp_path) for a in args))
-    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert r.returncode == 1 and message.format(d=tmp_path) in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "RANDOM" not in r.stderr  # before the model loads
