@@ -14,7 +14,6 @@ def stream(args) -> None:
     import numpy as np
 
     from ..animator import min_samples
-    from ..backends.registry import AUTO
     from .serve import serve_threads, threads_note
     from ..io.audio import prepare_audio
     from ..bridges.live import describe, make_targets, stream_live
@@ -33,16 +32,17 @@ def stream(args) -> None:
     asked = stream_settings(args)  # its errors, and the audio's, before the model loads
     samples = prepare_audio(args.input, min_samples=min_samples(config))
     animator = load_animator(args, threads=serve_threads(args))  # a live stream, threaded as serve is
-    settings = asked
-    if settings.is_auto or (args.realtime and args.encoders == AUTO):  # measured now: the hop, the encoders
-        animator, budget = live_budget(animator, args, settings, 1)
+    settings, budget = asked, None
+    if settings.is_auto or args.realtime:  # measured now: the hop, the encoders, this machine's latency
+        animator, budget = live_budget(animator, args, settings, 1)  # (its hops also warm the kernels up)
         settings = budget.settings
     stream = animator.stream(args.level, args.person, settings)
     hop_ms = stream.settings.hop_ms
     auto = " (auto)" if asked.is_auto else ""
     print(f"streaming {len(samples) / SAMPLE_RATE:.2f} s in {hop_ms} ms hops{auto}"
           f"{' in real time' if args.realtime else ''}, {stream.settings.encoding} encoding; algorithmic latency "
-          f"{stream.latency_ms:.0f} ms; {threads_note(animator.device, animator.encoder_backend).rstrip('; ')}")
+          f"{stream.latency_ms:.0f} ms{_with_compute(budget)}; "
+          f"{threads_note(animator.device, animator.encoder_backend).rstrip('; ')}")
     hop_s, algo_s, computes, done = hop_ms / 1000, stream.latency_ms / 1000, [], [0]
 
     def on_hop(i, frames, compute_s, wall_s):
@@ -62,7 +62,7 @@ def stream(args) -> None:
     rtf = sum(computes) / (len(samples) / SAMPLE_RATE)
     print(f"{len(frames)} frames; compute per hop median {1000 * float(np.median(computes)):.1f} ms, "
           f"max {1000 * max(computes):.1f} ms (real time needs < {hop_ms} ms); real-time factor {rtf:.2f} "
-          f"(compute / audio: {'keeps up' if rtf < 1 else 'falls behind'})")
+          f"(compute / audio: {verdict(rtf, args.realtime)})")
     if targets:
         print(describe(stats))
     if args.output:
@@ -157,3 +157,18 @@ def register(sub) -> None:
     add_encoders_option(b)
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=bench)
+
+
+def _with_compute(budget) -> str:
+    """The latency a frame has on this machine, where its hop was measured."""
+    if budget is None:
+        return ""
+    return f", {budget.latency_ms(1):.0f} ms with this machine's compute"
+
+
+def verdict(real_time_factor: float, realtime: bool) -> str:
+    """Whether a stream kept up, and what to do where it did not."""
+    if real_time_factor < 1:
+        return "keeps up"
+    fix = "a longer --hop-ms" if realtime else "--realtime --hop-ms auto picks the shortest hop this machine keeps up at"
+    return f"falls behind: {fix}"

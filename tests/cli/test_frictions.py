@@ -165,6 +165,25 @@ def test_one_rule_for_every_output_file(files, tmp_path):
     assert code == 0 and (tmp_path / "a.png").stat().st_size > 0, err
 
 
+def test_a_live_stream_says_the_latency_of_this_machine_and_what_to_do_when_behind(files):
+    """stream --realtime measures its hop at start-up (which also warms the kernels up for the
+    first hops) and says the latency with this machine's compute; a stream that falls behind
+    says how to pick a hop that keeps up."""
+    import re
+
+    from emotalk_fast.cli.stream import verdict
+
+    code, out, err = cli("stream", files / "speech.wav", "--random-weights", "mini", "--realtime", "--hop-ms", "200",
+                         "--encoders", "torch")
+    assert code == 0, err
+    m = re.search(r"algorithmic latency (\d+) ms, (\d+) ms with this machine's compute", out)
+    assert m and int(m.group(2)) >= int(m.group(1)), out
+    assert "a hop of 200 ms takes" in err  # the measurement, said
+    assert verdict(0.5, False) == "keeps up"
+    assert verdict(1.3, False) == "falls behind: --realtime --hop-ms auto picks the shortest hop this machine keeps up at"
+    assert verdict(1.3, True) == "falls behind: a longer --hop-ms"
+
+
 def test_send_checks_its_arguments_before_connecting(files):
     address = f"127.0.0.1:{free_port()}"  # nothing listens: a check that connected first would say so
     for flag, value, words in (("--level", 2, "--level must be in [0, 1], got 2"),
