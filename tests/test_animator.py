@@ -211,3 +211,17 @@ def test_short_reprs_and_clamped_saves(animator, speech, tmp_path):
     assert anim.blendshapes.min() < 0 or anim.blendshapes.max() > 1  # random weights stray outside
     np.testing.assert_allclose(np.load(anim.save(tmp_path / "c.npy", clamp=True)), np.clip(anim.blendshapes, 0, 1))
     np.testing.assert_array_equal(np.load(anim.save(tmp_path / "r.npy")), anim.blendshapes)
+
+
+def test_the_shortest_audio_offline_and_in_a_stream_as_documented():
+    """docs/python.md: offline animation needs 45 ms (720 samples), a stream 25 ms (400)."""
+    animator = Animator.from_config("mini", device="cpu", warn_random=False)
+    x = (np.random.default_rng(0).standard_normal(480) * 0.1).astype(np.float32)  # 30 ms
+    with pytest.raises(ValueError, match=r"need at least 720 \(45.0 ms\)"):
+        animator.animate(x)
+    stream = animator.stream()
+    assert len(stream.push(x)) + len(stream.flush()) == 1
+    stream = animator.stream()
+    stream.push(x[:399])
+    with pytest.raises(ValueError, match="too short to animate: 24.9 ms \\(at least 25 ms\\)"):
+        stream.flush()

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import InvalidInput, install_hint
 from ..io.curves import check_output
 from .options import add_model_options, add_stream_options, live_budget, load_animator, run_device, stream_settings, \
-    warn
+    parse_person, warn
 
 
 def _import_serve(module: str):
@@ -147,8 +147,14 @@ def send(args) -> None:
     # the arguments first, in the flags' own words, before anything connects
     if args.level is not None and not 0.0 <= args.level <= 1.0:
         raise InvalidInput(f"--level must be in [0, 1], got {args.level:g}")
-    if args.person is not None and args.person < 0:
-        raise InvalidInput(f"--person must be >= 0 (the server says how many it has), got {args.person}")
+    person, weights = args.person, None
+    if isinstance(person, dict):  # a mix, as animate and stream take it: EmoTalk's persons, checked here
+        from ..model.config import EmoTalkConfig
+        from ..model.style import person_weights
+
+        person, weights = None, person_weights(EmoTalkConfig.from_name("emotalk"), args.person)
+    elif person is not None and person < 0:
+        raise InvalidInput(f"--person must be >= 0 (the server says how many it has), got {person}")
     if not args.chunk_s > 0:
         raise InvalidInput(f"--chunk-s must be > 0, got {args.chunk_s:g}")
     if args.input != "-" and not Path(args.input).is_file():
@@ -157,7 +163,7 @@ def send(args) -> None:
     if out is not None:
         check_output(out)  # before any audio is sent
     try:
-        result = client.send(args.input, server=args.server, level=args.level, person=args.person,
+        result = client.send(args.input, server=args.server, level=args.level, person=person, person_weights=weights,
                              clamp=args.clamp or None, chunk_s=args.chunk_s, realtime=args.realtime,
                              timeout=args.timeout, **_tls_args(args))
     except client.ServerError as e:  # the server's own words, on one line
@@ -237,7 +243,9 @@ def register(sub) -> None:
     n.add_argument("input", help="audio file (any rate; sent as 16-bit mono PCM)")
     n.add_argument("-o", "--output", help="write the frames (.csv, .npy or .json)")
     n.add_argument("--level", type=float, default=None, help="emotion level in [0, 1] (server default 1)")
-    n.add_argument("--person", type=int, default=None, help="speaking style 0..23 (server default 0)")
+    n.add_argument("--person", type=parse_person, default=None,
+                   help="speaking style: an index 0..23, or a mix like 3:0.5,4:0.5 as animate and stream take it "
+                        "(server default 0; the server checks an index against its model)")
     n.add_argument("--clamp", action="store_true", help="ask the server to clamp weights to [0, 1]")
     n.add_argument("--chunk-s", type=float, default=1.0, help="seconds of audio per message (default 1)")
     n.add_argument("--realtime", action="store_true", help="send audio no faster than it would be spoken")

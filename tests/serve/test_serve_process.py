@@ -193,6 +193,14 @@ def test_send_health_and_a_graceful_sigterm(speech_wav, long_speech_wav, tmp_pat
         r = run_cli("send", speech_wav, "--server", server.address, "--person", 30)
         assert r.returncode == 1 and r.stderr.strip().endswith("person must be in 0..23, got 30")
         assert len(r.stderr.strip().splitlines()) == 1
+        # a mix of persons, as animate and stream take it
+        mixed = tmp_path / "mixed.csv"
+        r = run_cli("send", speech_wav, "--server", server.address, "-o", mixed, "--person", "3:0.5,4:0.5")
+        assert r.returncode == 0, r.stderr
+        curves = [np.loadtxt(p, delimiter=",", skiprows=1)[:, 2:] for p in (out, mixed)]
+        assert curves[0].shape == curves[1].shape and not np.allclose(curves[0], curves[1])
+        r = run_cli("send", speech_wav, "--server", server.address, "--person", "3:0.5,4:0.6")
+        assert r.returncode == 1 and r.stderr.strip().endswith("person weights must sum to 1, got 1.1"), r.stderr
 
         # SIGTERM while a stream is live: health says NOT_SERVING and new streams get UNAVAILABLE
         # while the port stays open; the live stream finishes; exit 0; then no server at all
