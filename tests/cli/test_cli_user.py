@@ -77,6 +77,14 @@ def test_errors_speak_cli(corpus):
     assert r.returncode == 1 and b"--contexts takes milliseconds separated by commas" in r.stderr
 
 
+def test_stream_eval_says_what_its_floor_row_is():
+    r = cli("stream-eval", "--random-weights", "mini", "--seconds", "2", "--contexts", "1000", "--lookaheads", "200")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "| whole clip (floor) | whole clip |" in out
+    assert "whole clip (floor): the clip as one stream window" in out and "no stream setting lands closer" in out
+
+
 def test_a_folder_of_files_mirrored_batched_with_failures_reported(corpus, tmp_path):
     out = tmp_path / "anims"
     r = cli("animate", corpus / "lines", corpus / "single.wav", "-o", f"{out}/", "--checkpoint",
