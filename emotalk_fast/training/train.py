@@ -315,7 +315,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
 
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     history, t_last, step_last = [], time.perf_counter(), step
-    t_start, step_start = t_last, step  # the time left: the mean pace since this run started
+    paces = [(t_last, step)]  # (time, step) at each report: the time left follows the recent pace
     ckpt_path = None
     while step < end:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -349,12 +349,13 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None) -> TrainResult:
                 if grad_norm is not None:
                     rec["grad_norm"] = float(grad_norm)
                 t_last, step_last = now, step
+                paces.append((now, step))
                 if d.main:
                     history.append(rec)
                     log.info("step %d/%d  loss %.4f  cross %.4f  self %.4f  vel %.4f  cls %.4f  lr %.2e  %.2f steps/s  "
                              "%s left", step, cfg.steps, rec["loss"], rec["cross"], rec["self"], rec["velocity"],
                              rec["cls"], rec["lr"], rec["steps_per_s"],
-                             _duration((end - step) * (now - t_start) / max(step - step_start, 1)))
+                             _duration(time_left(paces, now, step, end)))
                     out.mkdir(parents=True, exist_ok=True)
                     with open(out / METRICS_NAME, "a") as f:
                         f.write(json.dumps(rec) + "\n")
@@ -382,8 +383,20 @@ def _checkpoint(model, opt, sched, step: int, cfg: TrainConfig, out: Path, d: Di
     return path
 
 
+def time_left(paces: list[tuple[float, int]], now: float, step: int, end: int, recent: int = 10) -> float:
+    """Seconds to step `end` at the pace of the last `recent` reports (`paces`: (time, step) at
+    each, `now`/`step` the latest): a machine that got busier (or quieter) shows in it within a
+    few reports, and a single report's noise does not swing it."""
+    t0, s0 = paces[max(0, len(paces) - 1 - recent)]
+    if step <= s0:
+        return 0.0 if step >= end else float("inf")
+    return (end - step) * (now - t0) / (step - s0)
+
+
 def _duration(seconds: float) -> str:
     """A time estimate as a person reads it: 45 s, 12 min, 2.5 h."""
+    if seconds == float("inf"):
+        return "unknown"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

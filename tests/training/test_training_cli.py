@@ -70,3 +70,17 @@ def test_train_takes_threads_as_the_other_commands_do(subset, tmp_path, capsys):
         torch.set_num_threads(before)
     assert main(["train", str(subset), str(tmp_path / "u"), "--preset", "tiny", "--threads", "0"]) == 1
     assert capsys.readouterr().err.strip().endswith("--threads must be >= 1, got 0")
+
+
+def test_the_time_left_follows_the_recent_pace():
+    """A run that slows down (a busy machine) says so within a few reports: 120 steps left at 0.2
+    steps/s is 10 min, however fast the run was before."""
+    from emotalk_fast.training.train import _duration, time_left
+
+    paces = [(float(t), t) for t in range(0, 600, 10)]  # 600 steps at 1 step/s
+    t, step = paces[-1]
+    for _ in range(12):  # then 12 reports of 10 steps at 0.2 steps/s
+        t, step = t + 50.0, step + 10
+        paces.append((t, step))
+    assert _duration(time_left(paces, t, step, step + 120)) == "10 min"
+    assert time_left([(0.0, 5)], 0.0, 5, 5) == 0.0 and _duration(time_left([(0.0, 5)], 0.0, 5, 9)) == "unknown"
