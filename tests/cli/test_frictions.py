@@ -259,6 +259,7 @@ def test_bench_wording():
     assert "1 torch thread" in text and "1 torch threads" not in text and "CPU AVX2, bfloat16 emulated" in text
     assert "start-up test" not in text and "(it also built random weights)" in text
     assert "2.0x faster than real time offline" in text and "float32, int8 encoders, backend torch" in text
+    assert "re-encode" not in text  # live streams encode each frame once: the live hop line says what one costs
     assert ("a live hop of 100 ms (incremental) takes 370 ms for 1 stream: 2.6x its memory floor of 141 ms "
             "(2.43 GB of encoder weights at 17.2 GB/s)") in text
     assert "1.3x slower than real time" in format_bench(dict(result, real_time_factor=1.34))
