@@ -229,7 +229,7 @@ def export_onnx(args) -> None:
         raise InvalidInput("the export traces the model on the CPU: drop --device")
     if args.streaming:
         return export_stream_onnx(args, out)
-    from ..export.onnx_export import export_onnx as export, parity
+    from ..export.onnx_export import export_onnx as export, metadata_path, parity
 
     animator = load_animator(args, device="cpu")
     t0 = time.perf_counter()
@@ -239,7 +239,7 @@ def export_onnx(args) -> None:
     size = sum(p.stat().st_size for p in (out, out.with_name(out.name + ".data")) if p.exists()) / 1e6  # + weights
     print(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.0f} s: wave [1, {meta['num_samples']}] at "
           f"16 kHz, level [1, {meta['num_levels']}], person [1, {meta['num_persons']}] -> blendshapes "
-          f"[1, {meta['num_frames']}, 52], emotion_logits")
+          f"[1, {meta['num_frames']}, 52], emotion_logits; its metadata also in {metadata_path(out).name}")
     if importlib.util.find_spec("onnxruntime") is None:
         print("onnxruntime is not installed: the graph was not run (pip install onnxruntime to check it)")
         return
@@ -252,6 +252,7 @@ def export_stream_onnx(args, out: Path) -> None:
     """export-onnx --streaming: the incremental hop with its states explicit (export/onnx_stream.py)."""
     import importlib.util
 
+    from ..export.onnx_export import metadata_path
     from ..export.onnx_stream import export_stream_onnx as export
 
     settings = stream_settings(args)
@@ -262,7 +263,8 @@ def export_stream_onnx(args, out: Path) -> None:
     size = sum(p.stat().st_size for p in (out, out.with_name(out.name + ".data")) if p.exists()) / 1e6
     print(f"wrote {out} ({size:.1f} MB) in {time.perf_counter() - t0:.0f} s: one hop of {meta['hop_ms']} ms, "
           f"lookahead {meta['lookahead_ms']} ms, context {meta['context_ms']} ms, decoder history "
-          f"{int(meta['cache_frames']) / 30:g} s; run it with examples/onnx_stream.py")
+          f"{int(meta['cache_frames']) / 30:g} s; its metadata also in {metadata_path(out).name}; run it with "
+          "examples/onnx_stream.py")
     if importlib.util.find_spec("onnxruntime") is None:
         print("onnxruntime is not installed: the graph was not run (pip install onnxruntime to check it)")
 

@@ -37,6 +37,11 @@ class FixedLengthGraph(nn.Module):
         return out.blendshapes, out.emotion_logits
 
 
+# ONNX Runtime 1.17 (which some Unreal NNE releases bundle) reads IR versions up to 9; the
+# graphs use nothing of IR 10 (its 4-bit types)
+IR_VERSION = 9
+
+
 def example_inputs(model: EmoTalk, num_samples: int) -> tuple[torch.Tensor, ...]:
     """Inputs of the graph's shapes: noise speech, level 1, person 0."""
     dec = model.cfg.decoder
@@ -64,9 +69,31 @@ def export_onnx(model: EmoTalk, path, seconds: float) -> dict:
             "num_levels": str(model.cfg.decoder.num_levels), "num_persons": str(model.cfg.decoder.num_persons)}
     graph, inputs = FixedLengthGraph(model).eval(), example_inputs(model, num_samples)
     program = quiet_export(graph, inputs, {}, ["wave", "level", "person"], ["blendshapes", "emotion_logits"])
-    program.model.metadata_props.update(meta)  # ONNX IR: string key/value pairs any runtime can read
-    program.save(str(path))  # weights in a side file when over protobuf's 2 GB (the release size)
+    save_graph(program, path, meta)
     return meta
+
+
+def save_graph(program, path: Path, meta: dict[str, str]) -> None:
+    """Write an exported graph: `meta` as its metadata (string key/value pairs any runtime reads)
+    and again beside it as JSON (`<name>.json`, each JSON-valued entry decoded) for hosts without
+    a metadata API (Unity's Inference Engine); IR version IR_VERSION; the weights in a side file
+    when over protobuf's 2 GB (the release size)."""
+    program.model.metadata_props.update(meta)
+    program.model.ir_version = min(program.model.ir_version, IR_VERSION)
+    program.save(str(path))
+    beside = {}
+    for key, value in meta.items():
+        try:
+            beside[key] = json.loads(value)
+        except ValueError:
+            beside[key] = value
+    metadata_path(path).write_text(json.dumps(beside, indent=1) + "\n")
+
+
+def metadata_path(path) -> Path:
+    """Where an export's metadata sits as JSON: beside the graph, `stream.onnx` -> `stream.onnx.json`."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
 
 
 def quiet_export(graph: nn.Module, args: tuple, kwargs: dict, input_names, output_names, dynamic_shapes=None):

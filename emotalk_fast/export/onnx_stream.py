@@ -41,7 +41,7 @@ from ..model.emotalk import EmoTalk
 from ..streaming.grid import StreamGrid, Window, grid_indices
 from ..streaming.incremental import encode_rows, new_row_features, write_rows
 from ..streaming.settings import StreamSettings
-from .onnx_export import quiet_export
+from .onnx_export import quiet_export, save_graph
 
 STATES = ("content_keys", "content_values", "content_proj", "emotion_keys", "emotion_values", "emotion_proj",
           "decoder_keys", "decoder_values", "emotion_sum")
@@ -188,6 +188,5 @@ def export_stream_onnx(model: EmoTalk, path, settings: StreamSettings) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     program = quiet_export(graph, (), inputs, INPUTS, OUTPUTS, dynamic)
     meta = metadata(graph)
-    program.model.metadata_props.update(meta)
-    program.save(str(path))
+    save_graph(program, path, meta)
     return meta

@@ -14,6 +14,7 @@ from helpers import espeak_speech
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+onnx = pytest.importorskip("onnx")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,12 @@ def test_the_command_exports_and_checks_the_graph(tmp_path):
     assert "wave [1, 16000] at 16 kHz" in r.stdout and "blendshapes [1, 30, 52]" in r.stdout
     difference = float(r.stdout.split("max abs difference ")[1].split(" ")[0])
     assert out.is_file() and difference < 1e-4
+    # the metadata beside it as JSON, and a graph ONNX Runtime 1.17 loads (IR version 9)
+    beside = json.loads(out.with_name("tiny.onnx.json").read_text())
+    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert "its metadata also in tiny.onnx.json" in r.stdout
+    assert beside["num_samples"] == int(meta["num_samples"]) == 16000 and beside["blendshapes"] == list(BLENDSHAPE_NAMES)
+    assert onnx.load(str(out), load_external_data=False).ir_version <= 9
 
 
 @pytest.mark.parametrize("args, message", [

@@ -78,6 +78,48 @@ def test_the_onnx_loop_streams_as_the_python_stream(exported, speech):
     np.testing.assert_allclose(loop.emotion_logits, stream.emotion_logits, atol=TOL, rtol=0)  # the label too
 
 
+def test_the_metadata_sits_beside_the_graph_as_json(exported):
+    """Hosts without a metadata API (Unity's Inference Engine) read the same content from a file."""
+    import json
+
+    path, meta = exported[1], exported[2]
+    beside = json.loads(path.with_name(path.name + ".json").read_text())
+    assert set(beside) == set(meta)
+    for key, value in meta.items():
+        assert beside[key] == (json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false")
+                               else value), key
+    assert beside["hop_frames"] == int(meta["hop_frames"]) and isinstance(beside["state_shapes"], dict)
+
+
+def test_the_graph_loads_in_older_onnx_runtimes(exported, speech, tmp_path):
+    """IR version 9: ONNX Runtime 1.17 (some Unreal NNE releases bundle it) loads the graph. With
+    EMOTALK_OLD_ORT_PYTHON (a Python with onnxruntime 1.17.1, numpy and soundfile: what the
+    example needs; .ci/run makes one) the
+    torch-free loop runs there and streams as the library's stream does."""
+    import os
+
+    import soundfile
+
+    animator, path, meta, settings = exported
+    assert onnx.load(str(path), load_external_data=False).ir_version <= 9
+    python = os.environ.get("EMOTALK_OLD_ORT_PYTHON")
+    if not python:
+        pytest.skip("set EMOTALK_OLD_ORT_PYTHON to a Python with onnxruntime 1.17.1 (.ci/run makes one)")
+    version = subprocess.run([python, "-c", "import onnxruntime; print(onnxruntime.__version__)"], capture_output=True,
+                             text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip() == "1.17.1", version.stderr
+    wav, out = tmp_path / "speech.wav", tmp_path / "frames.npy"
+    soundfile.write(wav, speech, 16000)
+    r = subprocess.run([python, str(ROOT / "examples" / "onnx_stream.py"), str(path), str(wav), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    as_read, _ = soundfile.read(wav, dtype="float32")
+    stream = animator.stream(level=1, person=0, whole_utterance_ms=0, encoding="incremental", **settings)
+    want = np.concatenate([stream.push(as_read[i : i + 1600]) for i in range(0, len(as_read), 1600)] + [stream.flush()])
+    got = np.load(out)
+    assert got.shape == want.shape and float(np.abs(got - want).max()) <= TOL
+
+
 def test_the_graph_uses_only_the_named_operators(exported):
     path = exported[1]
     model = onnx.load(str(path), load_external_data=False)
