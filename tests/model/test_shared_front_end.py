@@ -5,6 +5,7 @@ import torch
 from emotalk_fast import Animator, EmoTalkConfig
 from emotalk_fast.model.checkpoint import random_release_state_dict
 from emotalk_fast.model.emotalk import EmoTalk
+from emotalk_fast.runtime.layout import column_major_linears
 from helpers import assert_close
 
 CFG = EmoTalkConfig.from_name("tiny")
@@ -37,6 +38,7 @@ def test_equal_front_ends_are_shared_and_give_the_same_output(tmp_path):
     assert shared.shares_front_end
     separate = EmoTalk(CFG).eval()  # the same weights, front end run once per encoder
     separate.load_state_dict(release_to_fast(_release_sd(share=True), CFG))
+    column_major_linears(separate)  # laid out as the Animator lays out its model: the same GEMMs
     assert not separate.shares_front_end
     calls = []
     shared.content_encoder.front_end.register_forward_hook(lambda *a: calls.append(1))
