@@ -28,7 +28,6 @@ class Int8Backend(EncoderBackend):
         """The model (its float weights laid out as PyTorch's backend lays them) -> a view of it
         with int8 encoder layers, from the cache or rounded now."""
         model = super().prepare(model)
-        self.loaded_from_cache = None
         state, self.loaded_from_cache = ExportCache(self.cache_dir).get(
             "int8_encoders", self.cache_key(model), lambda folder: torch.save(quantize_encoders(model), folder / FILE),
             lambda folder: torch.load(Path(folder) / FILE, weights_only=True, mmap=True))

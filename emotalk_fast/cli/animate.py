@@ -9,6 +9,7 @@ from pathlib import Path
 from ..model.config import FPS
 from ..io.corpus import STDIO, animate_corpus, parse_shard, plan_jobs, shard
 from ..errors import InvalidInput, install_hint
+from ..files import require_folder
 from .options import add_model_options, add_stream_options, load_animator, model_config, parse_level, parse_person, \
     parse_schedule, progress_lines, stream_settings, warn
 
@@ -209,8 +210,7 @@ def export_onnx(args) -> None:
     out = Path(args.output)
     if out.suffix != ".onnx":
         raise InvalidInput(f"the output must be a .onnx file, got {out}")
-    if not out.parent.is_dir():  # the one rule of a single output: its folder exists, the file is replaced
-        raise InvalidInput(f"cannot save {out}: directory {out.parent} does not exist")
+    require_folder(out)  # the one rule of a single output: its folder exists, the file is replaced
     if not args.seconds > 0:
         raise InvalidInput(f"--seconds must be > 0, got {args.seconds}")
     if not args.streaming:
@@ -276,8 +276,7 @@ def preview(args) -> None:
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".mp4", ".gif"):
         raise InvalidInput(f"output {out.name} must end in .png, .mp4 or .gif")
-    if not out.parent.is_dir():
-        raise InvalidInput(f"cannot save {out}: directory {out.parent} does not exist")
+    require_folder(out)
     if args.audio is not None and not Path(args.audio).is_file():
         raise FileNotFoundError(f"audio file not found: {args.audio}")
     curves, names, fps, emotion = load_blendshapes(args.animation)

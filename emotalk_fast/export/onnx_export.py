@@ -75,7 +75,7 @@ def export_onnx(model: EmoTalk, path, seconds: float) -> dict:
 
 def save_graph(program, path: Path, meta: dict[str, str]) -> None:
     """Write an exported graph: `meta` as its metadata (string key/value pairs any runtime reads)
-    and again beside it as JSON (`<name>.json`, each JSON-valued entry decoded) for hosts without
+    and again beside it as JSON (`metadata_path`, each JSON-valued entry decoded) for hosts without
     a metadata API (Unity's Inference Engine); IR version IR_VERSION; the weights in a side file
     when over protobuf's 2 GB (the release size)."""
     program.model.metadata_props.update(meta)

@@ -304,16 +304,23 @@ def espeak_speech(text: str, voice: str | None = None, speed: int | None = None,
     return resample(samples.mean(0), native, rate)
 
 
-def espeak_wav(path: str | os.PathLike, text: str, voice: str | None = None, speed: int | None = None,
-               pitch: int | None = None) -> Path:
-    """Write espeak-ng's own WAV of `text` (16-bit, its native rate) to `path`."""
+def espeak_program() -> str:
+    """The espeak-ng program's path, or MissingProgram saying how to install it."""
     import shutil
-    import subprocess
 
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise MissingProgram("espeak-ng is not installed (Debian/Ubuntu: sudo apt-get install espeak-ng; macOS: "
                              "brew install espeak-ng)")
+    return exe
+
+
+def espeak_wav(path: str | os.PathLike, text: str, voice: str | None = None, speed: int | None = None,
+               pitch: int | None = None) -> Path:
+    """Write espeak-ng's own WAV of `text` (16-bit, its native rate) to `path`."""
+    import subprocess
+
+    exe = espeak_program()
     options = [flag for flag, value in (("-v", voice), ("-s", speed), ("-p", pitch)) if value is not None
                for flag in (flag, str(value))]
     subprocess.run([exe, *options, "-w", str(path), text], check=True, capture_output=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInput
-from ..files import atomic_write
+from ..files import atomic_write, require_folder
 
 FORMATS = (".csv", ".npy", ".json")
 
@@ -78,8 +78,7 @@ def check_output(path: str | os.PathLike, format: str | None = None, make_parent
                            f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.parent.is_dir():
-        raise InvalidInput(f"cannot save {path}: directory {path.parent} does not exist")
+    require_folder(path)
     return writer
 
 

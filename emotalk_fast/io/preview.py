@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import load_waveform
+from ..files import require_folder
 from ..model.config import FPS
 from ..errors import InvalidInput, install_hint
 
@@ -203,8 +204,7 @@ def save_preview(path: str | os.PathLike, blendshapes: np.ndarray, names, fps: f
     ext = path.suffix.lower()
     if ext not in (".png", ".mp4", ".gif"):
         raise InvalidInput(f"preview {path.name} must end in .png, .mp4 or .gif")
-    if not path.parent.is_dir():
-        raise InvalidInput(f"cannot save {path}: directory {path.parent} does not exist")
+    require_folder(path)
     if len(blendshapes) == 0:
         raise InvalidInput("the animation has no frames")
     if ext == ".gif" and len(blendshapes) / fps > MAX_GIF_S:

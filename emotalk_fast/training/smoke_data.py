@@ -16,13 +16,12 @@ unlabelled clips `unlabelled_<k>` (HDTF-like names) for self-reconstruction.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from emotalk_fast.io.audio import espeak_speech, espeak_wav
+from emotalk_fast.io.audio import espeak_program, espeak_speech
 from emotalk_fast.model.config import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE
 from emotalk_fast.errors import InvalidInput, UserError
 from emotalk_fast.model.emotalk import num_frames
@@ -86,8 +85,7 @@ def generate(out_dir: str | Path, persons: int = 2, emotions: tuple[int, ...] = 
 
     if not 1 <= persons <= len(VOICES) or not 1 <= sentences <= len(SENTENCES):
         raise InvalidInput(f"persons must be 1..{len(VOICES)} and sentences 1..{len(SENTENCES)}")
-    if shutil.which("espeak-ng") is None:  # before any folder is made
-        espeak_wav(Path(out_dir) / "never.wav", "")  # raises MissingProgram, saying how to install it
+    espeak_program()  # before any folder is made: without it, says how to install it
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = []

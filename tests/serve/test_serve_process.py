@@ -84,16 +84,22 @@ def test_serve_refuses_bad_arguments_before_loading_the_model(tmp_path):
     assert time.monotonic() - t0 < 60  # no model was loaded for any of them
 
 
-def test_serve_on_a_port_in_use_fails_at_once_in_one_line():
+def _serve_beside_a_busy_port(*flags):
+    """`serve --random-weights emotalk` with FLAGS, where "BUSY" stands for a port another socket
+    listens on -> (the run, that port, seconds it took)."""
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        busy = taken.getsockname()[1]
         t0 = time.monotonic()
-        r = run_cli("serve", "--random-weights", "emotalk", "--port", port)  # the full model: seconds to build
-        elapsed = time.monotonic() - t0
+        r = run_cli("serve", "--random-weights", "emotalk", *(busy if f == "BUSY" else f for f in flags))
+        return r, busy, time.monotonic() - t0
+
+
+def test_serve_on_a_port_in_use_fails_at_once_in_one_line():
+    r, port, elapsed = _serve_beside_a_busy_port("--port", "BUSY")  # the full model: seconds to build
     assert r.returncode == 1, r
     assert r.stderr.strip() == (  # one line: gRPC's own log line is quiet
         f"emotalk-fast serve: error: cannot listen on 127.0.0.1:{port}: the port is in use or not allowed "
@@ -102,15 +108,7 @@ def test_serve_on_a_port_in_use_fails_at_once_in_one_line():
 
 
 def test_serve_with_its_metrics_port_in_use_names_the_option():
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        t0 = time.monotonic()
-        r = run_cli("serve", "--random-weights", "emotalk", "--port", free_port(), "--metrics-port", busy)
-        elapsed = time.monotonic() - t0
+    r, busy, elapsed = _serve_beside_a_busy_port("--port", free_port(), "--metrics-port", "BUSY")
     assert r.returncode == 1, r
     line = r.stderr.strip()
     assert line.startswith(f"emotalk-fast serve: error: cannot serve metrics on 127.0.0.1:{busy}: the port is in use "
